@@ -1,0 +1,3 @@
+"""CLI verbs: gate."""
+
+from .app import app, fcs_app  # noqa: F401

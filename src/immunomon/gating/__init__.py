@@ -1,0 +1,1 @@
+"""Gates, gating hierarchies, Gating-ML/FlowJo import, templates and population statistics."""

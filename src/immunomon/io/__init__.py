@@ -1,0 +1,1 @@
+"""Input/output: FCS files, the study manifest, clinical and adverse-event tables."""

@@ -1,0 +1,1 @@
+"""Orchestration: per-sample stages in parallel, caching, provenance, the run directory."""

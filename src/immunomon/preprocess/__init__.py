@@ -1,0 +1,1 @@
+"""Per-file preprocessing: compensation, transforms and quality control."""

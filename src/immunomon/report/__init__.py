@@ -1,0 +1,1 @@
+"""Figures (matplotlib PNG/PDF, plotly HTML) and the self-contained HTML report."""

@@ -1,0 +1,1 @@
+"""Synthetic immunomonitoring trials with known truth."""
