@@ -1,0 +1,51 @@
+"""Per-cluster summaries and the UMAP embedding of a (balanced) subsample of cells."""
+
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["subsample_indices", "cluster_medians", "pooled_spread", "umap_embedding"]
+
+
+def subsample_indices(n: int, size: int, seed: int, key: str = "") -> np.ndarray:
+    """Sorted indices of ``min(n, size)`` of ``n`` events drawn without replacement.
+
+    The draw depends only on ``(seed, key)`` (e.g. the sample id), not on the order in
+    which samples are processed or on which worker.
+    """
+    if size >= n:
+        return np.arange(n)
+    rng = np.random.default_rng([int(seed), zlib.crc32(key.encode())])
+    return np.sort(rng.choice(n, size, replace=False))
+
+
+def cluster_medians(X: pd.DataFrame, clusters: np.ndarray) -> pd.DataFrame:
+    """Cluster × marker median of ``X`` (events × markers); index = sorted cluster ids."""
+    return X.groupby(np.asarray(clusters), sort=True).median().rename_axis("cluster")
+
+
+def pooled_spread(X: pd.DataFrame, clusters: np.ndarray) -> pd.Series:
+    """Marker → median over clusters of the within-cluster robust SD (1.4826 MAD)."""
+    grouped = X.groupby(np.asarray(clusters), sort=True)
+    mad = (X - grouped.transform("median")).abs().groupby(np.asarray(clusters), sort=True).median()
+    return (1.4826 * mad).median()
+
+
+def umap_embedding(
+    X: np.ndarray, random_state: int = 0, n_neighbors: int = 15, min_dist: float = 0.1
+) -> np.ndarray:
+    """2-D UMAP (umap-learn) of ``X`` (``(n_cells, n_markers)``) → ``(n_cells, 2)`` float32.
+
+    With a ``random_state`` umap-learn runs single-threaded and is reproducible.
+    """
+    import umap  # slow import (numba compilation): only when an embedding is asked for
+
+    X = np.asarray(X, dtype=np.float32)
+    if X.shape[0] < 3:
+        return np.zeros((X.shape[0], 2), dtype=np.float32)
+    reducer = umap.UMAP(n_components=2, n_neighbors=min(n_neighbors, X.shape[0] - 1),
+                        min_dist=min_dist, random_state=random_state)
+    return reducer.fit_transform(X).astype(np.float32)

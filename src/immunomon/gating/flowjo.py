@@ -1,0 +1,316 @@
+"""FlowJo 10 workspace (``.wsp``) import.
+
+A workspace holds, per sample, a spillover matrix (``transforms:spilloverMatrix`` with a
+``prefix`` such as ``Comp-``), one display transform per channel (``biex``, ``logicle``,
+``linear``, ``log``, ``fasinh``) and a tree of ``Population`` nodes, each with one Gating-ML
+gate whose coordinates are in compensated, *untransformed* data units. FlowJo draws and
+applies gates on the transformed (display) scale, so polygon vertices and rectangle
+bounds are mapped through the channel's transform and events are compared there.
+
+:func:`read_wsp` gives a :class:`FlowJoWorkspace`; ``ws.sample(name).gate(events)`` gates
+a DataFrame of the file's raw (scaled, uncompensated) channels and
+:meth:`FlowJoSample.counts` gives ``gate_path, count`` with FlowJo-style paths
+(``Lymphocytes/Singlets/...``). Gate ids of the :class:`GatingStrategy` are these paths.
+The XML is parsed with :mod:`defusedxml` (no DTD, entities or external references; only the
+given file is read).
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as StdET
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import defusedxml.ElementTree as ET
+import numpy as np
+import pandas as pd
+from defusedxml import DefusedXmlException
+
+from immunomon.errors import UserError
+from immunomon.preprocess import transforms as tr
+
+from .gates import BooleanGate, Dimension, GatingResult, GatingStrategy, PolygonGate, RectangleGate
+
+__all__ = ["read_wsp", "parse_wsp", "FlowJoWorkspace", "FlowJoSample"]
+
+_G = "{http://www.isac-net.org/std/Gating-ML/v2.0/gating}"
+_T = "{http://www.isac-net.org/std/Gating-ML/v2.0/transformations}"
+_D = "{http://www.isac-net.org/std/Gating-ML/v2.0/datatypes}"
+MAX_BYTES = 256 * 1024 * 1024
+
+
+@dataclass
+class FlowJoSample:
+    """One sample of a workspace.
+
+    Attributes
+    ----------
+    sample_id, name
+        FlowJo's sample id and the sample node's name (usually the FCS file name).
+    spillover
+        The sample's spillover matrix (index = columns = detector names) or ``None``.
+    comp_prefix, comp_suffix
+        How FlowJo names compensated channels (``Comp-PE-A``).
+    transforms
+        Channel name as written in the workspace (``PE-A``, ``Comp-PE-A``) → transform.
+    strategy
+        The gating hierarchy; gate ids are FlowJo paths.
+    flowjo_counts
+        Path → the ``count`` FlowJo recorded in the workspace (``-1`` if never computed).
+    """
+
+    sample_id: str
+    name: str
+    uri: str = ""
+    spillover: pd.DataFrame | None = None
+    comp_prefix: str = "Comp-"
+    comp_suffix: str = ""
+    transforms: dict = field(default_factory=dict)
+    strategy: GatingStrategy = field(default_factory=GatingStrategy)
+    flowjo_counts: dict = field(default_factory=dict)
+
+    @property
+    def gate_paths(self) -> list[str]:
+        """Every gate path, in workspace order."""
+        return list(self.flowjo_counts)
+
+    def gate(self, events: pd.DataFrame) -> GatingResult:
+        """Gate raw events (DataFrame, columns = ``$PnN`` names, linear scaled values)."""
+        return self.strategy.apply(events, spillover=self.spillover)
+
+    def counts(self, result: GatingResult) -> pd.DataFrame:
+        """``gate_path, count`` for every gate (``flowjo_count`` added as a third column)."""
+        return pd.DataFrame({
+            "gate_path": self.gate_paths,
+            "count": [int(result.membership(p).sum()) for p in self.gate_paths],
+            "flowjo_count": [self.flowjo_counts.get(p, -1) for p in self.gate_paths],
+        })
+
+
+@dataclass
+class FlowJoWorkspace:
+    """Samples (by sample id) and groups (group name → sample ids) of a workspace."""
+
+    path: str
+    samples: dict[str, FlowJoSample]
+    groups: dict[str, list[str]]
+
+    def sample(self, name: str | None = None, group: str | None = None) -> FlowJoSample:
+        """Pick a sample by node name, file name or id; ``None`` if the workspace (or group)
+        holds exactly one."""
+        pool = list(self.samples.values())
+        if group is not None:
+            if group not in self.groups:
+                raise UserError(f"{self.path}: no sample group {group!r} (groups: {sorted(self.groups)})")
+            pool = [self.samples[i] for i in self.groups[group] if i in self.samples]
+        if name is None:
+            if len(pool) != 1:
+                raise UserError(f"{self.path}: {len(pool)} samples; choose one with --sample "
+                                f"({', '.join(s.name for s in pool)})")
+            return pool[0]
+        for s in pool:
+            if name in (s.name, s.sample_id, Path(s.uri).name, Path(s.name).stem):
+                return s
+        raise UserError(f"{self.path}: no sample {name!r} (samples: {', '.join(s.name for s in pool)})")
+
+
+def read_wsp(path: str | Path) -> FlowJoWorkspace:
+    """Read a FlowJo 10 workspace (only this file is read; FCS files are not opened)."""
+    path = Path(path)
+    try:
+        if path.stat().st_size > MAX_BYTES:
+            raise UserError(f"{path}: too large for a FlowJo workspace (limit {MAX_BYTES} bytes)")
+        data = path.read_bytes()
+    except OSError as err:
+        raise UserError(f"{path}: cannot read workspace ({err.strerror})") from None
+    return parse_wsp(data, source=str(path))
+
+
+def parse_wsp(data: bytes | str, source: str = "<workspace>") -> FlowJoWorkspace:
+    """Parse workspace XML; see :func:`read_wsp`."""
+    try:
+        root = ET.fromstring(data, forbid_dtd=True, forbid_entities=True, forbid_external=True)
+    except DefusedXmlException as err:
+        raise UserError(f"{source}: refused: the XML declares a DTD, entities or external references "
+                        f"({type(err).__name__}); FlowJo workspaces need none") from None
+    except StdET.ParseError as err:
+        line, col = err.position
+        raise UserError(f"{source}: line {line}, column {col}: not well-formed XML ({err})") from None
+    if root.tag != "Workspace":
+        raise UserError(f"{source}: root element is {root.tag!r}, not a FlowJo <Workspace>")
+    samples = {}
+    for el in root.iter("Sample"):
+        s = _parse_sample(el, source)
+        samples[s.sample_id] = s
+    groups = {}
+    for g in root.iter("GroupNode"):
+        refs = [r.get("sampleID") for r in g.iter("SampleRef")]
+        groups[g.get("name", "")] = [r for r in refs if r]
+    if not samples:
+        raise UserError(f"{source}: the workspace holds no samples")
+    return FlowJoWorkspace(source, samples, groups)
+
+
+def _float(v, source: str, what: str) -> float:
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        raise UserError(f"{source}: {what}: {v!r} is not a number") from None
+    if not np.isfinite(x):
+        raise UserError(f"{source}: {what}: {v!r} is not finite")
+    return x
+
+
+def _parse_matrix(el, source: str) -> pd.DataFrame:
+    names = [p.get(_D + "name") for p in el.iter(_D + "parameter") if p.get(_D + "name")]
+    rows = {}
+    for sp in el.iter(_T + "spillover"):
+        src = sp.get(_D + "parameter")
+        rows[src] = {c.get(_D + "parameter"): _float(c.get(_T + "value"), source, f"spillover {src!r}")
+                     for c in sp.iter(_T + "coefficient")}
+    names = names or list(rows)
+    missing = [n for n in names if n not in rows]
+    if missing:
+        raise UserError(f"{source}: spillover matrix has no row for {missing}")
+    m = np.array([[rows[r].get(c, 1.0 if r == c else 0.0) for c in names] for r in names])
+    return pd.DataFrame(m, index=names, columns=names)
+
+
+def _parse_transform(el, source: str):
+    kind = el.tag.rpartition("}")[2]
+    a = lambda k, d=None: el.get(_T + k, el.get(k, d))  # noqa: E731
+    what = f"{kind} transform"
+    try:
+        if kind == "linear":
+            lo = _float(a("minRange", "0"), source, what)
+            hi = _float(a("maxRange", "262144"), source, what)
+            return tr.LinearTransform(T=hi, A=-lo) if hi > lo else None
+        if kind == "log":
+            return tr.FlowJoLogTransform(offset=_float(a("offset", "1"), source, what),
+                                         decades=_float(a("decades", "4.5"), source, what))
+        if kind == "biex":
+            return tr.FlowJoBiexTransform(negative=_float(a("neg", "0"), source, what),
+                                          width=_float(a("width", "-10"), source, what),
+                                          positive=_float(a("pos", "4.41854"), source, what),
+                                          max_value=_float(a("maxRange", "262144"), source, what))
+        if kind == "logicle":
+            return tr.LogicleTransform(*(_float(a(k), source, what) for k in ("T", "W", "M", "A")))
+        if kind == "fasinh":
+            return tr.AsinhTransform(*(_float(a(k), source, what) for k in ("T", "M", "A")))
+    except UserError as err:
+        raise UserError([f"{source}: {p}" for p in err.problems]) from None
+    raise UserError(f"{source}: FlowJo transform <{kind}> is not supported (linear, log, biex, logicle, fasinh)")
+
+
+def _parse_sample(el, source: str) -> FlowJoSample:
+    ds = el.find("DataSet")
+    node = el.find("SampleNode")
+    if node is None:
+        raise UserError(f"{source}: a <Sample> has no <SampleNode>")
+    sid = node.get("sampleID") or (ds.get("sampleID") if ds is not None else "")
+    s = FlowJoSample(sample_id=sid, name=node.get("name", sid), uri=ds.get("uri", "") if ds is not None else "")
+    mat = el.find(_T + "spilloverMatrix")
+    matrix_id = None
+    if mat is not None and list(mat.iter(_T + "spillover")):
+        s.spillover = _parse_matrix(mat, source)
+        s.comp_prefix = mat.get("prefix", "Comp-")
+        s.comp_suffix = mat.get("suffix", "")
+        matrix_id = mat.get(_T + "id") or "FlowJo"
+    xf = el.find("Transformations")
+    if xf is not None:
+        for t in xf:
+            p = t.find(_D + "parameter")
+            if p is not None and p.get(_D + "name"):
+                s.transforms[p.get(_D + "name")] = _parse_transform(t, source)
+    strategy = GatingStrategy(compensations={matrix_id: s.spillover} if matrix_id else None)
+    subs = node.find("Subpopulations")
+    if subs is not None:
+        _walk(subs, None, s, strategy, matrix_id, source)
+    s.strategy = strategy
+    return s
+
+
+def _dimension(name: str, s: FlowJoSample, matrix_id: str | None):
+    """Gating dimension for a workspace channel name, and its transform (or None)."""
+    t = s.transforms.get(name)
+    base = name
+    comp = None
+    if matrix_id and s.comp_prefix and name.startswith(s.comp_prefix):
+        base = name[len(s.comp_prefix):]
+        if s.comp_suffix and base.endswith(s.comp_suffix):
+            base = base[: -len(s.comp_suffix)]
+        if base in s.spillover.columns:
+            comp = matrix_id
+        else:
+            base = name
+    return Dimension(base, compensation=comp, transform=t), t
+
+
+def _fwd(t, v: float) -> float:
+    return float(t.transform(np.array([v]))[0]) if t is not None else float(v)
+
+
+def _walk(subs, parent: str | None, s: FlowJoSample, strategy: GatingStrategy, matrix_id, source: str) -> None:
+    for node in subs:
+        if node.tag not in ("Population", "AndNode", "OrNode", "NotNode"):
+            continue
+        name = node.get("name", "")
+        path = name if parent is None else f"{parent}/{name}"
+        where = f"{source}: gate {path!r}"
+        if node.tag == "Population":
+            gate_el = node.find("Gate")
+            kids = list(gate_el) if gate_el is not None else []
+            if len(kids) != 1:
+                raise UserError(f"{where}: expected one gate element, found {len(kids)}")
+            gates = _convert_gate(kids[0], path, parent, s, matrix_id, where)
+        else:
+            deps = [d.get("name", "") for d in node.iter("Dependent")]
+            op = node.tag[:-4].lower()
+            if not deps:
+                raise UserError(f"{where}: boolean gate without dependents")
+            gates = [BooleanGate(path, [], parent, operation=op, operands=deps)]
+        for g in gates:
+            strategy.add(g)
+        try:
+            s.flowjo_counts[path] = int(node.get("count", "-1"))
+        except ValueError:
+            s.flowjo_counts[path] = -1
+        child = node.find("Subpopulations")
+        if child is not None:
+            _walk(child, path, s, strategy, matrix_id, source)
+
+
+def _convert_gate(el, path, parent, s, matrix_id, where):
+    kind = el.tag.rpartition("}")[2]
+    dims, xforms = [], []
+    for d in el.findall(_G + "dimension"):
+        f = d.find(_D + "fcs-dimension")
+        if f is None or not f.get(_D + "name"):
+            raise UserError(f"{where}: a gate dimension names no fcs-dimension")
+        dim, t = _dimension(f.get(_D + "name"), s, matrix_id)
+        dims.append((d, dim))
+        xforms.append(t)
+    inside = el.get("eventsInside", "1") != "0"
+    if kind == "RectangleGate":
+        bounds = []
+        for (d, _), t in zip(dims, xforms):
+            lo, hi = d.get(_G + "min"), d.get(_G + "max")
+            bounds.append((None if lo is None else _fwd(t, _float(lo, where, "min")),
+                           None if hi is None else _fwd(t, _float(hi, where, "max"))))
+        gate = RectangleGate(path if inside else path + " (inside)", [dm for _, dm in dims], parent, bounds=bounds)
+    elif kind == "PolygonGate":
+        verts = []
+        for v in el.findall(_G + "vertex"):
+            cs = [_float(c.get(_D + "value"), where, "vertex") for c in v.findall(_G + "coordinate")]
+            if len(cs) != len(dims):
+                raise UserError(f"{where}: a vertex has {len(cs)} coordinates for {len(dims)} dimensions")
+            verts.append([_fwd(t, c) for t, c in zip(xforms, cs)])
+        gate = PolygonGate(path if inside else path + " (inside)", [dm for _, dm in dims], parent,
+                           vertices=np.array(verts))
+    else:
+        raise UserError(f"{where}: FlowJo gate type {kind!r} is not supported (RectangleGate, PolygonGate, "
+                        "boolean And/Or/Not nodes)")
+    if inside:
+        return [gate]
+    gate.parent = None  # the complement is taken within the parent by the boolean gate
+    return [gate, BooleanGate(path, [], parent, operation="not", operands=[gate.gate_id])]

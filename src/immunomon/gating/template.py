@@ -1,0 +1,376 @@
+"""Gating templates: one human-editable YAML hierarchy, data-driven gate positions per sample.
+
+A template lists populations in hierarchy order; each names its ``parent`` and a ``gate``
+on marker names. Gate positions are numbers or *threshold specs* resolved on every
+sample's own events, so one template serves every file of a trial:
+
+``1.8``
+    a fixed position (transformed units for fluorescence, linear for scatter);
+``{valley: [lo, hi]}``
+    the deepest density minimum of the dimension within ``[lo, hi]``
+    (:func:`immunomon.preprocess.qc.density_valley`), computed on the parent's events, or
+    on the events of ``on: <population>``; ``adjust`` scales the KDE bandwidth;
+    ``log: true`` looks for it on a log10 scale (scatter);
+``{mad: k}`` / ``{mad: -k}``
+    ``median ± k · MAD`` of the dimension in the parent (or ``on``) population.
+
+Gate types (``gate: {type: ...}``):
+
+``rectangle``
+    one key per dimension, ``{min: spec, max: spec}`` (a missing bound is open);
+    ``min <= x < max``; a single dimension is a range gate; with ``sequential: true``
+    each dimension's data-driven positions are resolved on the parent's events already
+    inside the bounds of the dimensions listed before it (hierarchical gating in one gate);
+``polygon``
+    ``x``, ``y``, ``vertices: [[x, y], ...]`` (fixed);
+``singlets``
+    ``x`` (FSC-A), ``y`` (FSC-H), ``mad: k``: the wedge of events whose ratio ``x / y`` lies
+    within ``median ± k · MAD`` of the parent (``ratio_min``/``ratio_max`` fix it);
+``not``
+    ``of: <population>``: the parent's events outside that population.
+
+Every manual decision is written in the same file under ``overrides``::
+
+    overrides:
+      P07_D8:                       # sample_id
+        Treg: {CD25: {min: 2.6}}    # deep-merged into the Treg gate
+        positivity: {Ki67: 2.2}     # marker positivity threshold
+
+A template is applied with :meth:`GatingTemplate.apply`, which returns the memberships,
+the resolved gates (:mod:`immunomon.gating.gates` objects) and a table of every position
+used with its source (``fixed``, ``valley``, ``mad``, ``override``).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from immunomon.errors import UserError
+from immunomon.gating.gates import BooleanGate, Gate, GatingStrategy, PolygonGate, RectangleGate
+from immunomon.gating.statistics import ParameterSpec
+from immunomon.preprocess.qc import MAD_SCALE, density_valley
+
+THRESHOLD_COLUMNS = ["sample_id", "population", "dimension", "bound", "value", "source"]
+GATE_TYPES = ("rectangle", "polygon", "singlets", "not")
+
+
+def builtin_template_path(name: str) -> Path:
+    """Path of a built-in template (``"treg"`` → ``gating/templates/treg.yaml``)."""
+    return Path(str(resources.files("immunomon.gating").joinpath("templates", f"{name}.yaml")))
+
+
+@dataclass
+class PopulationSpec:
+    """One population of a template: name, parent, gate spec (as in the YAML) and plot axes."""
+
+    name: str
+    parent: str | None
+    gate: dict
+    plot: tuple[str, str] | None = None
+
+
+@dataclass
+class TemplateGating:
+    """A template applied to one sample.
+
+    Attributes
+    ----------
+    memberships
+        Population → bool array ``(n_events,)`` including its ancestors, hierarchy order.
+    gates
+        Population → the resolved :class:`~immunomon.gating.gates.Gate` (positions are this
+        sample's).
+    parents
+        Population → parent population (``None`` at the top).
+    plots
+        Population → ``(x, y)`` marker names of its bivariate plot.
+    positivity
+        Marker → positivity threshold (transformed scale).
+    thresholds
+        Every resolved position: :data:`THRESHOLD_COLUMNS`.
+    """
+
+    memberships: dict[str, np.ndarray]
+    gates: dict[str, Gate]
+    parents: dict[str, str | None]
+    plots: dict[str, tuple[str, str]]
+    positivity: dict[str, float]
+    thresholds: pd.DataFrame
+
+    def strategy(self) -> GatingStrategy:
+        """The resolved gates as a :class:`~immunomon.gating.gates.GatingStrategy` (on the
+        already compensated/transformed marker columns), e.g. for Gating-ML export."""
+        return GatingStrategy(list(self.gates.values()))
+
+
+def _deep_merge(base: Mapping, update: Mapping) -> dict:
+    out = copy.deepcopy(dict(base))
+    for k, v in update.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) else copy.deepcopy(v)
+    return out
+
+
+@dataclass
+class GatingTemplate:
+    """A gating hierarchy with data-driven positions (see the module docstring).
+
+    Parameters
+    ----------
+    name
+        Template name (e.g. ``treg``).
+    populations
+        Populations in hierarchy order (parents first).
+    positivity
+        Marker → threshold spec for ``<pop> <marker>+ %`` and ``pct_positive``
+        (``on`` names the population the spec is resolved on; default the root).
+    parameters
+        What the ``parameters`` table reports.
+    overrides
+        ``sample_id`` → population (or ``positivity``) → partial spec, deep-merged.
+    source
+        Where the template was read from (for messages).
+    """
+
+    name: str
+    populations: list[PopulationSpec]
+    positivity: dict[str, Any] = field(default_factory=dict)
+    parameters: ParameterSpec = field(default_factory=ParameterSpec)
+    overrides: dict[str, dict] = field(default_factory=dict)
+    source: str = "<template>"
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def load(cls, template: str | Path) -> "GatingTemplate":
+        """Read a template: a built-in name (``"treg"``) or a YAML file path."""
+        path = Path(template)
+        if not path.suffix and not path.exists():
+            path = builtin_template_path(str(template))
+        if not path.is_file():
+            raise UserError(f"{template}: gating template not found (built-in names: treg)")
+        try:
+            doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as err:
+            raise UserError(f"{path}: not valid YAML ({err})") from None
+        return cls.from_dict(doc, source=str(path))
+
+    @classmethod
+    def from_dict(cls, doc: Any, source: str = "<template>") -> "GatingTemplate":
+        """Build and validate a template from its YAML mapping; every problem is listed."""
+        if not isinstance(doc, Mapping):
+            raise UserError(f"{source}: a template is a mapping with 'populations'")
+        problems: list[str] = []
+        pops: list[PopulationSpec] = []
+        seen: set[str] = set()
+        for i, p in enumerate(doc.get("populations") or []):
+            where = f"{source}: populations[{i}]"
+            if not isinstance(p, Mapping) or "name" not in p or "gate" not in p:
+                problems.append(f"{where}: needs 'name' and 'gate'")
+                continue
+            name, parent, gate = str(p["name"]), p.get("parent"), p["gate"]
+            if parent is not None and parent not in seen:
+                problems.append(f"{where} ({name}): parent {parent!r} is not defined above it")
+            if name in seen:
+                problems.append(f"{where}: population {name!r} defined twice")
+            if not isinstance(gate, Mapping) or gate.get("type") not in GATE_TYPES:
+                problems.append(f"{where} ({name}): gate type must be one of {list(GATE_TYPES)}")
+            elif gate["type"] == "not" and gate.get("of") not in seen:
+                problems.append(f"{where} ({name}): 'of' must name a population defined above")
+            plot = p.get("plot")
+            if plot is not None and (not isinstance(plot, list) or len(plot) != 2):
+                problems.append(f"{where} ({name}): plot must be [x, y]")
+            seen.add(name)
+            pops.append(PopulationSpec(name, parent, dict(gate) if isinstance(gate, Mapping) else {},
+                                       tuple(plot) if plot else None))
+        if not pops:
+            problems.append(f"{source}: no populations")
+        try:
+            params = ParameterSpec.from_dict(doc.get("parameters"))
+            missing = sorted(params.populations() - seen)
+            if missing:
+                problems.append(f"{source}: parameters name undefined populations {missing}")
+        except (ValueError, TypeError) as err:
+            problems.append(f"{source}: parameters: {err}")
+            params = ParameterSpec()
+        overrides = doc.get("overrides") or {}
+        if not isinstance(overrides, Mapping):
+            problems.append(f"{source}: overrides must map sample_id to gate changes")
+            overrides = {}
+        for sid, changes in overrides.items():
+            if not isinstance(changes, Mapping):
+                problems.append(f"{source}: overrides.{sid}: must map population names to changes")
+                continue
+            for key in changes:
+                if key != "positivity" and key not in seen:
+                    problems.append(f"{source}: overrides.{sid}: unknown population {key!r}")
+        if problems:
+            raise UserError(problems)
+        return cls(str(doc.get("name", Path(source).stem)), pops, dict(doc.get("positivity") or {}), params,
+                   {str(k): dict(v) for k, v in overrides.items()}, source)
+
+    # ------------------------------------------------------------------ applying
+    @property
+    def population_names(self) -> list[str]:
+        return [p.name for p in self.populations]
+
+    def markers(self) -> list[str]:
+        """Every marker a gate, plot or positivity threshold of the template uses."""
+        names: list[str] = []
+        for p in self.populations:
+            g = p.gate
+            dims = [g["x"], g["y"]] if g.get("type") in ("polygon", "singlets") else (
+                [] if g.get("type") == "not" else [k for k in g if k not in ("type", "sequential")])
+            for m in [*dims, *(p.plot or ())]:
+                if m not in names:
+                    names.append(m)
+        return names + [m for m in self.positivity if m not in names]
+
+    def apply(self, events: pd.DataFrame, sample_id: str = "") -> TemplateGating:
+        """Resolve the template's positions on one sample's events and gate them.
+
+        Parameters
+        ----------
+        events
+            ``(n_events, n_markers)`` QC-passed events, columns = marker names
+            (fluorescence transformed, scatter linear).
+        sample_id
+            Selects the sample's ``overrides``; written in the thresholds table.
+        """
+        missing = [m for m in self.markers() if m not in events.columns]
+        if missing:
+            raise UserError(f"{self.source}: marker(s) {missing} used by the template are not in sample "
+                            f"{sample_id!r} (columns: {list(events.columns)})")
+        cols = {m: events[m].to_numpy() for m in self.markers()}
+        n = len(events)
+        override = self.overrides.get(sample_id, {})
+        memberships: dict[str, np.ndarray] = {}
+        indices: dict[str | None, np.ndarray] = {None: np.arange(n)}
+        gates: dict[str, Gate] = {}
+        rows: list[tuple] = []
+        resolver = _Resolver(cols, indices, sample_id, rows)
+        for pop in self.populations:
+            spec = _deep_merge(pop.gate, override[pop.name]) if pop.name in override else pop.gate
+            resolver.overridden = pop.name in override
+            gate = resolver.gate(pop.name, pop.parent, spec)
+            idx = indices[pop.parent]
+            if isinstance(gate, BooleanGate):
+                inside = gate.evaluate({r: memberships[r][idx] for r in gate.operands})
+            else:
+                inside = gate.evaluate({d.name: cols[d.name][idx] for d in gate.dimensions})
+            indices[pop.name] = idx[inside]
+            mask = np.zeros(n, dtype=bool)
+            mask[indices[pop.name]] = True
+            memberships[pop.name] = mask
+            gates[pop.name] = gate
+        positivity = {}
+        root = self.populations[0].name
+        for marker, spec in self.positivity.items():
+            resolver.overridden = marker in override.get("positivity", {})
+            spec = override["positivity"][marker] if resolver.overridden else spec
+            on = spec.get("on", root) if isinstance(spec, Mapping) else root
+            positivity[marker] = resolver.value(spec, marker, on, "positivity", "min")
+        parents = {p.name: p.parent for p in self.populations}
+        plots = {p.name: p.plot or _default_plot(gates[p.name]) for p in self.populations}
+        return TemplateGating(memberships, gates, parents, plots, positivity,
+                              pd.DataFrame(rows, columns=THRESHOLD_COLUMNS))
+
+
+def _default_plot(gate: Gate) -> tuple[str, str] | None:
+    names = [d.name for d in gate.dimensions]
+    if len(names) >= 2:
+        return names[0], names[1]
+    return (names[0], "SSC-A") if names else None
+
+
+class _Resolver:
+    """Turns template gate specs into gate objects for one sample, logging each position."""
+
+    def __init__(self, cols: dict[str, np.ndarray], indices: dict, sample_id: str, rows: list):
+        self.cols, self.indices, self.sample_id, self.rows = cols, indices, sample_id, rows
+        self.overridden = False
+
+    def value(self, spec: Any, dim: str, on: str | None, population: str, bound: str,
+              idx: np.ndarray | None = None) -> float | None:
+        """Resolve one position; data-driven specs use the events of ``spec["on"]``, else
+        ``idx`` (row indices), else the events of population ``on``."""
+        if spec is None:
+            return None
+        source = "override" if self.overridden else None
+        if isinstance(spec, (int, float)):
+            value, source = float(spec), source or "fixed"
+        elif isinstance(spec, Mapping) and ("valley" in spec or "mad" in spec):
+            if "on" in spec or idx is None:
+                on = spec.get("on", on)
+                if on not in self.indices:
+                    raise UserError(f"{population}: threshold on unknown or later population {on!r}")
+                idx = self.indices[on]
+            x = self.cols[dim][idx]
+            if "valley" in spec:
+                lo, hi = (float(b) for b in spec["valley"])
+                adjust = float(spec.get("adjust", 0.5))
+                if spec.get("log"):
+                    x = np.log10(x[x > 0])
+                    value = 10.0 ** density_valley(x, (np.log10(lo), np.log10(hi)), adjust=adjust)
+                else:
+                    value = density_valley(x, (lo, hi), adjust=adjust)
+                source = source or "valley"
+            else:
+                med = float(np.median(x)) if x.size else float("nan")
+                mad = MAD_SCALE * float(np.median(np.abs(x - med))) if x.size else float("nan")
+                value, source = med + float(spec["mad"]) * mad, source or "mad"
+        else:
+            raise UserError(f"{population}: {dim} {bound}: {spec!r} is not a number, valley or mad spec")
+        self.rows.append((self.sample_id, population, dim, bound, value, source))
+        return value
+
+    def gate(self, name: str, parent: str | None, spec: Mapping) -> Gate:
+        kind = spec["type"]
+        if kind == "rectangle":
+            dims = [k for k in spec if k not in ("type", "sequential")]
+            idx = self.indices[parent]
+            bounds = []
+            for d in dims:
+                lo = self.value(spec[d].get("min"), d, parent, name, "min", idx)
+                hi = self.value(spec[d].get("max"), d, parent, name, "max", idx)
+                bounds.append((lo, hi))
+                if spec.get("sequential"):  # the next dimension is resolved inside this one's bounds
+                    x = self.cols[d][idx]
+                    idx = idx[((x >= lo) if lo is not None else True) & ((x < hi) if hi is not None else True)]
+            return RectangleGate(name, dims, parent, bounds=bounds)
+        if kind == "polygon":
+            return PolygonGate(name, [spec["x"], spec["y"]], parent, vertices=spec["vertices"])
+        if kind == "singlets":
+            return self._singlets(name, parent, spec)
+        return BooleanGate(name, [], parent, operation="not", operands=[spec["of"]])
+
+    def _singlets(self, name: str, parent: str | None, spec: Mapping) -> PolygonGate:
+        x, y = spec["x"], spec["y"]
+        idx = self.indices[parent]
+        a, h = self.cols[x][idx].astype(np.float64), self.cols[y][idx].astype(np.float64)
+        ok = h > 0
+        ratio = a[ok] / h[ok]
+        k = float(spec.get("mad", 4.0))
+        med = float(np.median(ratio)) if ratio.size else 1.0
+        mad = MAD_SCALE * float(np.median(np.abs(ratio - med))) if ratio.size else 0.0
+        source = "override" if self.overridden else "mad"
+        lo = float(spec["ratio_min"]) if "ratio_min" in spec else max(med - k * mad, 1e-3)
+        hi = float(spec["ratio_max"]) if "ratio_max" in spec else med + k * mad
+        self.rows.append((self.sample_id, name, f"{x}/{y}", "min", lo, source if "ratio_min" not in spec else "fixed"))
+        self.rows.append((self.sample_id, name, f"{x}/{y}", "max", hi, source if "ratio_max" not in spec else "fixed"))
+        if self.overridden:
+            self.rows[-2:] = [r[:5] + ("override",) for r in self.rows[-2:]]
+        top = float(spec.get("extent", 1e7))
+        vertices = [(0.0, 0.0), (top, top / hi), (top, top / lo)]
+        return PolygonGate(name, [x, y], parent, vertices=vertices)
+
+
+def load_template(template: str | Path) -> GatingTemplate:
+    """Shorthand for :meth:`GatingTemplate.load`."""
+    return GatingTemplate.load(template)

@@ -1,0 +1,265 @@
+"""Layout of an FCS DATA segment and its decoding into a native-endian array.
+
+The DATA segment is read in chunks of whole events straight into the output array
+(one copy, with byte swapping and integer masking done in that copy), so reading a
+file needs the output array plus one chunk, never a second full-size buffer.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+
+from .fcs_text import fcs_error, int_keyword
+
+CHUNK_BYTES = 1 << 25  # 32 MiB of raw DATA per decoding step
+_STD_WIDTHS = (1, 2, 4, 8)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How one event is stored.
+
+    ``kinds``: per channel ``"I"``, ``"F"``, ``"D"`` or ``"A"``; ``bits``: per channel
+    field width in bits (characters × 8 for fixed-width ASCII); ``packed``: integer
+    fields form one bit stream (widths not multiples of 8); ``order``: ``"<"``, ``">"``
+    or a byte permutation (tuple) from ``$BYTEORD``; ``masks``: per channel
+    ``$PnR`` bit mask for integers (``None`` = none); ``delimited``: ASCII with
+    ``$PnB = *`` (values separated by delimiters, no fixed record size).
+    """
+
+    kinds: tuple[str, ...]
+    bits: tuple[int, ...]
+    packed: bool
+    order: str | tuple[int, ...]
+    masks: tuple[int | None, ...]
+    delimited: bool = False
+
+    @property
+    def record_bits(self) -> int:
+        return sum(self.bits)
+
+    def nbytes(self, tot: int) -> int:
+        """Bytes of DATA needed for ``tot`` events (0 when delimited)."""
+        if self.delimited:
+            return 0
+        return (tot * self.record_bits + 7) // 8
+
+    @property
+    def uniform_dtype(self) -> np.dtype | None:
+        """One numpy dtype for every field, when the layout allows a plain 2-D view."""
+        if self.packed or self.delimited or len(set(self.kinds)) != 1 \
+                or len(set(self.bits)) != 1 or not isinstance(self.order, str):
+            return None
+        kind, nb = self.kinds[0], self.bits[0] // 8
+        if kind == "A":
+            return np.dtype(f"S{nb}")
+        if nb not in _STD_WIDTHS or (kind == "F" and nb != 4) or (kind == "D" and nb != 8):
+            return None
+        return np.dtype(f"{self.order}{'u' if kind == 'I' else 'f'}{nb}")
+
+
+def parse_byteorder(value: str, path: str | Path, offset: int) -> str | tuple[int, ...]:
+    """``$BYTEORD`` → ``"<"``, ``">"`` or a permutation (stored byte i → significance)."""
+    try:
+        order = tuple(int(x) for x in value.replace(" ", "").split(","))
+    except ValueError:
+        raise fcs_error(path, offset, f"$BYTEORD is not a list of numbers: {value!r}") from None
+    if sorted(order) != list(range(1, len(order) + 1)):
+        raise fcs_error(path, offset, f"$BYTEORD is not a byte permutation: {value!r}")
+    if order == tuple(sorted(order)):
+        return "<"
+    if order == tuple(sorted(order, reverse=True)):
+        return ">"
+    return order
+
+
+def build_layouts(kw: dict[str, str], par: int, path: str | Path,
+                  offset: int) -> list[Layout]:
+    """Candidate layouts of the DATA segment from TEXT keywords.
+
+    Usually one; integer widths that are not multiples of 8 give two candidates (one
+    bit stream, or each field padded to 8/16/32/64 bits), told apart by the size of
+    the DATA segment.
+    """
+    dtype_all = kw.get("$DATATYPE", "").strip().upper()
+    mode = kw.get("$MODE", "L").strip().upper() or "L"
+    if mode != "L":
+        raise fcs_error(path, offset, f"$MODE {mode} (histogram data) is not supported, only L")
+    order = parse_byteorder(kw.get("$BYTEORD", "1,2,3,4"), path, offset)
+    kinds, bits, masks = [], [], []
+    delimited = False
+    for n in range(1, par + 1):
+        kind = (kw.get(f"$P{n}DATATYPE", "").strip().upper() or dtype_all)
+        if kind not in ("I", "F", "D", "A"):
+            raise fcs_error(path, offset, f"unknown data type {kind!r} for parameter {n}")
+        braw = kw.get(f"$P{n}B", "").strip()
+        if kind == "A" and braw == "*":
+            delimited = True
+            b = 0
+        elif kind == "F":
+            b = 64 if braw == "64" else 32
+        elif kind == "D":
+            b = 64
+        else:
+            b = int_keyword(kw, f"$P{n}B", path, offset)
+            if b is None or b <= 0 or (kind == "I" and b > 64):
+                raise fcs_error(path, offset, f"$P{n}B is missing or invalid: {braw!r}")
+            if kind == "A":
+                b *= 8
+        if kind == "F" and b == 64:
+            kind = "D"
+        mask = None
+        if kind == "I":
+            rng = _float(kw.get(f"$P{n}R", ""))
+            if rng is not None and 1 < rng < 2.0 ** b:
+                mask = (1 << max(1, math.ceil(math.log2(rng)))) - 1
+        kinds.append(kind)
+        bits.append(b)
+        masks.append(mask)
+    if delimited:
+        return [Layout(tuple(kinds), tuple(bits), False, order, tuple(masks), True)]
+    base = Layout(tuple(kinds), tuple(bits), False, order, tuple(masks))
+    if all(b % 8 == 0 for b in bits):
+        return [base]
+    padded = tuple(b if b % 8 == 0 else next(w for w in (8, 16, 32, 64) if w >= b) for b in bits)
+    return [Layout(tuple(kinds), tuple(bits), True, order, tuple(masks)),
+            Layout(tuple(kinds), padded, False, order, tuple(masks))]
+
+
+def _float(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def read_events(fh: BinaryIO, begin: int, tot: int, layout: Layout, dtype: np.dtype,
+                path: str | Path, span: int | None = None) -> np.ndarray:
+    """Decode ``tot`` events starting at absolute offset ``begin`` into ``(tot, par)``.
+
+    The caller has checked that the segment lies inside the file.
+    """
+    par = len(layout.kinds)
+    if layout.delimited:
+        fh.seek(begin)
+        return _decode_delimited(fh.read(span or 0), tot, par, dtype, path, begin)
+    out = np.empty((tot, par), dtype=dtype)
+    if tot == 0 or par == 0:
+        return out
+    fh.seek(begin)
+    ud = layout.uniform_dtype
+    if ud is not None and ud == dtype:  # stored exactly as the output: read straight into it
+        _readinto_exact(fh, memoryview(out).cast("B"), path, begin)
+        return out
+    rec_bits = layout.record_bits
+    step = max(8, (CHUNK_BYTES * 8 // max(rec_bits, 1)) // 8 * 8)
+    if layout.packed:
+        step = max(8, step // 8 // 8 * 8)
+    buf = np.empty((step * rec_bits + 7) // 8, dtype=np.uint8)
+    for r0 in range(0, tot, step):
+        rows = min(step, tot - r0)
+        nbytes = (rows * rec_bits + 7) // 8
+        raw = buf[:nbytes]
+        _readinto_exact(fh, memoryview(raw), path, fh.tell())
+        _decode_chunk(raw, rows, layout, out[r0:r0 + rows], path, begin)
+    return out
+
+
+def _readinto_exact(fh: BinaryIO, view: memoryview, path: str | Path, where: int) -> None:
+    got = 0
+    total = len(view)
+    while got < total:
+        n = fh.readinto(view[got:])
+        if not n:
+            raise fcs_error(path, where + got, "file ends inside the DATA segment")
+        got += n
+
+
+def _decode_chunk(raw: np.ndarray, rows: int, layout: Layout, out: np.ndarray,
+                  path: str | Path, begin: int) -> None:
+    par = len(layout.kinds)
+    if layout.packed:
+        _decode_packed(raw, rows, layout, out)
+        return
+    order = layout.order
+    if not isinstance(order, str):  # unusual byte permutation: reorder to little-endian
+        w = len(order)
+        if any(b != 8 * w for b in layout.bits):
+            raise fcs_error(path, begin, f"$BYTEORD {order} does not match field widths "
+                                         f"{sorted(set(layout.bits))}")
+        raw = raw.reshape(-1, w)[:, np.argsort(order)].reshape(-1)
+        layout = Layout(layout.kinds, layout.bits, False, "<", layout.masks)
+        order = "<"
+    ud = layout.uniform_dtype
+    if ud is not None:
+        arr = raw.view(ud).reshape(rows, par)
+        if ud.kind == "S":
+            _ascii_into(arr, out, path, begin)
+            return
+        if any(m is not None for m in layout.masks):
+            full = np.array([(1 << layout.bits[0]) - 1 if m is None else m
+                             for m in layout.masks], dtype=arr.dtype.newbyteorder("="))
+            arr = arr & full
+        out[...] = arr
+        return
+    rec = raw.reshape(rows, -1)
+    off = 0
+    for j, (kind, b) in enumerate(zip(layout.kinds, layout.bits)):
+        nb = b // 8
+        field = rec[:, off:off + nb]
+        off += nb
+        if kind == "A":
+            col = np.ascontiguousarray(field).view(f"S{nb}")[:, 0]
+            _ascii_into(col[:, None], out[:, j:j + 1], path, begin)
+            continue
+        if nb in _STD_WIDTHS:
+            code = "u" if kind == "I" else "f"
+            col = np.ascontiguousarray(field).view(f"{order}{code}{nb}")[:, 0]
+        else:  # 3-, 5-, 6- or 7-byte integers
+            sig = range(nb) if order == "<" else range(nb - 1, -1, -1)
+            col = np.zeros(rows, dtype=np.uint64)
+            for byte_idx, s in zip(range(nb), sig):
+                col |= field[:, byte_idx].astype(np.uint64) << np.uint64(8 * s)
+        if layout.masks[j] is not None:
+            col = col & np.asarray(layout.masks[j], dtype=col.dtype.newbyteorder("="))
+        out[:, j] = col
+
+
+def _decode_packed(raw: np.ndarray, rows: int, layout: Layout, out: np.ndarray) -> None:
+    """Integer fields packed as one big-endian bit stream (most significant bit first)."""
+    rec_bits = layout.record_bits
+    bits = np.unpackbits(raw)[: rows * rec_bits].reshape(rows, rec_bits)
+    off = 0
+    for j, b in enumerate(layout.bits):
+        weights = np.left_shift(np.uint64(1), np.arange(b - 1, -1, -1, dtype=np.uint64))
+        col = bits[:, off:off + b].astype(np.uint64) @ weights
+        off += b
+        if layout.masks[j] is not None:
+            col &= np.uint64(layout.masks[j])
+        out[:, j] = col
+
+
+def _ascii_into(arr: np.ndarray, out: np.ndarray, path: str | Path, begin: int) -> None:
+    try:
+        out[...] = arr.astype(np.float64)
+    except ValueError as err:
+        raise fcs_error(path, begin, f"ASCII DATA value is not a number ({err})") from None
+
+
+def _decode_delimited(data: bytes, tot: int, par: int, dtype: np.dtype,
+                      path: str | Path, begin: int) -> np.ndarray:
+    fields = [f for f in re.split(rb"[\s,;/|\\]+", data) if f]
+    if len(fields) < tot * par:
+        raise fcs_error(path, begin, f"ASCII DATA holds {len(fields)} values, "
+                                     f"$TOT x $PAR = {tot * par}")
+    try:
+        vals = np.array(fields[: tot * par]).astype(np.float64)
+    except ValueError as err:
+        raise fcs_error(path, begin, f"ASCII DATA value is not a number ({err})") from None
+    return vals.reshape(tot, par).astype(dtype)

@@ -1,0 +1,152 @@
+"""Run one function over many samples: in-process, local processes or a Dask cluster.
+
+:func:`map_samples` is the only parallel primitive of the pipeline. Whatever the
+backend, results come back in input order and are the same objects a plain
+``[fn(x) for x in items]`` would give, so a run is deterministic regardless of the
+number of workers.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from typing import Any
+
+from immunomon.errors import UserError
+
+__all__ = ["map_samples", "Progress"]
+
+#: A progress sink: a callable invoked once per finished item (with no argument), or a
+#: ``(rich.progress.Progress, task_id)`` pair whose task is advanced by one per item.
+Progress = Callable[[], Any] | tuple[Any, Any] | None
+
+_THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
+
+
+def map_samples(
+    fn: Callable[[Any], Any],
+    items: Iterable[Any],
+    *,
+    workers: int = 1,
+    scheduler: str | Any | None = None,
+    progress: Progress = None,
+) -> list:
+    """Apply ``fn`` to every item and return the results in input order.
+
+    Parameters
+    ----------
+    fn
+        Function of one argument. For ``workers > 1`` or a scheduler it must be
+        picklable: a top-level function of an importable module (or a
+        :func:`functools.partial` of one), with picklable arguments and results.
+    items
+        The inputs, typically sample ids or small tuples; consumed once.
+    workers
+        ``1`` runs in this process (a plain loop); ``n > 1`` runs ``n`` local worker
+        processes (``forkserver`` start method on POSIX, ``spawn`` elsewhere).
+        Ignored when ``scheduler`` is given.
+    scheduler
+        Address of a running ``dask.distributed`` scheduler (``"tcp://host:8786"``)
+        or a ``distributed.Client``; items are submitted with ``Client.map`` and
+        gathered. The workers must be able to import ``immunomon``.
+    progress
+        Called (or its rich task advanced) once per finished item, in completion order.
+
+    Returns
+    -------
+    list
+        ``[fn(item) for item in items]``, same length and order as ``items``.
+
+    Raises
+    ------
+    Exception
+        The exception of the first failing item (in input order among those that failed
+        before the remaining work was cancelled); pending items are cancelled.
+    """
+    items = list(items)
+    if workers < 1:
+        raise UserError(f"workers: must be at least 1, got {workers}")
+    advance = _progress_callback(progress)
+    if scheduler is not None:
+        return _map_dask(fn, items, scheduler, advance)
+    if workers == 1 or len(items) <= 1:
+        results = []
+        for item in items:
+            results.append(fn(item))
+            advance()
+        return results
+    return _map_processes(fn, items, min(workers, len(items)), advance)
+
+
+def _progress_callback(progress: Progress) -> Callable[[], Any]:
+    """Normalise the ``progress`` argument to a no-argument callable."""
+    if progress is None:
+        return lambda: None
+    if isinstance(progress, tuple):
+        bar, task = progress
+        return lambda: bar.advance(task)
+    return progress
+
+
+def _limit_threads(threads: int) -> None:
+    """Worker initializer: cap BLAS/OpenMP/numba threads so workers don't oversubscribe."""
+    for name in _THREAD_ENV:
+        os.environ[name] = str(threads)
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - threadpoolctl ships with scikit-learn
+        return
+    threadpool_limits(limits=threads)
+
+
+def _map_processes(fn: Callable, items: Sequence, workers: int, advance: Callable) -> list:
+    """Local process pool; results reordered to input order."""
+    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    with ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=multiprocessing.get_context(method),
+        initializer=_limit_threads,
+        initargs=(threads,),
+    ) as pool:
+        futures = [pool.submit(fn, item) for item in items]
+        index = {future: i for i, future in enumerate(futures)}
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+            failed = sorted((f for f in done if f.exception() is not None), key=index.get)
+            if failed:
+                for future in pending:
+                    future.cancel()
+                raise failed[0].exception()
+            for _ in done:
+                advance()
+        return [future.result() for future in futures]
+
+
+def _map_dask(fn: Callable, items: Sequence, scheduler: Any, advance: Callable) -> list:
+    """``dask.distributed``: ``Client.map`` + ``as_completed``; results in input order."""
+    from distributed import Client, as_completed
+
+    own_client = not isinstance(scheduler, Client)
+    if own_client:
+        try:
+            client = Client(scheduler, set_as_default=False, timeout="20s")
+        except (OSError, ValueError, TypeError) as err:
+            raise UserError(f"--scheduler {scheduler}: cannot connect to a Dask scheduler ({err})")
+    else:
+        client = scheduler
+    try:
+        with client.as_current():
+            futures = client.map(fn, items, pure=False)
+            for future in as_completed(futures):
+                if future.status == "error":
+                    client.cancel(futures)
+                    future.result()  # re-raises the worker's exception here
+                advance()
+            return client.gather(futures)
+    finally:
+        if own_client:
+            client.close()

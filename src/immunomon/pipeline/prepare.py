@@ -1,0 +1,175 @@
+"""Per-sample preparation: read FCS → compensate → transform → marker names → QC.
+
+:func:`prepare_sample` is the first stage of both the supervised (gating) and the
+unsupervised (clustering) branch of the pipeline.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from immunomon.errors import UserError
+from immunomon.preprocess.qc import QualityControl
+
+#: Channels that are never compensated nor transformed (scatter and time), by prefix.
+NON_FLUORESCENCE_PREFIXES = ("FSC", "SSC", "TIME", "EVENT")
+
+
+def is_fluorescence(channel: str) -> bool:
+    """True unless the channel name starts with FSC, SSC, Time or Event (case-insensitive)."""
+    return not channel.upper().startswith(NON_FLUORESCENCE_PREFIXES)
+
+
+@dataclass
+class PreparedSample:
+    """One sample after preprocessing.
+
+    Attributes
+    ----------
+    sample_id
+        The sample's id in the manifest.
+    events
+        QC-passed events, ``(events_after_qc, n_channels)`` float32 DataFrame, columns =
+        marker names; fluorescence compensated and transformed with the panel's
+        transform, scatter and time in linear instrument units.
+    qc_steps
+        The ``qc_steps`` rows of the sample (see :mod:`immunomon.preprocess.qc`).
+    events_total, events_after_qc, qc_pass
+        Events in the file, events kept, whether the file passed QC.
+    keep
+        Bool mask ``(events_total,)`` over the file's events (file order).
+    panel
+        The sample's panel name.
+    transforms
+        Marker → transform object used for it (fluorescence markers only), e.g. to
+        report intensities on the linear scale.
+    """
+
+    sample_id: str
+    events: pd.DataFrame
+    qc_steps: pd.DataFrame
+    events_total: int
+    events_after_qc: int
+    qc_pass: bool
+    keep: np.ndarray
+    panel: str = ""
+    transforms: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def fluorescence_markers(self) -> list[str]:
+        """Markers with a transform (fluorescence), in column order."""
+        return [m for m in self.events.columns if m in self.transforms]
+
+
+def marker_names(names: list[str], labels: list[str], channels: dict) -> list[str]:
+    """Column names for a file's channels: the panel's ``marker`` for channels listed in
+    the panel (``channels``: ``$PnN`` → ``{marker, ...}``), else ``$PnS``, else ``$PnN``;
+    made unique by appending the channel name on collisions."""
+    out = []
+    for name, label in zip(names, labels):
+        spec = channels.get(name) or {}
+        marker = spec.get("marker") if isinstance(spec, dict) else getattr(spec, "marker", None)
+        out.append(str(marker or label or name))
+    seen: dict[str, int] = {}
+    for m in out:
+        seen[m] = seen.get(m, 0) + 1
+    return [m if seen[m] == 1 else f"{m} ({n})" for m, n in zip(out, names)]
+
+
+def prepare_events(
+    raw: np.ndarray,
+    names: list[str],
+    columns: list[str],
+    *,
+    spillover: pd.DataFrame | None,
+    transform: Any,
+    ranges: list[float] | None = None,
+    qc: QualityControl | None = None,
+    sample_id: str = "",
+) -> PreparedSample:
+    """Compensate, transform and QC one file's events (no study needed).
+
+    Parameters
+    ----------
+    raw
+        ``(n_events, n_channels)`` raw events in file order (linear instrument units).
+    names
+        Channel names (``$PnN``), used to match the spillover matrix.
+    columns
+        Marker name of every channel (the output's column names).
+    spillover
+        Spillover matrix over fluorescence channels, or None (no compensation).
+    transform
+        Transform object (``transform(x)``) applied to fluorescence channels, or None.
+    ranges
+        ``$PnR`` of every channel, for the margin step of QC.
+    qc
+        Quality-control settings; default :class:`QualityControl()`.
+    """
+    from immunomon.preprocess.compensation import compensate
+
+    raw = np.asarray(raw)
+    events = compensate(raw, names, spillover, dtype=np.float32) if spillover is not None else raw.astype(np.float32)
+    fluor = [j for j, n in enumerate(names) if is_fluorescence(n)]
+    if transform is not None and fluor:
+        events[:, fluor] = transform.transform(events[:, fluor]).astype(np.float32)
+    frame = pd.DataFrame(events, columns=columns, copy=False)
+    raw_frame = pd.DataFrame(raw, columns=columns, copy=False)
+    rng = {c: float(r) for c, r in zip(columns, ranges)} if ranges is not None else None
+    result = (qc or QualityControl()).apply(frame, sample_id=sample_id, raw=raw_frame, ranges=rng)
+    kept = frame.loc[result.keep].reset_index(drop=True)
+    transforms = {columns[j]: transform for j in fluor} if transform is not None else {}
+    return PreparedSample(sample_id, kept, result.steps, result.events_total, result.events_after_qc,
+                          result.qc_pass, result.keep, transforms=transforms)
+
+
+def prepare_sample(study, sample_id: str, *, qc: QualityControl | None = None) -> PreparedSample:
+    """Read, compensate (file's ``$SPILLOVER``), transform (panel's transform on
+    fluorescence channels) and QC one sample of a study.
+
+    Parameters
+    ----------
+    study
+        A loaded :class:`immunomon.io.study.Study`.
+    sample_id
+        A ``sample_id`` of ``study.samples``.
+    qc
+        Quality-control settings; default :class:`~immunomon.preprocess.qc.QualityControl()`.
+    """
+    from immunomon.io.fcs import read_fcs
+    from immunomon.preprocess.transforms import from_spec
+
+    rows = study.samples.loc[study.samples["sample_id"] == sample_id]
+    if rows.empty:
+        raise UserError(f"{study.root}/samples.csv: no sample {sample_id!r}")
+    row = rows.iloc[0]
+    panel_name = str(row.get("panel", ""))
+    panels = study.config.panels
+    if panel_name not in panels:
+        raise UserError(f"{study.root}/samples.csv: sample {sample_id!r} names panel {panel_name!r}, "
+                        f"not defined in study.yaml (panels: {sorted(panels)})")
+    panel = panels[panel_name]
+    dataset = int(row["dataset"]) if "dataset" in row and pd.notna(row["dataset"]) else 1
+    f = read_fcs(study.path_of(sample_id), dataset=dataset)
+    channels = _as_dict(getattr(panel, "channels", {}) or {})
+    transform = from_spec(_as_dict(getattr(panel, "transform", None)))
+    prepared = prepare_events(
+        f.events, list(f.names), marker_names(list(f.names), list(f.labels), channels),
+        spillover=f.spillover, transform=transform, ranges=list(f.channels["range"].astype(float)),
+        qc=qc, sample_id=sample_id,
+    )
+    prepared.panel = panel_name
+    return prepared
+
+
+def _as_dict(obj: Any) -> Any:
+    """A pydantic model or mapping as a plain dict (None stays None)."""
+    if obj is None or isinstance(obj, dict):
+        return obj
+    if hasattr(obj, "model_dump"):
+        return obj.model_dump()
+    return dict(obj)

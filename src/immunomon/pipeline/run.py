@@ -1,0 +1,543 @@
+"""``run_study``: one study folder in, one run directory out.
+
+Stages (each cached by content hash, see :mod:`immunomon.pipeline.cache`)::
+
+    validate      load_study (every problem at once)
+    hash          SHA-256 of every input file                       (parallel)
+    prepare       per sample: read, compensate, transform, QC, gate,
+                  population statistics, clustering training subsample (parallel)
+    train         per panel: SOM + metaclusters on the pooled subsamples
+    map           per sample: map its QC-passed events to the clusters (parallel)
+    stats         immunomon.stats.analyze over the tidy tables
+    report        immunomon.report.html.render_report(run_dir)
+
+Per-sample work runs through :func:`~immunomon.pipeline.executor.map_samples`
+(in-process, local processes or a Dask scheduler): only small summaries and a
+subsample cross the sample boundary, so memory is bounded by a few files. Samples
+excluded in ``study.yaml`` are not processed; samples failing QC (or unreadable) are
+listed in ``samples`` with their reason. Neither enters clustering or statistics
+unless ``include_excluded=True``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from immunomon.errors import UserError
+
+from .cache import Cache, code_fingerprint, make_key, sha256_file
+from .executor import map_samples
+from .provenance import safe_keywords, utc_now, write_provenance
+from .rundir import write_table
+
+__all__ = ["run_study", "RunOptions", "SAMPLE_COLUMNS", "STAGES"]
+
+log = logging.getLogger("immunomon.run")
+
+#: Stage names, in order (progress bars, ``provenance.json`` steps, cache folders).
+STAGES = ("hash", "prepare", "train", "map", "stats", "report")
+
+#: Columns of ``tables/samples`` (architecture contract), in order.
+SAMPLE_COLUMNS = ["sample_id", "patient_id", "disease", "visit", "day", "panel", "batch", "file",
+                  "sha256", "events_total", "events_after_qc", "qc_pass", "excluded_reason"]
+
+#: Modules whose source enters the cache key of each stage.
+_CODE = {
+    "prepare": ("immunomon.io", "immunomon.preprocess", "immunomon.gating", "immunomon.clustering",
+                "immunomon.pipeline.prepare", "immunomon.pipeline.supervised",
+                "immunomon.pipeline.unsupervised", "immunomon.pipeline.run"),
+    "train": ("immunomon.clustering", "immunomon.pipeline.unsupervised"),
+    "stats": ("immunomon.stats",),
+}
+_CODE["map"] = _CODE["prepare"]
+
+#: Per-sample tables collected from the prepare stage, in write order.
+_SAMPLE_TABLES = ("qc_steps", "populations", "population_markers", "parameters", "gate_thresholds")
+#: Per-sample tables collected from the map stage.
+_MAP_TABLES = ("cluster_counts", "cluster_markers")
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Analysis options of a run (everything that can change a result, except the study).
+
+    Attributes
+    ----------
+    seed
+        Seed of every random step; ``None`` uses ``study.yaml``'s ``seed``.
+    training_cells
+        Events per sample drawn (at random, seeded) to train the clustering.
+    include_excluded
+        Also analyse samples excluded in ``study.yaml`` or failing QC.
+    stats
+        Options passed to :func:`immunomon.stats.analyze` (``options=``); changing
+        them re-runs only statistics and report.
+    """
+
+    seed: int | None = None
+    training_cells: int = 2_000
+    include_excluded: bool = False
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- per-sample tasks
+@dataclass(frozen=True)
+class _SampleJob:
+    """One per-sample task (picklable): the study, the sample, its cache key and seed."""
+
+    study: Any
+    sample_id: str
+    key: str
+    cache_root: str | None
+    seed: int
+    options: RunOptions
+    model: Any = None
+
+
+def _prepare_task(job: _SampleJob) -> dict:
+    """prepare + phenotype + training subsample of one sample, cached under ``prepare``."""
+    from immunomon.pipeline.prepare import prepare_sample
+    from immunomon.pipeline.supervised import phenotype_sample
+    from immunomon.pipeline.unsupervised import training_subsample
+
+    cache = Cache(job.cache_root)
+    hit = cache.get("prepare", job.key)
+    if hit is not None:
+        return {**hit, "cached": True}
+    try:
+        prepared = prepare_sample(job.study, job.sample_id)
+        tables = phenotype_sample(prepared, job.study, job.sample_id)
+    except UserError as err:  # an unreadable or ungateable file: listed, not fatal
+        return {"sample_id": job.sample_id, "error": "; ".join(err.problems), "cached": False}
+    qc_steps = prepared.qc_steps.copy()
+    qc_steps["panel"] = prepared.panel
+    result = {
+        "sample_id": job.sample_id,
+        "panel": prepared.panel,
+        "events_total": int(prepared.events_total),
+        "events_after_qc": int(prepared.events_after_qc),
+        "qc_pass": bool(prepared.qc_pass),
+        "error": "",
+        "keywords": _acquisition(job.study, job.sample_id),
+        "tables": {"qc_steps": qc_steps, **tables},
+        "training": training_subsample(job.study, prepared, n=job.options.training_cells,
+                                       seed=job.seed),
+    }
+    cache.put("prepare", job.key, result)
+    return {**result, "cached": False}
+
+
+#: FCS keywords copied to provenance: instrument and acquisition time (never $SRC, $OP ...).
+_ACQUISITION_KEYWORDS = ("$CYT", "$CYTSN", "$DATE", "$BTIM", "$ETIM", "$TOT")
+
+
+def _acquisition(study, sample_id: str) -> dict[str, str]:
+    """Instrument and acquisition keywords of a sample's FCS file (TEXT segment only)."""
+    from immunomon.io.fcs import read_fcs_metadata
+
+    row = study.samples.loc[study.samples["sample_id"] == sample_id].iloc[0]
+    dataset = int(row["dataset"]) if pd.notna(row.get("dataset", 1)) else 1
+    keywords = safe_keywords(read_fcs_metadata(study.path_of(sample_id), dataset=dataset).keywords)
+    return {k: v for k, v in keywords.items() if k in _ACQUISITION_KEYWORDS}
+
+
+def _map_task(job: _SampleJob) -> dict:
+    """Map one sample's QC-passed events onto its panel's clusters, cached under ``map``."""
+    from immunomon.pipeline.prepare import prepare_sample
+    from immunomon.pipeline.unsupervised import map_sample
+
+    cache = Cache(job.cache_root)
+    hit = cache.get("map", job.key)
+    if hit is not None:
+        return {**hit, "cached": True}
+    prepared = prepare_sample(job.study, job.sample_id)
+    result = {"sample_id": job.sample_id,
+              "tables": map_sample(job.model, prepared, job.study, job.sample_id)}
+    cache.put("map", job.key, result)
+    return {**result, "cached": False}
+
+
+# --------------------------------------------------------------------------- the run
+class _Stages:
+    """Rich progress bars (one per stage, with counts and ETA) + the log + step records."""
+
+    def __init__(self, quiet: bool):
+        from rich.console import Console
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                   TimeElapsedColumn, TimeRemainingColumn)
+
+        self.progress = Progress(
+            TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn(),
+            TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+            console=Console(stderr=True), disable=quiet, transient=False)
+        self.steps: list[dict] = []
+        self._t0 = 0.0
+        self._cpu0 = 0.0
+
+    def __enter__(self):
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.progress.__exit__(*exc)
+
+    def start(self, stage: str, total: int) -> tuple:
+        """Open the bar of ``stage`` for ``total`` items; returns the ``progress`` pair."""
+        log.info("%s: %d item(s)", stage, total)
+        self._t0, self._cpu0 = time.perf_counter(), time.process_time()
+        return self.progress, self.progress.add_task(stage, total=total)
+
+    def done(self, stage: str, **counts: Any) -> None:
+        """Record the step (counts, wall seconds, this process's CPU seconds) in the log."""
+        wall = time.perf_counter() - self._t0
+        step = {"step": stage, **counts, "wall_s": round(wall, 2),
+                "main_cpu_s": round(time.process_time() - self._cpu0, 2)}
+        self.steps.append(step)
+        log.info("%s done in %.1f s: %s", stage, wall,
+                 ", ".join(f"{k}={v}" for k, v in counts.items()))
+
+
+def run_study(
+    study_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    workers: int = 1,
+    scheduler: str | Any | None = None,
+    seed: int | None = None,
+    quiet: bool = False,
+    cache_dir: str | Path | None = None,
+    options: RunOptions | None = None,
+    report: bool = True,
+) -> Path:
+    """Analyse a study folder end to end into a run directory.
+
+    Parameters
+    ----------
+    study_dir
+        Study folder (``study.yaml``, ``samples.csv``, FCS files, optional clinical and
+        adverse-event tables). Opened read-only.
+    out_dir
+        Run directory (created): ``tables/``, ``figures/``, ``report.html``,
+        ``provenance.json``, ``run.log`` and the cache ``.cache/``.
+    workers
+        Local worker processes for per-sample stages (1 = in this process).
+    scheduler
+        ``tcp://host:8786`` of a Dask scheduler (or a ``distributed.Client``) instead of
+        local processes; its workers must see ``study_dir`` and the cache folder.
+    seed
+        Overrides ``study.yaml``'s seed (and ``options.seed``).
+    quiet
+        No progress bars (the log is still written).
+    cache_dir
+        Cache folder; default ``out_dir/.cache``. Results are reused when their inputs,
+        parameters, seed and code are unchanged.
+    options
+        Analysis options (:class:`RunOptions`).
+    report
+        Render ``report.html`` and ``figures/`` at the end.
+
+    Returns
+    -------
+    Path
+        The run directory.
+    """
+    from immunomon.io.study import load_study
+
+    started = utc_now()
+    out = Path(out_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    options = options or RunOptions()
+    handler = _open_log(out / "run.log")
+    try:
+        log.info("run %s -> %s (workers=%s, scheduler=%s)", study_dir, out, workers, scheduler)
+        study = load_study(study_dir)
+        seed = int(seed if seed is not None else
+                   options.seed if options.seed is not None else study.config.seed)
+        cache = Cache(Path(cache_dir).resolve() if cache_dir is not None else out / ".cache")
+        parallel = {"workers": workers, "scheduler": scheduler}
+        with _Stages(quiet) as stages:
+            record = _run(study, out, seed, options, cache, parallel, stages, report)
+        record.update(started=started, finished=utc_now())
+        write_provenance(out / "provenance.json", record)
+        log.info("finished: %s", out)
+        return out
+    except Exception:
+        log.exception("run failed")
+        raise
+    finally:
+        logging.getLogger("immunomon").removeHandler(handler)
+        handler.close()
+
+
+def _run(study, out: Path, seed: int, options: RunOptions, cache: Cache, parallel: dict,
+         stages: _Stages, report: bool) -> dict:
+    """The stages of :func:`run_study`; returns the provenance record (without times)."""
+    samples = study.samples.reset_index(drop=True)
+    inputs = _input_files(study)
+    hashes = map_samples(sha256_file, [p for _, p in inputs], progress=stages.start("hash", len(inputs)),
+                         **parallel)
+    sha = {rel: h for (rel, _), h in zip(inputs, hashes)}
+    stages.done("hash", files=len(inputs), bytes=int(sum(p.stat().st_size for _, p in inputs)))
+
+    # prepare: every sample not excluded in study.yaml (all with include_excluded)
+    excluded = samples["excluded_reason"].fillna("").astype(str)
+    todo = samples.loc[(excluded == "") | options.include_excluded, "sample_id"].tolist()
+    code = {stage: code_fingerprint(*mods) for stage, mods in _CODE.items()}
+    jobs = [_SampleJob(study, sid, _prepare_key(study, sid, sha, seed, options, code["prepare"]),
+                       _root(cache), _sample_seed(seed, sid), options) for sid in todo]
+    prepared = map_samples(_prepare_task, jobs, progress=stages.start("prepare", len(jobs)), **parallel)
+    by_id = {r["sample_id"]: r for r in prepared}
+    stages.done("prepare", samples=len(jobs), cached=sum(r["cached"] for r in prepared),
+                events_total=sum(r.get("events_total", 0) for r in prepared),
+                events_after_qc=sum(r.get("events_after_qc", 0) for r in prepared),
+                qc_failed=sum(not r.get("qc_pass", True) for r in prepared),
+                errors=sum(bool(r["error"]) for r in prepared))
+
+    table = _samples_table(samples, sha, by_id)
+    analysed = table.loc[(table["excluded_reason"] == "") | options.include_excluded]
+    analysed = analysed[analysed["sample_id"].map(lambda s: s in by_id and not by_id[s]["error"])]
+    keys = {j.sample_id: j.key for j in jobs}
+
+    # train: one clustering per panel, on the pooled subsamples of its analysed samples
+    panels = sorted(analysed["panel"].astype(str).unique())
+    models, clusters = {}, []
+    progress = stages.start("train", len(panels))
+    for panel in panels:
+        ids = analysed.loc[analysed["panel"] == panel, "sample_id"].tolist()
+        key = make_key("train", code["train"], _panel_config(study, panel), seed,
+                       [keys[s] for s in ids])
+        models[panel] = cache.get("train", key)
+        if models[panel] is None:
+            models[panel] = cache.put("train", key, _train_panel(study, panel, ids, by_id, seed))
+        models[panel]["key"] = key
+        clusters.append(models[panel]["clusters"])
+        _advance(progress)
+    stages.done("train", panels=len(panels),
+                training_events=int(sum(len(by_id[s]["training"]) for s in analysed["sample_id"])))
+
+    # map: every analysed sample onto its panel's clusters
+    map_jobs = [_SampleJob(study, sid, make_key("map", code["map"], keys[sid], models[p]["key"]),
+                           _root(cache), _sample_seed(seed, sid), options, models[p]["model"])
+                for sid, p in zip(analysed["sample_id"], analysed["panel"].astype(str))]
+    mapped = map_samples(_map_task, map_jobs, progress=stages.start("map", len(map_jobs)), **parallel)
+    stages.done("map", samples=len(map_jobs), cached=sum(r["cached"] for r in mapped),
+                events_mapped=int(sum(by_id[r["sample_id"]]["events_after_qc"] for r in mapped)))
+
+    tables = {"samples": table}
+    for name in _SAMPLE_TABLES:
+        tables[name] = _concat([by_id[s]["tables"][name] for s in todo
+                                if s in by_id and not by_id[s]["error"]])
+    for name in _MAP_TABLES:
+        tables[name] = _concat([r["tables"][name] for r in mapped])
+    tables["clusters"] = _concat(clusters)
+    tables["embedding"] = _concat([models[p]["embedding"] for p in panels])
+
+    # stats: over analysed samples only
+    stats_tables = _stats(study, tables, analysed, seed, options, cache, code["stats"], stages)
+    tables.update(stats_tables)
+    for name, frame in tables.items():
+        write_table(out, name, frame)
+
+    record = {
+        "study_id": study.config.study_id,
+        "seed": seed,
+        "baseline": study.config.baseline,
+        "parameters": _parameters(study, options, parallel, seed),
+        "inputs": [{"path": rel, "sha256": sha[rel], "bytes": p.stat().st_size} for rel, p in inputs],
+        "instruments": {r["sample_id"]: r["keywords"] for r in prepared if r.get("keywords")},
+        "tables": sorted(tables),
+        "steps": stages.steps,
+    }
+    if report:
+        write_provenance(out / "provenance.json", {**record, "finished": None})
+        from immunomon.report.html import render_report
+
+        progress = stages.start("report", 1)
+        render_report(out)
+        _advance(progress)
+        stages.done("report", figures=len(list((out / "figures").glob("*"))))
+        record["steps"] = stages.steps
+    return record
+
+
+def _stats(study, tables: dict, analysed: pd.DataFrame, seed: int, options: RunOptions,
+           cache: Cache, code: str, stages: _Stages) -> dict[str, pd.DataFrame]:
+    """``immunomon.stats.analyze`` over the analysed samples' tables, cached under ``stats``."""
+    from immunomon.stats import analyze
+
+    ids = set(analysed["sample_id"])
+    inputs = {
+        "samples": analysed.reset_index(drop=True),
+        "parameters": _only(tables["parameters"], ids),
+        "cluster_counts": _only(tables["cluster_counts"], ids),
+        "cluster_markers": _only(tables["cluster_markers"], ids),
+        "clinical": study.clinical,
+        "adverse_events": study.adverse_events,
+        "patients": _patients(study.samples),
+    }
+    visits = [v.name if hasattr(v, "name") else v["name"] for v in study.config.visits]
+    key = make_key("stats", code, {k: _frame_digest(v) for k, v in inputs.items()},
+                   study.config.baseline, visits, options.stats, seed)
+    progress = stages.start("stats", 1)
+    result = cache.get("stats", key)
+    cached = result is not None
+    if not cached:
+        result = cache.put("stats", key, dict(analyze(inputs, baseline=study.config.baseline,
+                                                      visits=visits, options=dict(options.stats))))
+    _advance(progress)
+    stages.done("stats", samples=len(ids), tables=len(result), cached=int(cached),
+                rows=int(sum(len(t) for t in result.values())))
+    return result
+
+
+# --------------------------------------------------------------------------- helpers
+def _open_log(path: Path) -> logging.Handler:
+    """Append this run's log records (``immunomon.*`` loggers) to ``run.log``."""
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger("immunomon")
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    return handler
+
+
+def _advance(progress: tuple) -> None:
+    bar, task = progress
+    bar.advance(task)
+
+
+def _root(cache: Cache) -> str | None:
+    return str(cache.root) if cache.root is not None else None
+
+
+def _sample_seed(seed: int, sample_id: str) -> int:
+    """A per-sample seed that depends on the run seed and the sample id, not on order."""
+    return int(make_key("sample-seed", seed, sample_id)[:8], 16)
+
+
+def _input_files(study) -> list[tuple[str, Path]]:
+    """Every input file of the study as ``(path relative to the study folder, absolute path)``."""
+    root = Path(study.root).resolve()
+    files = [root / name for name in ("study.yaml", "samples.csv", "clinical.csv",
+                                      "adverse_events.csv") if (root / name).is_file()]
+    for panel in study.config.panels:
+        files += _gating_files(study, panel)
+    files += [Path(study.path_of(s)).resolve() for s in study.samples["sample_id"]]
+    unique = list(dict.fromkeys(files))
+    return [(_relative(p, root), p) for p in unique]
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
+def _gating_files(study, panel: str) -> list[Path]:
+    """Files named by a panel's ``gating`` section (template YAML, Gating-ML, workspace)."""
+    root = Path(study.root).resolve()
+    gating = _panel_config(study, panel).get("gating") or {}
+    return [root / v for v in gating.values() if isinstance(v, str) and (root / v).is_file()]
+
+
+def _panel_config(study, panel: str) -> Any:
+    """The panel's study.yaml section (channels, transform, gating, clustering) as plain data."""
+    config = study.config.panels[panel]
+    return config.model_dump(mode="json") if hasattr(config, "model_dump") else config
+
+
+def _prepare_key(study, sample_id: str, sha: dict, seed: int, options: RunOptions,
+                 code: str) -> str:
+    """Cache key of a sample's prepare stage: file content, manifest row, panel, seed, code."""
+    row = study.samples.loc[study.samples["sample_id"] == sample_id].iloc[0]
+    root = Path(study.root).resolve()
+    file_sha = sha[_relative(Path(study.path_of(sample_id)).resolve(), root)]
+    gating_files = [sha[_relative(p, root)] for p in _gating_files(study, row["panel"])]
+    return make_key("prepare", code, file_sha, row.to_dict(), _panel_config(study, row["panel"]),
+                    gating_files, _sample_seed(seed, sample_id), options.training_cells)
+
+
+def _samples_table(samples: pd.DataFrame, sha: dict, by_id: dict) -> pd.DataFrame:
+    """``tables/samples``: manifest columns + checksum, event counts, QC and exclusion reason."""
+    table = samples.copy()
+    table["sha256"] = [sha.get(_file_key(f, sha), "") for f in table["file"]]
+    results = [by_id.get(s, {}) for s in table["sample_id"]]
+    table["events_total"] = pd.array([r.get("events_total") for r in results], dtype="Int64")
+    table["events_after_qc"] = pd.array([r.get("events_after_qc") for r in results], dtype="Int64")
+    table["qc_pass"] = pd.array([r.get("qc_pass") for r in results], dtype="boolean")
+    reasons = []
+    for reason, r in zip(table["excluded_reason"].fillna("").astype(str), results):
+        if not reason and r.get("error"):
+            reason = f"error: {r['error']}"
+        elif not reason and r.get("qc_pass") is False:
+            reason = "failed QC"
+        reasons.append(reason)
+    table["excluded_reason"] = reasons
+    extra = [c for c in table.columns if c not in SAMPLE_COLUMNS]
+    return table[[c for c in SAMPLE_COLUMNS if c in table.columns] + extra]
+
+
+def _file_key(file: str, sha: dict) -> str:
+    file = Path(str(file)).as_posix()
+    return file if file in sha else next((k for k in sha if k.endswith("/" + file)), file)
+
+
+def _patients(samples: pd.DataFrame) -> pd.DataFrame:
+    """One row per patient: patient_id, disease."""
+    return (samples[["patient_id", "disease"]].drop_duplicates("patient_id")
+            .sort_values("patient_id", kind="stable").reset_index(drop=True))
+
+
+def _only(frame: pd.DataFrame, ids: set) -> pd.DataFrame:
+    if frame.empty or "sample_id" not in frame.columns:
+        return frame
+    return frame[frame["sample_id"].isin(ids)].reset_index(drop=True)
+
+
+def _concat(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
+    frames = [f for f in frames if f is not None and len(f.columns)]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def _frame_digest(frame: Any) -> Any:
+    """A content digest of a DataFrame (values, index, columns, dtypes) for cache keys."""
+    if frame is None:
+        return None
+    if not isinstance(frame, pd.DataFrame):
+        return frame
+    digest = hashlib.sha256(repr((list(frame.columns), list(map(str, frame.dtypes)))).encode())
+    digest.update(pd.util.hash_pandas_object(frame, index=True).to_numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _train_panel(study, panel: str, ids: list[str], by_id: dict, seed: int) -> dict:
+    """Train the panel's clustering on the pooled training subsamples of ``ids``."""
+    from immunomon.pipeline.unsupervised import train
+
+    return train(study, panel, [by_id[s]["training"] for s in ids], seed=seed)
+
+
+def _parameters(study, options: RunOptions, parallel: dict, seed: int) -> dict:
+    """Parameters recorded in provenance (the study's analysis settings and run options)."""
+    return {
+        "seed": seed,
+        "baseline": study.config.baseline,
+        "visits": [v.model_dump() if hasattr(v, "model_dump") else v for v in study.config.visits],
+        "panels": {p: _panel_config(study, p) for p in study.config.panels},
+        "exclusions": [e.model_dump() if hasattr(e, "model_dump") else e
+                       for e in study.config.exclusions],
+        "training_cells": options.training_cells,
+        "include_excluded": options.include_excluded,
+        "stats": options.stats,
+        "workers": parallel["workers"],
+        "scheduler": str(parallel["scheduler"]) if parallel["scheduler"] is not None else None,
+    }

@@ -1,0 +1,449 @@
+"""Per-file quality control of cytometry events.
+
+Five steps, each a small function returning a boolean mask of events to remove, run in
+order by :class:`QualityControl` on the events left by the previous step:
+
+``margins``
+    events at the top of a channel's range (``$PnR``): saturated detectors;
+``time``
+    acquisition anomalies, in the spirit of PeacoQC/flowAI: the file is cut into time
+    segments; a segment is anomalous when its flow rate (events per unit time) or its
+    signal (per-channel mean) is a robust outlier among all segments (more than
+    ``k`` MADs from their median);
+``doublets``
+    events whose FSC-A/FSC-H ratio lies above ``median + k·MAD`` of the file;
+``debris``
+    events below the density valley of FSC-A (or below a floor) and at the very low
+    end of SSC-A;
+``dead``
+    events above the density valley between the negative (live) and positive (dead)
+    peaks of the viability dye.
+
+Every step writes one row of the ``qc_steps`` table (``sample_id, step, events_in,
+events_removed, reason``); ``reason`` states the data-driven threshold. A file that
+loses more than ``max_loss`` of its events is flagged ``qc_pass = False`` (its events
+are still returned, so that a person can look at them).
+
+The module knows nothing about studies: it works on an events table whose columns are
+marker names (scatter in linear units, fluorescence transformed, e.g. arcsinh).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+from scipy.ndimage import gaussian_filter1d
+from scipy.signal import find_peaks
+
+QC_STEP_NAMES = ("margins", "time", "doublets", "debris", "dead")
+QC_STEPS_COLUMNS = ["sample_id", "step", "events_in", "events_removed", "reason"]
+MAD_SCALE = 1.4826  # MAD of a standard normal distribution is 1 / 1.4826
+
+
+def robust_z(x: np.ndarray, axis: int = 0) -> np.ndarray:
+    """Robust z-scores ``(x - median) / (1.4826 · MAD)`` along ``axis``.
+
+    A zero MAD (constant input) gives z = 0 where ``x`` equals the median and ±inf
+    elsewhere.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    med = np.median(x, axis=axis, keepdims=True)
+    mad = MAD_SCALE * np.median(np.abs(x - med), axis=axis, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = (x - med) / mad
+    return np.where(x == med, 0.0, z)
+
+
+def density_valley(
+    x: np.ndarray,
+    bounds: tuple[float, float],
+    *,
+    grid: int = 512,
+    adjust: float = 0.5,
+    min_prominence: float = 0.02,
+    max_events: int = 200_000,
+) -> float:
+    """Position of the deepest density minimum of ``x`` between two peaks, within ``bounds``.
+
+    The density is a Gaussian-smoothed histogram (a binned KDE) on ``grid`` bins over the
+    0.1–99.9 % range of the data widened to include ``bounds``; the bandwidth is
+    ``adjust`` × Silverman's rule. Peaks are local maxima whose prominence is at least
+    ``min_prominence`` × the highest density; the valley between two neighbouring peaks
+    is the lowest point between them (the middle of a flat run, e.g. an empty gap). Of
+    the valleys inside ``bounds`` the lowest is returned; when there is none (one
+    population only, or the bounds hold one flank of a peak), the bound where the density
+    is lowest is returned, so that a sample missing the positive (or negative)
+    population is still gated consistently.
+
+    Parameters
+    ----------
+    x
+        1-D values (any unit; typically arcsinh-transformed fluorescence).
+    bounds
+        ``(low, high)`` interval, in the units of ``x``, where the valley must lie.
+    grid, adjust, min_prominence
+        Number of histogram bins, bandwidth multiplier, peak prominence threshold.
+    max_events
+        At most this many values are used (an evenly strided subset; deterministic).
+
+    Returns
+    -------
+    float
+        The threshold, in the units of ``x``; the midpoint of ``bounds`` when ``x`` has
+        fewer than 10 finite values.
+    """
+    lo, hi = float(bounds[0]), float(bounds[1])
+    if not lo < hi:
+        raise ValueError(f"density_valley: bounds must be increasing, got {bounds}")
+    x = np.asarray(x, dtype=np.float64)
+    x = x[np.isfinite(x)]
+    if x.size > max_events:
+        x = x[:: int(np.ceil(x.size / max_events))]
+    if x.size < 10:
+        return 0.5 * (lo + hi)
+    q_lo, q_hi = np.quantile(x, [0.001, 0.999])
+    start, stop = min(q_lo, lo), max(q_hi, hi)
+    counts, edges = np.histogram(x, bins=grid, range=(start, stop))
+    width = edges[1] - edges[0]
+    sd = np.std(x)
+    iqr = np.subtract(*np.quantile(x, [0.75, 0.25]))
+    spread = min(sd, iqr / 1.34) if iqr > 0 else sd
+    bandwidth = adjust * 0.9 * spread * x.size ** -0.2
+    density = gaussian_filter1d(counts.astype(np.float64), max(bandwidth / width, 1.0), mode="constant")
+    centres = 0.5 * (edges[:-1] + edges[1:])
+    peaks, _ = find_peaks(np.pad(density, 1), prominence=min_prominence * density.max())
+    peaks -= 1
+    best, best_d = None, np.inf
+    tol = 1e-3 * density.max()
+    for a, b in zip(peaks[:-1], peaks[1:]):
+        seg = density[a : b + 1]
+        low = np.flatnonzero(seg <= seg.min() + tol)
+        run = low[low - low[0] == np.arange(low.size)]  # the first contiguous run of minima
+        v = a + run[run.size // 2]
+        if lo <= centres[v] <= hi and density[v] < best_d:
+            best, best_d = v, density[v]
+    if best is not None:
+        return float(centres[best])
+    inside = np.flatnonzero((centres >= lo) & (centres <= hi))
+    if inside.size == 0:
+        return 0.5 * (lo + hi)
+    return lo if density[inside[0]] <= density[inside[-1]] else hi
+
+
+# --------------------------------------------------------------------------- steps
+
+
+def margin_events(values: np.ndarray, ranges: Sequence[float]) -> np.ndarray:
+    """Events at or above ``range - 1`` in any channel (saturated detectors).
+
+    Parameters
+    ----------
+    values
+        ``(n_events, n_channels)`` raw (uncompensated, untransformed) values.
+    ranges
+        ``$PnR`` of each channel, same order as the columns of ``values``.
+
+    Returns
+    -------
+    np.ndarray
+        Boolean mask, ``(n_events,)``, True for events to remove.
+    """
+    values = np.asarray(values)
+    top = np.asarray(ranges, dtype=np.float64) - 1.0
+    return (values >= top[None, :]).any(axis=1)
+
+
+def _segments(n: int, per_segment: int, max_segments: int) -> np.ndarray:
+    """Segment index of each of ``n`` events cut into equal consecutive segments."""
+    k = int(np.clip(n // max(per_segment, 1), 1, max_segments))
+    return np.minimum(np.arange(n) * k // max(n, 1), k - 1)
+
+
+def time_anomalies(
+    time: np.ndarray,
+    signals: np.ndarray,
+    *,
+    rate_bin_events: int = 50,
+    segment_events: int = 100,
+    max_segments: int = 2000,
+    rate_mad: float = 5.0,
+    signal_mad: float = 6.0,
+    min_shift: float = 0.1,
+) -> tuple[np.ndarray, dict]:
+    """Events acquired during an anomalous flow rate or with an anomalous signal.
+
+    Flow rate: the acquisition time is cut into bins of equal duration holding
+    ``rate_bin_events`` events on average (at most ``max_segments`` bins); a bin whose
+    count lies more than ``rate_mad`` MADs from the median count is anomalous, and so is
+    a neighbour of an anomalous bin lying more than ``rate_mad / 2`` MADs away (a burst
+    straddling two bins). Signal: the events are cut, in acquisition order, into segments
+    of ``segment_events`` events (at most ``max_segments``); a segment whose mean in any
+    channel lies more than ``signal_mad`` MADs from the median of the segment means,
+    and more than ``min_shift`` × the channel's robust SD of events, is anomalous.
+
+    Parameters
+    ----------
+    time
+        ``(n_events,)`` acquisition time (any unit), in file order.
+    signals
+        ``(n_events, n_channels)`` values to monitor (transformed fluorescence, scatter).
+
+    Returns
+    -------
+    mask, info
+        Boolean mask ``(n_events,)`` of events to remove; ``info`` holds ``rate_bins``,
+        ``rate_anomalous``, ``segments`` and ``signal_anomalous`` (counts).
+    """
+    time = np.asarray(time, dtype=np.float64)
+    n = time.size
+    remove = np.zeros(n, dtype=bool)
+    info = {"rate_bins": 0, "rate_anomalous": 0, "segments": 0, "signal_anomalous": 0}
+    if n < 10 * max(segment_events, rate_bin_events):
+        return remove, info
+
+    n_bins = int(np.clip(n // max(rate_bin_events, 1), 1, max_segments))
+    t0, t1 = float(np.min(time)), float(np.max(time))
+    if t1 > t0:
+        time_bin = np.minimum(((time - t0) * (n_bins / (t1 - t0))).astype(np.int64), n_bins - 1)
+        z = np.abs(robust_z(np.bincount(time_bin, minlength=n_bins)))
+        bad = z > rate_mad
+        near = np.zeros_like(bad)
+        near[1:] |= bad[:-1]
+        near[:-1] |= bad[1:]
+        bad |= near & (z > rate_mad / 2)
+        remove |= bad[time_bin]
+        info.update(rate_bins=n_bins, rate_anomalous=int(bad.sum()))
+
+    signals = np.asarray(signals, dtype=np.float32)
+    seg = _segments(n, segment_events, max_segments)
+    k = int(seg[-1]) + 1
+    starts = np.searchsorted(seg, np.arange(k))
+    # mean of every segment: unlike the median, it moves smoothly with the mix of
+    # populations in a segment, so bimodal markers do not make false alarms
+    means = np.add.reduceat(signals, starts, axis=0, dtype=np.float64) / np.diff(np.append(starts, n))[:, None]
+    centre = np.median(means, axis=0)
+    spread = MAD_SCALE * np.median(np.abs(signals - np.median(signals, axis=0)), axis=0)
+    shifted = np.abs(means - centre) > min_shift * spread
+    bad_signal = ((np.abs(robust_z(means)) > signal_mad) & shifted).any(axis=1)
+    remove |= bad_signal[seg]
+    info.update(segments=k, signal_anomalous=int(bad_signal.sum()))
+    return remove, info
+
+
+def doublet_events(fsc_a: np.ndarray, fsc_h: np.ndarray, *, k: float = 4.0) -> tuple[np.ndarray, float]:
+    """Events whose ``FSC-A / FSC-H`` ratio exceeds ``median + k · 1.4826 · MAD``.
+
+    Returns the mask of events to remove and the ratio threshold. Events with
+    ``FSC-H <= 0`` are doublet-free by definition here (ratio undefined) unless FSC-A is
+    also positive, in which case they are removed.
+    """
+    fsc_a = np.asarray(fsc_a, dtype=np.float64)
+    fsc_h = np.asarray(fsc_h, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(fsc_h > 0, fsc_a / fsc_h, np.where(fsc_a > 0, np.inf, 1.0))
+    finite = ratio[np.isfinite(ratio)]
+    if finite.size == 0:
+        return np.zeros(ratio.size, dtype=bool), float("nan")
+    med = np.median(finite)
+    mad = MAD_SCALE * np.median(np.abs(finite - med))
+    threshold = float(med + k * mad)
+    return ratio > threshold, threshold
+
+
+def debris_events(
+    fsc_a: np.ndarray,
+    ssc_a: np.ndarray,
+    *,
+    fsc_bounds: tuple[float, float],
+    ssc_floor: float = 0.0,
+) -> tuple[np.ndarray, float]:
+    """Events below the FSC-A density valley within ``fsc_bounds``, or with SSC-A below
+    ``ssc_floor`` (linear units). Returns the mask and the FSC-A threshold."""
+    fsc_a = np.asarray(fsc_a, dtype=np.float64)
+    threshold = density_valley(fsc_a, fsc_bounds)
+    return (fsc_a < threshold) | (np.asarray(ssc_a) < ssc_floor), threshold
+
+
+def dead_events(viability: np.ndarray, *, bounds: tuple[float, float]) -> tuple[np.ndarray, float]:
+    """Events above the viability-dye density valley within ``bounds`` (transformed
+    units). Returns the mask and the threshold."""
+    viability = np.asarray(viability, dtype=np.float64)
+    threshold = density_valley(viability, bounds)
+    return viability > threshold, threshold
+
+
+# --------------------------------------------------------------------------- estimator
+
+
+@dataclass
+class QCResult:
+    """Outcome of :meth:`QualityControl.apply` on one file.
+
+    Attributes
+    ----------
+    keep
+        ``(n_events,)`` boolean mask over the input events, True for events passing QC.
+    steps
+        The ``qc_steps`` rows of this file (columns :data:`QC_STEPS_COLUMNS` plus
+        ``threshold``, the data-driven threshold of the step, NaN where none).
+    qc_pass
+        False when the fraction removed exceeds ``max_loss``.
+    """
+
+    keep: np.ndarray
+    steps: pd.DataFrame
+    qc_pass: bool
+
+    @property
+    def events_total(self) -> int:
+        return int(self.keep.size)
+
+    @property
+    def events_after_qc(self) -> int:
+        return int(self.keep.sum())
+
+
+@dataclass
+class QualityControl:
+    """Quality control of one file's events, with explicit parameters.
+
+    Parameters
+    ----------
+    steps
+        Steps to run, in order; any of ``margins``, ``time``, ``doublets``, ``debris``,
+        ``dead``. A step whose channels are missing is reported as skipped.
+    time, fsc_a, fsc_h, ssc_a, viability
+        Column names (marker names) of the events table.
+    rate_bin_events, segment_events, max_segments, rate_mad, signal_mad, min_shift
+        Time-anomaly parameters (see :func:`time_anomalies`).
+    signal_channels
+        Columns monitored for signal stability; default: every column except time.
+    doublet_mad
+        ``k`` of :func:`doublet_events`.
+    debris_fsc_bounds, debris_ssc_floor
+        Search interval of the FSC-A valley and SSC-A floor (linear units).
+    dead_bounds
+        Search interval of the viability valley (transformed units).
+    max_loss
+        A file losing more than this fraction of its events fails QC.
+    """
+
+    steps: tuple[str, ...] = ("margins", "time", "doublets", "debris", "dead")
+    time: str = "Time"
+    fsc_a: str = "FSC-A"
+    fsc_h: str = "FSC-H"
+    ssc_a: str = "SSC-A"
+    viability: str = "Viability"
+    rate_bin_events: int = 50
+    segment_events: int = 100
+    max_segments: int = 2000
+    rate_mad: float = 5.0
+    signal_mad: float = 6.0
+    min_shift: float = 0.1
+    signal_channels: tuple[str, ...] | None = None
+    doublet_mad: float = 4.0
+    debris_fsc_bounds: tuple[float, float] = (10_000.0, 60_000.0)
+    debris_ssc_floor: float = 0.0
+    dead_bounds: tuple[float, float] = (1.0, 4.0)
+    max_loss: float = 0.5
+
+    def __post_init__(self) -> None:
+        unknown = [s for s in self.steps if s not in QC_STEP_NAMES]
+        if unknown:
+            raise ValueError(f"QualityControl: unknown steps {unknown}; known: {list(QC_STEP_NAMES)}")
+        if not 0.0 <= self.max_loss <= 1.0:
+            raise ValueError(f"QualityControl: max_loss must be in [0, 1], got {self.max_loss}")
+
+    def apply(
+        self,
+        events: pd.DataFrame,
+        *,
+        sample_id: str = "",
+        raw: pd.DataFrame | None = None,
+        ranges: Mapping[str, float] | None = None,
+    ) -> QCResult:
+        """Run the steps on ``events`` (rows in acquisition order).
+
+        Parameters
+        ----------
+        events
+            ``(n_events, n_markers)`` table, columns = marker names.
+        sample_id
+            Written in the ``sample_id`` column of the steps table.
+        raw, ranges
+            Untransformed values (columns = marker names; default ``events``) and
+            ``$PnR`` per column, for the ``margins`` step; without ``ranges`` the step
+            is skipped.
+        """
+        n = len(events)
+        keep = np.ones(n, dtype=bool)
+        rows = []
+        for step in self.steps:
+            idx = np.flatnonzero(keep)
+            remove, threshold, reason = getattr(self, f"_{step}")(events.iloc[idx], raw, ranges, idx)
+            keep[idx[remove]] = False
+            rows.append((sample_id, step, idx.size, int(remove.sum()), reason, threshold))
+        steps = pd.DataFrame(rows, columns=QC_STEPS_COLUMNS + ["threshold"])
+        steps = steps.astype({"events_in": "int64", "events_removed": "int64", "threshold": "float64"})
+        lost = 1.0 - keep.sum() / n if n else 1.0
+        return QCResult(keep=keep, steps=steps, qc_pass=bool(lost <= self.max_loss))
+
+    # Each step: (events subset, raw, ranges, row indices) -> (mask, threshold, reason)
+
+    def _skipped(self, n: int, missing: list[str]) -> tuple[np.ndarray, float, str]:
+        return np.zeros(n, dtype=bool), float("nan"), f"skipped: no column {', '.join(missing)}"
+
+    def _margins(self, ev, raw, ranges, idx):
+        if not ranges:
+            return np.zeros(len(ev), dtype=bool), float("nan"), "skipped: no channel ranges"
+        source = ev if raw is None else raw.iloc[idx]
+        cols = [c for c in ranges if c in source.columns and c != self.time]
+        remove = margin_events(source[cols].to_numpy(), [ranges[c] for c in cols])
+        return remove, float("nan"), f"value >= $PnR - 1 in any of {len(cols)} channels"
+
+    def _time(self, ev, raw, ranges, idx):
+        if self.time not in ev.columns:
+            return self._skipped(len(ev), [self.time])
+        cols = list(self.signal_channels or [c for c in ev.columns if c != self.time])
+        remove, info = time_anomalies(
+            ev[self.time].to_numpy(), ev[cols].to_numpy(),
+            rate_bin_events=self.rate_bin_events, segment_events=self.segment_events,
+            max_segments=self.max_segments, rate_mad=self.rate_mad, signal_mad=self.signal_mad, min_shift=self.min_shift,
+        )
+        reason = (
+            f"{info['rate_anomalous']} of {info['rate_bins']} time bins with a flow rate > {self.rate_mad:g} MAD "
+            f"from the median; {info['signal_anomalous']} of {info['segments']} segments with a channel mean > "
+            f"{self.signal_mad:g} MAD from the median"
+        )
+        return remove, float("nan"), reason
+
+    def _doublets(self, ev, raw, ranges, idx):
+        missing = [c for c in (self.fsc_a, self.fsc_h) if c not in ev.columns]
+        if missing:
+            return self._skipped(len(ev), missing)
+        remove, thr = doublet_events(ev[self.fsc_a].to_numpy(), ev[self.fsc_h].to_numpy(), k=self.doublet_mad)
+        return remove, thr, f"{self.fsc_a}/{self.fsc_h} > {thr:.4g} (median + {self.doublet_mad:g} MAD)"
+
+    def _debris(self, ev, raw, ranges, idx):
+        missing = [c for c in (self.fsc_a, self.ssc_a) if c not in ev.columns]
+        if missing:
+            return self._skipped(len(ev), missing)
+        remove, thr = debris_events(
+            ev[self.fsc_a].to_numpy(), ev[self.ssc_a].to_numpy(),
+            fsc_bounds=self.debris_fsc_bounds, ssc_floor=self.debris_ssc_floor,
+        )
+        return remove, thr, (
+            f"{self.fsc_a} < {thr:.4g} (density valley in [{self.debris_fsc_bounds[0]:g}, "
+            f"{self.debris_fsc_bounds[1]:g}]) or {self.ssc_a} < {self.debris_ssc_floor:g}"
+        )
+
+    def _dead(self, ev, raw, ranges, idx):
+        if self.viability not in ev.columns:
+            return self._skipped(len(ev), [self.viability])
+        remove, thr = dead_events(ev[self.viability].to_numpy(), bounds=self.dead_bounds)
+        return remove, thr, (
+            f"{self.viability} > {thr:.4g} (density valley in [{self.dead_bounds[0]:g}, {self.dead_bounds[1]:g}])"
+        )

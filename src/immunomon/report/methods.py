@@ -1,0 +1,161 @@
+"""The generated methods paragraph: what was done, with which versions, parameters and tests.
+
+Everything comes from ``provenance.json`` and the tables (counts, the ``method`` names of the
+stats tables); unknown method names are quoted as they are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import pandas as pd
+
+from .htmltable import fmt_num
+from .rundata import RunData
+
+#: Plain-language names of statistical methods, matched on a lower-cased substring, in order.
+METHOD_NAMES = (
+    ("wilcoxon", "two-sided Wilcoxon signed-rank tests on paired values"),
+    ("paired_t", "paired t-tests on log2 fold changes"),
+    ("ttest", "paired t-tests on log2 fold changes"),
+    ("t-test", "paired t-tests on log2 fold changes"),
+    ("glmm", "negative-binomial generalised linear mixed models with patient as random effect"),
+    ("lmm", "linear mixed models (value ~ visit + disease + (1 | patient))"),
+    ("mixed", "linear mixed models (value ~ visit + disease + (1 | patient))"),
+    ("edger", "negative-binomial GLMs (edgeR) with patient as blocking factor"),
+    ("glm", "negative-binomial GLMs with patient as blocking factor"),
+    ("limma", "limma moderated t-tests with patient as blocking factor"),
+    ("spearman", "Spearman rank correlations"),
+)
+
+
+#: Versions named in the methods text (all versions are in the provenance section).
+KEY_PACKAGES = ("python", "numpy", "scipy", "pandas", "statsmodels", "scikit-learn", "umap-learn",
+                "inmoose", "flowutils")
+
+
+def describe_method(name: str) -> str:
+    """Plain-language description of a ``method`` value (the value itself when unknown)."""
+    low = str(name).lower()
+    for key, text in METHOD_NAMES:
+        if key in low:
+            return f"{text} (`{name}`)"
+    return f"`{name}`"
+
+
+def _methods(df: pd.DataFrame | None) -> list[str]:
+    if df is None or "method" not in df.columns:
+        return []
+    return [describe_method(m) for m in pd.unique(df["method"].astype(str))]
+
+
+def _join(items: list[str]) -> str:
+    items = list(dict.fromkeys(items))
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def flatten(d: Mapping, prefix: str = "") -> dict[str, object]:
+    """``{"a.b": v}`` for a nested mapping (lists kept as values)."""
+    out: dict[str, object] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def find(params: Mapping[str, object], *words: str) -> object | None:
+    """First flattened parameter whose key contains every one of ``words`` (lower case)."""
+    for k, v in params.items():
+        if all(w in k.lower() for w in words):
+            return v
+    return None
+
+
+def versions(prov: Mapping) -> dict[str, str]:
+    """``{package: version}`` from provenance (``versions`` or ``dependencies``)."""
+    v = prov.get("versions") or prov.get("dependencies") or {}
+    out = {str(k): str(x) for k, x in v.items()} if isinstance(v, Mapping) else {}
+    for key in ("immunomon_version", "immunomon"):
+        if isinstance(prov.get(key), str):
+            out.setdefault("immunomon", prov[key])
+    return out
+
+
+def methods_paragraphs(run: RunData) -> list[str]:
+    """The methods text, one string per paragraph (plain text, to be escaped by the caller)."""
+    prov, out = run.provenance, []
+    params = flatten(prov.get("parameters") or {}) if isinstance(prov.get("parameters"),
+                                                                 Mapping) else {}
+    ver = versions(prov)
+    samples, analysed = run.get("samples"), run.analysed_samples
+    if samples is not None:
+        n_pat = samples["patient_id"].nunique()
+        text = (f"{len(samples)} samples from {n_pat} patients "
+                f"({samples['disease'].nunique()} diseases) at {len(run.visits)} visits "
+                f"({', '.join(run.visits)}; baseline {run.baseline}) were analysed")
+        text += f" with immunomon {ver['immunomon']}" if "immunomon" in ver else ""
+        deps = [f"{k} {ver[k]}" for k in KEY_PACKAGES if k in ver]
+        text += f" ({', '.join(deps)})." if deps else "."
+        n_out = len(samples) - (len(analysed) if analysed is not None else len(samples))
+        text += (f" {n_out} samples were left out of the statistics (failed quality control or "
+                 "excluded in the study manifest; listed with reasons in the study overview).")
+        if {"events_total", "events_after_qc"} <= set(samples.columns) and analysed is not None:
+            ev = analysed["events_after_qc"].astype(float)
+            text += (f" Analysed samples held a median of {fmt_num(ev.median())} events after "
+                     f"quality control (range {fmt_num(ev.min())}–{fmt_num(ev.max())}; "
+                     f"{fmt_num(analysed['events_total'].astype(float).sum())} events acquired).")
+        out.append(text)
+    pre = []
+    qc = run.get("qc_steps")
+    if qc is not None:
+        pre.append("Quality control removed events in the steps " +
+                   _join([f"‘{s}’" for s in pd.unique(qc["step"].astype(str))]) + ".")
+    cof = find(params, "cofactor")
+    if cof is not None:
+        pre.append(f"Fluorescence was compensated with each file's spillover matrix and "
+                   f"arcsinh-transformed (cofactor {cof}).")
+    pops = run.get("parameters")
+    if pops is not None:
+        pre.append(f"A gating hierarchy applied identically to every sample gave "
+                   f"{pops['parameter'].nunique()} parameters per sample (population "
+                   f"frequencies, counts and marker expression).")
+    clusters = run.get("clusters")
+    if clusters is not None:
+        grid, n_cells = find(params, "grid"), fmt_num(clusters["n_cells"].astype(float).sum()) \
+            if "n_cells" in clusters.columns else None
+        pre.append(f"All cells were clustered together with a self-organising map"
+                   f"{f' ({grid} grid)' if grid is not None else ''} and consensus "
+                   f"metaclustering into {len(clusters)} metaclusters"
+                   f"{f' ({n_cells} cells)' if n_cells else ''}; UMAP maps a subsample of cells.")
+    if pre:
+        out.append(" ".join(pre))
+    st = []
+    sup = _methods(run.get("stats_supervised"))
+    if sup:
+        st.append(f"Change from baseline ({run.baseline}) of every parameter at every visit was "
+                  f"tested per disease and pooled over diseases with {_join(sup)}.")
+    da, ds = _methods(run.get("stats_da")), _methods(run.get("stats_ds"))
+    if da:
+        st.append(f"Differential abundance of metaclusters was tested with {_join(da)}.")
+    if ds:
+        st.append(f"Differential state (median marker expression per metacluster) was tested "
+                  f"with {_join(ds)}.")
+    if sup or da or ds:
+        st.append("P-values were adjusted with the Benjamini–Hochberg procedure within each "
+                  "table × method × visit × disease stratum; q < 0.05 is called significant.")
+    if run.get("responders") is not None:
+        st.append("A patient responds when a parameter's value at a visit exceeds its baseline "
+                  "value (ratio > 1).")
+    if run.get("clinical_immune") is not None:
+        st.append("Associations between clinical scores and immune parameters are rank "
+                  "correlations (Spearman's ρ).")
+    seed = prov.get("seed", find(params, "seed"))
+    if seed is not None:
+        st.append(f"Every random step used seed {seed}; the same inputs and seed give "
+                  "byte-identical tables.")
+    if st:
+        out.append(" ".join(st))
+    return out

@@ -1,0 +1,137 @@
+"""Reshape run tables for drawing (selection, pivots, display order) — no new statistics.
+
+Both figure back-ends (:mod:`.interactive` for the HTML, :mod:`.figures` for PNG/PDF) draw
+from these frames, so the two always show the same numbers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from scipy.cluster.hierarchy import leaves_list, linkage
+
+from .rundata import RunData
+
+#: False discovery rate at which a q-value is called significant in figures and text.
+FDR = 0.05
+#: Name of the pooled stratum in the stats tables.
+POOLED = "all"
+
+
+def sample_values(run: RunData, parameter: str | None = None) -> pd.DataFrame | None:
+    """Values of ``parameters`` joined to analysed samples.
+
+    Returns
+    -------
+    DataFrame or None
+        Columns ``sample_id, patient_id, disease, visit, parameter, value`` (one row per analysed
+        sample × parameter, only ``parameter`` when given); ``None`` when a table is missing.
+    """
+    params, samples = run.get("parameters"), run.analysed_samples
+    if params is None or samples is None:
+        return None
+    if parameter is not None:
+        params = params[params["parameter"] == parameter]
+    keys = samples[["sample_id", "patient_id", "disease", "visit"]].astype(str)
+    out = params[["sample_id", "parameter", "value"]].astype({"sample_id": str})
+    out = out.merge(keys, on="sample_id", how="inner")
+    order = {v: i for i, v in enumerate(run.visits)}
+    out = out.assign(_v=out["visit"].map(order)).sort_values(
+        ["parameter", "disease", "patient_id", "_v"], kind="stable")
+    return out.drop(columns="_v").reset_index(drop=True)
+
+
+def paired_values(run: RunData, parameter: str, visits: tuple[str, str]) -> pd.DataFrame:
+    """Per-patient values of ``parameter`` at two visits, patients having both.
+
+    Returns a frame indexed by ``patient_id`` with columns ``disease`` and the two visits.
+    """
+    vals = sample_values(run, parameter)
+    if vals is None or vals.empty:
+        return pd.DataFrame(columns=["disease", *visits])
+    wide = vals.pivot_table(index=["patient_id", "disease"], columns="visit", values="value",
+                            aggfunc="first")
+    if not set(visits) <= set(wide.columns):
+        return pd.DataFrame(columns=["disease", *visits])
+    wide = wide[list(visits)].dropna().reset_index().set_index("patient_id")
+    return wide.sort_values(["disease"], kind="stable")
+
+
+def cluster_order(matrix: np.ndarray) -> np.ndarray:
+    """Row order of ``matrix`` (n_rows, n_cols) by average-linkage clustering (NaN as 0)."""
+    m = np.nan_to_num(np.asarray(matrix, dtype=float))
+    if m.shape[0] < 3:
+        return np.arange(m.shape[0])
+    return leaves_list(linkage(m, method="average", metric="euclidean", optimal_ordering=True))
+
+
+def fold_change_matrix(run: RunData) -> tuple[pd.DataFrame, pd.DataFrame] | None:
+    """Parameters × patient-visits matrix of ``fold_changes.log2fc``, rows and columns clustered.
+
+    Returns
+    -------
+    (matrix, columns) or None
+        ``matrix``: DataFrame (n_parameters, n_patient_visits) of log2 fold changes;
+        ``columns``: one row per matrix column with ``patient_id, disease, visit``.
+    """
+    fc = run.get("fold_changes")
+    if fc is None:
+        return None
+    fc = fc.astype({"patient_id": str, "disease": str, "visit": str})
+    wide = fc.pivot_table(index="parameter", columns=["visit", "disease", "patient_id"],
+                          values="log2fc", aggfunc="first")
+    wide = wide.loc[:, wide.notna().any(axis=0)]
+    wide = wide.loc[wide.notna().any(axis=1)]
+    if wide.empty:
+        return None
+    wide = wide.iloc[cluster_order(wide.to_numpy())]
+    wide = wide.iloc[:, cluster_order(wide.to_numpy().T)]
+    cols = wide.columns.to_frame(index=False)[["patient_id", "disease", "visit"]]
+    return wide, cols
+
+
+def colour_limit(values: np.ndarray, floor: float = 1.0) -> float:
+    """Symmetric colour limit: the 98th percentile of ``|values|``, at least ``floor``."""
+    v = np.abs(np.asarray(values, dtype=float))
+    v = v[np.isfinite(v)]
+    return float(max(floor, np.percentile(v, 98))) if v.size else floor
+
+
+def pooled_stats(stats: pd.DataFrame, baseline: str | None) -> pd.DataFrame:
+    """Pooled (``disease == "all"``), post-baseline, estimable rows with ``mlog10p`` and ``sig``."""
+    df = stats[(stats["disease"].astype(str) == POOLED) & (stats["visit"].astype(str) != baseline)]
+    if "status" in df.columns:
+        df = df[df["status"].astype(str) == "ok"]
+    df = df[np.isfinite(df["p"].astype(float)) & np.isfinite(df[effect_column(df)].astype(float))]
+    p = df["p"].astype(float).clip(lower=1e-300)
+    q = df["q"].astype(float) if "q" in df.columns else pd.Series(np.nan, index=df.index)
+    return df.assign(mlog10p=-np.log10(p), sig=(q < FDR).to_numpy())
+
+
+def effect_column(df: pd.DataFrame) -> str:
+    """Name of the effect column of a stats table (``effect``, or ``log2fc`` for DA)."""
+    return "effect" if "effect" in df.columns else "log2fc"
+
+
+def marker_matrix(clusters: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """Cluster × marker medians of ``clusters`` (rows clustered) and the row labels."""
+    keys = {"cluster", "label", "confidence", "n_cells", "panel"}
+    markers = [c for c in clusters.columns
+               if c not in keys and pd.api.types.is_numeric_dtype(clusters[c])]
+    m = clusters.set_index("cluster")[markers].astype(float)
+    order = cluster_order(_scaled(m).to_numpy())
+    m = m.iloc[order]
+    info = clusters.set_index("cluster").loc[m.index]
+    labels = [f"{c} · {info.at[c, 'label']}" if "label" in info.columns else str(c)
+              for c in m.index]
+    return m, labels
+
+
+def _scaled(m: pd.DataFrame) -> pd.DataFrame:
+    lo, hi = m.min(axis=0), m.max(axis=0)
+    return (m - lo) / (hi - lo).replace(0, 1)
+
+
+def scaled_markers(m: pd.DataFrame) -> pd.DataFrame:
+    """Each marker column rescaled to 0–1 over clusters (display scale of the heatmap)."""
+    return _scaled(m)

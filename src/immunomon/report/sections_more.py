@@ -1,0 +1,197 @@
+"""Report sections: unsupervised maps, DA/DS, clinical, safety, methods, provenance, figures."""
+
+from __future__ import annotations
+
+import base64
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+import pandas as pd
+
+from . import interactive as ip
+from . import interactive_maps as im
+from .htmltable import esc, table_html
+from .methods import flatten, methods_paragraphs, versions
+from .prep import FDR, POOLED, marker_matrix, scaled_markers
+from .section import Context, Section, missing_note, para
+
+
+def clusters(ctx: Context) -> Section:
+    """UMAP by metacluster and visit; metacluster × marker heatmap."""
+    run, title, body = ctx.run, "Unsupervised map: UMAP and metaclusters", []
+    cl, emb = run.get("clusters"), run.get("embedding")
+    if emb is None or cl is None:
+        body.append(missing_note(run, "embedding", "clusters"))
+    else:
+        names = {c: f"{c} · {lab}" for c, lab in zip(cl["cluster"], cl["label"])}
+        s = run.get("samples")
+        visit = (dict(zip(s["sample_id"].astype(str), s["visit"].astype(str)))
+                 if s is not None else {})
+        emb = emb.assign(visit=emb["sample_id"].astype(str).map(visit).fillna("?"))
+        fig, shown = im.fig_umap(emb, names, ctx.visit_colours)
+        body.append(para(f"UMAP of {shown:,} cells (a fixed subsample of the {len(emb):,} cells "
+                         "of tables/embedding) coloured by metacluster and by visit."))
+        body.append(ip.plotly_div(fig, ctx.plot_id()))
+    if cl is not None:
+        medians, labels = marker_matrix(cl)
+        body.append("<h3>Marker expression per metacluster</h3>")
+        body.append(para("Median expression of each marker per metacluster (colour: rescaled "
+                         "0–1 per marker; hover: median on the transformed scale); rows ordered "
+                         "by hierarchical clustering."))
+        body.append(ip.plotly_div(im.fig_marker_heatmap(medians, scaled_markers(medians), labels),
+                                  ctx.plot_id()))
+        body.append(table_html(cl, columns=["cluster", "label", "confidence", "n_cells"]))
+    return Section("clusters", title, "".join(body))
+
+
+def differential(ctx: Context) -> Section:
+    """Differential abundance (heatmap + table) and differential state (table) of metaclusters."""
+    run, title, body = ctx.run, "Differential abundance and state of metaclusters", []
+    da, ds = run.get("stats_da"), run.get("stats_ds")
+    body.append("<h3>Differential abundance</h3>")
+    if da is None:
+        body.append(missing_note(run, "stats_da"))
+    else:
+        pooled = da[(da["disease"].astype(str) == POOLED) & (da["visit"].astype(str) !=
+                                                             run.baseline)]
+        method = str(pooled["method"].iloc[0]) if len(pooled) else None
+        if method is not None:
+            body.append(para(f"log2 fold change of each metacluster's abundance versus baseline, "
+                             f"all diseases pooled (method {method}); * q < {FDR}."))
+            body.append(ip.plotly_div(im.fig_da_heatmap(pooled[pooled["method"].astype(str) ==
+                                                               method], run.visits),
+                                      ctx.plot_id()))
+        body.append(table_html(_by_q(da), columns=["cluster", "label", "visit", "disease",
+                                                   "method", "log2fc", "p", "q", "status",
+                                                   "reason"], source="tables/stats_da.csv"))
+    body.append("<h3>Differential state</h3>")
+    if ds is None:
+        body.append(missing_note(run, "stats_ds"))
+    else:
+        body.append(table_html(_by_q(ds), columns=["cluster", "label", "marker", "visit",
+                                                   "disease", "method", "effect", "p", "q",
+                                                   "status", "reason"],
+                               source="tables/stats_ds.csv"))
+    return Section("differential", title, "".join(body))
+
+
+def _by_q(df: pd.DataFrame) -> pd.DataFrame:
+    """Rows sorted by q then p (missing last), pooled rows first among ties."""
+    return df.assign(_q=df["q"].astype(float).fillna(2.0), _p=df["p"].astype(float).fillna(2.0),
+                     _d=df["disease"].astype(str) != POOLED).sort_values(
+        ["_q", "_p", "_d"], kind="stable")
+
+
+def clinical(ctx: Context) -> Section:
+    """Clinical scores per patient over visits, and their correlation with immune parameters."""
+    run, title, body = ctx.run, "Clinical scores", []
+    cc = run.get("clinical_change")
+    if cc is None:
+        body.append(missing_note(run, "clinical_change"))
+    else:
+        order = {v: i for i, v in enumerate(run.visits)}
+        cc = cc.assign(_v=cc["visit"].astype(str).map(order)).sort_values(
+            ["score", "patient_id", "_v"], kind="stable").astype({"visit": str})
+        scores = sorted(cc["score"].astype(str).unique())
+        body.append(para(f"{len(scores)} clinical scores; one line per patient (pick a score in "
+                         "the menu)."))
+        body.append(ip.plotly_div(ip.fig_trajectories(
+            cc.astype({"score": str}), scores, "score", "value", run.visits,
+            ctx.disease_colours, title="choose a score in the menu"), ctx.plot_id()))
+    ci = run.get("clinical_immune")
+    body.append("<h3>Clinical score × immune parameter correlations</h3>")
+    if ci is None:
+        body.append(missing_note(run, "clinical_immune"))
+    else:
+        body.append(table_html(ci.assign(_p=ci["p"].astype(float).fillna(2.0)).sort_values("_p"),
+                               columns=["score", "parameter", "visit", "n", "rho", "p", "q"],
+                               source="tables/clinical_immune.csv"))
+    return Section("clinical", title, "".join(body))
+
+
+def adverse_events(ctx: Context) -> Section:
+    """Adverse events by system organ class, term and grade (all diseases pooled)."""
+    run, title = ctx.run, "Adverse events"
+    ae = run.get("adverse_events_summary")
+    if ae is None:
+        return Section("safety", title, missing_note(run, "adverse_events_summary"))
+    pooled = ae[ae["disease"].astype(str) == POOLED] if "disease" in ae.columns else ae
+    pooled = pooled.assign(pct=100 * pooled["patients"].astype(float) /
+                           pooled["n_at_risk"].astype(float).where(pooled["n_at_risk"] > 0))
+    pooled = pooled.sort_values(["aebodsys", "aedecod", "grade"], kind="stable")
+    body = para("Patients with at least one event (and number of events) per system organ class, "
+                "preferred term and grade, all diseases pooled; the per-disease rows are in "
+                "tables/adverse_events_summary.csv.")
+    return Section("safety", title, body + table_html(
+        pooled, columns=["aebodsys", "aedecod", "grade", "serious", "related", "patients",
+                         "events", "n_at_risk", "pct"],
+        labels={"aebodsys": "system organ class", "aedecod": "term", "n_at_risk": "at risk",
+                "pct": "% patients"}, source="tables/adverse_events_summary.csv"))
+
+
+def methods(ctx: Context) -> Section:
+    """The generated methods paragraph."""
+    paras = methods_paragraphs(ctx.run)
+    if not paras:
+        return Section("methods", "Methods", missing_note(ctx.run, "samples"))
+    html = "".join("<p>" + re.sub(r"`([^`]*)`", r"<code>\1</code>", esc(p)) + "</p>"
+                   for p in paras)
+    return Section("methods", "Methods", f'<div class="methods">{html}</div>')
+
+
+def _inputs(prov: Mapping) -> pd.DataFrame:
+    """Input files of provenance as a frame (path, sha256, bytes) whatever its layout."""
+    raw = prov.get("inputs") or prov.get("input_files") or prov.get("files") or []
+    if isinstance(raw, Mapping):
+        raw = [dict(path=k, **(v if isinstance(v, Mapping) else {"sha256": v}))
+               for k, v in raw.items()]
+    rows = [r for r in raw if isinstance(r, Mapping)]
+    df = pd.DataFrame(rows)
+    if "file" in df.columns and "path" not in df.columns:
+        df = df.rename(columns={"file": "path"})
+    return df
+
+
+def provenance(ctx: Context) -> Section:
+    """Run times, versions, parameters, per-step counts and the input checksums."""
+    run, prov, body = ctx.run, ctx.run.provenance, []
+    if not prov:
+        return Section("provenance", "Provenance", para(
+            run.problems.get("provenance", "provenance.json is empty"), "missing"))
+    info = {k: prov[k] for k in ("study_id", "command", "started", "finished", "start_time",
+                                 "end_time", "host", "seed") if k in prov}
+    ver = versions(prov)
+    params = flatten(prov["parameters"]) if isinstance(prov.get("parameters"), Mapping) else {}
+    kv = [("run", k, v) for k, v in info.items()] + [("version", k, v) for k, v in ver.items()] \
+        + [("parameter", k, v) for k, v in params.items()]
+    body.append(table_html(pd.DataFrame(kv, columns=["kind", "name", "value"]).astype(str),
+                           max_rows=1000))
+    steps = prov.get("steps") or prov.get("event_counts")
+    if isinstance(steps, list) and steps and all(isinstance(x, Mapping) for x in steps):
+        body.append("<h3>Steps</h3>" + table_html(pd.DataFrame(steps).astype(str)))
+    inputs = _inputs(prov)
+    body.append("<h3>Input files (SHA-256)</h3>")
+    if inputs.empty:
+        body.append(para("provenance.json lists no input files.", "missing"))
+    else:
+        cols = [c for c in ("path", "sha256", "bytes", "size") if c in inputs.columns]
+        body.append(table_html(inputs[cols].astype(str), max_rows=5000))
+    return Section("provenance", "Provenance", "".join(body))
+
+
+def gallery(ctx: Context, figures: list[Path]) -> Section:
+    """The publication figures (PNG, also under figures/ with PDFs), inline as base64."""
+    items = []
+    for f in figures:
+        if f.suffix.lower() != ".png" or not f.is_file():
+            continue
+        data = base64.b64encode(f.read_bytes()).decode("ascii")
+        items.append(f'<figure><img alt="{esc(f.stem)}" src="data:image/png;base64,{data}">'
+                     f"<figcaption>figures/{esc(f.name)}</figcaption></figure>")
+    if not items:
+        return Section("figures", "Figures for publication", para("No figure was drawn.",
+                                                                   "missing"))
+    body = para("Static figures written to figures/ (PNG and PDF, matplotlib). Click to enlarge.")
+    return Section("figures", "Figures for publication",
+                   body + f'<div class="gallery">{"".join(items)}</div>')

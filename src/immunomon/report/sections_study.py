@@ -1,0 +1,203 @@
+"""Report sections of the supervised analysis: overview, end point, kinetics, statistics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from . import interactive as ip
+from . import interactive_maps as im
+from .htmltable import esc, fmt_num, fmt_p, table_html
+from .prep import FDR, POOLED, fold_change_matrix, paired_values, pooled_stats, sample_values
+from .rundata import PRIMARY_PARAMETER
+from .section import Context, Section, missing_note, para
+
+STATS_COLUMNS = ["parameter", "visit", "disease", "method", "n", "effect", "effect_scale",
+                 "ci_low", "ci_high", "p", "q", "status", "reason"]
+
+
+def overview(ctx: Context) -> Section:
+    """Patients per disease, samples per visit, samples left out with the reason, QC steps."""
+    run, body = ctx.run, []
+    s = run.get("samples")
+    if s is None:
+        return Section("overview", "Study overview", missing_note(run, "samples"))
+    analysed = run.analysed_samples
+    body.append(para(f"{s['patient_id'].nunique()} patients, {len(s)} samples, "
+                     f"{len(run.visits)} visits; {len(analysed)} samples analysed."))
+    body.append('<div class="row">' +
+                ip.plotly_div(ip.fig_patients_per_disease(s, ctx.disease_colours), ctx.plot_id())
+                + ip.plotly_div(ip.fig_samples_per_visit(s, run.visits), ctx.plot_id()) + "</div>")
+    out = s[~s.index.isin(analysed.index)].copy()
+    body.append("<h3>Samples left out of the statistics</h3>")
+    if out.empty:
+        body.append(para("None: every sample passed QC and none was excluded."))
+    else:
+        qc = run.get("qc_steps")
+        reasons = {}
+        if qc is not None and "reason" in qc.columns:
+            r = qc[qc["reason"].fillna("").astype(str).str.len() > 0]
+            reasons = r.groupby("sample_id")["reason"].agg(lambda x: "; ".join(map(str, x)))
+        excl = out.get("excluded_reason", pd.Series("", index=out.index)).fillna("").astype(str)
+        out["why"] = np.where(excl.str.len() > 0, "excluded: " + excl,
+                              "failed QC: " + out["sample_id"].map(reasons).fillna("").astype(str))
+        body.append(table_html(out, columns=["sample_id", "patient_id", "disease", "visit",
+                                             "file", "events_total", "events_after_qc", "why"],
+                               labels={"why": "reason"}))
+    qc = run.get("qc_steps")
+    body.append("<h3>Quality-control steps</h3>")
+    if qc is None:
+        body.append(missing_note(run, "qc_steps"))
+    else:
+        steps = qc.groupby("step", sort=False).agg(
+            samples=("sample_id", "nunique"), events_in=("events_in", "sum"),
+            events_removed=("events_removed", "sum")).reset_index()
+        body.append(table_html(steps, labels={"events_in": "events in (all samples)",
+                                              "events_removed": "events removed"}))
+    return Section("overview", "Study overview", "".join(body))
+
+
+def primary(ctx: Context) -> Section:
+    """The primary end point: Treg % of CD4 T at the first visit after baseline vs baseline."""
+    run, title = ctx.run, f"Primary end point: {PRIMARY_PARAMETER}"
+    note = missing_note(run, "samples", "parameters")
+    b, v = run.baseline, run.primary_visit
+    if note or b is None or v is None:
+        return Section("primary", title, note or para("Fewer than two visits: no end point."))
+    paired = paired_values(run, PRIMARY_PARAMETER, (b, v))
+    body = [para(f"{PRIMARY_PARAMETER} at {v} versus baseline {b}: each line joins one "
+                 f"patient's two samples ({len(paired)} patients with both samples analysed).")]
+    resp = run.get("responders")
+    if resp is not None:
+        r = resp[(resp["parameter"] == PRIMARY_PARAMETER) & (resp["visit"].astype(str) == v)]
+        pooled = r[r["disease"].astype(str) == POOLED]
+        if len(pooled):
+            x = pooled.iloc[0]
+            body.append(f'<p class="headline">{esc(fmt_num(x["n_up"]))} of {esc(fmt_num(x["n"]))}'
+                        f" patients ({esc(fmt_num(100 * float(x['fraction_up']), 3))} %) had a "
+                        f"higher {esc(PRIMARY_PARAMETER)} at {esc(v)} than at {esc(b)}.</p>")
+    if paired.empty:
+        body.append(para(f"No patient has {PRIMARY_PARAMETER} at both {b} and {v}.", "missing"))
+    else:
+        body.append(ip.plotly_div(ip.fig_primary(paired, (b, v), ctx.disease_colours,
+                                                 PRIMARY_PARAMETER), ctx.plot_id()))
+    st = run.get("stats_supervised")
+    body.append("<h3>Change from baseline</h3>")
+    if st is None:
+        body.append(missing_note(run, "stats_supervised"))
+    else:
+        rows = st[(st["parameter"] == PRIMARY_PARAMETER) & (st["visit"].astype(str) == v)]
+        rows = rows.assign(_o=rows["disease"].astype(str) != POOLED).sort_values(
+            ["_o", "disease", "method"], kind="stable")
+        body.append(table_html(rows, columns=STATS_COLUMNS[2:]))
+    if resp is not None:
+        r = resp[(resp["parameter"] == PRIMARY_PARAMETER) & (resp["visit"].astype(str) == v)]
+        body.append("<h3>Responders (value above baseline)</h3>")
+        body.append(table_html(r, columns=["disease", "n", "n_up", "fraction_up"],
+                               labels={"n_up": "responders", "fraction_up": "fraction"}))
+    else:
+        body.append(missing_note(run, "responders"))
+    return Section("primary", title, "".join(body))
+
+
+def kinetics(ctx: Context) -> Section:
+    """Per-patient trajectories of every parameter over visits, coloured by disease."""
+    run, title = ctx.run, "Kinetics of every population"
+    vals = sample_values(run)
+    if vals is None or vals.empty:
+        return Section("kinetics", title, missing_note(run, "samples", "parameters"))
+    names = sorted(vals["parameter"].unique())
+    names = ([PRIMARY_PARAMETER] if PRIMARY_PARAMETER in names else []) + \
+        [p for p in names if p != PRIMARY_PARAMETER]
+    fig = ip.fig_trajectories(vals, names, "parameter", "value", run.visits, ctx.disease_colours,
+                              title="choose a parameter in the menu")
+    body = para(f"One line per patient over the visits ({len(names)} parameters; pick one in the "
+                "menu, click a disease in the legend to hide or isolate it).")
+    return Section("kinetics", title, body + ip.plotly_div(fig, ctx.plot_id()))
+
+
+def volcano(ctx: Context) -> Section:
+    """Volcano plots of the pooled supervised statistics per visit, and the full table."""
+    run, title = ctx.run, "Supervised statistics: volcano plots per visit"
+    st = run.get("stats_supervised")
+    if st is None:
+        return Section("volcano", title, missing_note(run, "stats_supervised"))
+    pooled = pooled_stats(st, run.baseline)
+    body = [para(f"Each point is one parameter, all diseases pooled; red/blue: q < {FDR} "
+                 "(up/down), grey: not significant. The menu switches the statistical method.")]
+    if len(pooled):
+        body.append(ip.plotly_div(im.fig_volcano(pooled, run.visits), ctx.plot_id()))
+    else:
+        body.append(para("No estimable pooled result to draw.", "missing"))
+    order = st.assign(_q=st["q"].astype(float).fillna(2.0)).sort_values(["_q", "p"])
+    body.append("<h3>Pooled results</h3>")
+    body.append(table_html(order[order["disease"].astype(str) == POOLED], columns=STATS_COLUMNS,
+                           source="tables/stats_supervised.csv"))
+    body.append("<h3>Per-disease results</h3>")
+    body.append(table_html(order[order["disease"].astype(str) != POOLED], columns=STATS_COLUMNS,
+                           source="tables/stats_supervised.csv"))
+    return Section("volcano", title, "".join(body))
+
+
+def fold_changes(ctx: Context) -> Section:
+    """Heatmap of per-patient log2 fold changes of every parameter, clustered."""
+    run, title = ctx.run, "Fold-change heatmap"
+    m = fold_change_matrix(run)
+    if m is None:
+        return Section("foldchange", title, missing_note(run, "fold_changes"))
+    matrix, cols = m
+    body = para(f"log2 fold change from baseline of {matrix.shape[0]} parameters (rows) in "
+                f"{matrix.shape[1]} patient-visits (columns); rows and columns ordered by "
+                "hierarchical clustering (average linkage, Euclidean distance); the strips give "
+                "each column's visit and disease.")
+    fig = im.fig_fold_heatmap(matrix, cols, ctx.visit_colours, ctx.disease_colours)
+    return Section("foldchange", title, body + ip.plotly_div(fig, ctx.plot_id()))
+
+
+def pca(ctx: Context) -> Section:
+    """Samples on the first two principal components of their parameters."""
+    run, title = ctx.run, "Principal component analysis"
+    p = run.get("pca")
+    if p is None:
+        return Section("pca", title, missing_note(run, "pca"))
+    body = para(f"{len(p)} samples on the first two principal components of their parameters.")
+    fig = im.fig_pca(p, ctx.visit_colours, ctx.disease_colours)
+    return Section("pca", title, body + ip.plotly_div(fig, ctx.plot_id()))
+
+
+def selectivity(ctx: Context) -> Section:
+    """The Treg-selectivity statements per visit and disease."""
+    run, title = ctx.run, "Selectivity of the Treg response"
+    sel = run.get("selectivity")
+    if sel is None:
+        return Section("selectivity", title, missing_note(run, "selectivity"))
+    order = {v: i for i, v in enumerate(run.visits)}
+    sel = sel.assign(_v=sel["visit"].astype(str).map(order),
+                     _d=sel["disease"].astype(str) != POOLED).sort_values(["_v", "_d", "disease"])
+    pooled = sel[~sel["_d"]]
+    items = "".join(f"<li><b>{esc(r.visit)}</b>: {esc(r.summary)}</li>"
+                    for r in pooled.itertuples())
+    body = (f"<ul class=\"sentences\">{items}</ul>" if items else "") + \
+        "<h3>Per visit and disease</h3>" + table_html(
+            sel, columns=["visit", "disease", "treg_changed", "effector_changed", "summary"],
+            labels={"treg_changed": "Treg changed", "effector_changed": "effectors changed"},
+            row_class=["good" if t and not e else ("bad" if e else "")
+                       for t, e in zip(sel["treg_changed"], sel["effector_changed"])])
+    return Section("selectivity", title, body)
+
+
+def headline(ctx: Context) -> str:
+    """One line for the page header: the pooled primary-end-point result, if present."""
+    st, v = ctx.run.get("stats_supervised"), ctx.run.primary_visit
+    if st is None or v is None:
+        return ""
+    r = st[(st["parameter"] == PRIMARY_PARAMETER) & (st["visit"].astype(str) == v)
+           & (st["disease"].astype(str) == POOLED)]
+    if "status" in r.columns:
+        r = r[r["status"].astype(str) == "ok"]
+    if r.empty:
+        return ""
+    x = r.iloc[0]
+    scale = f" {x['effect_scale']}" if "effect_scale" in r.columns else ""
+    return (f"{PRIMARY_PARAMETER}, {v} vs {ctx.run.baseline} (pooled, {x['method']}): "
+            f"effect {fmt_num(x['effect'])}{scale}, p = {fmt_p(x['p'])}, q = {fmt_p(x['q'])}.")

@@ -1,0 +1,224 @@
+"""Write a complete simulated study folder (see :func:`simulate_study`)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import re
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import yaml
+
+from immunomon.errors import UserError
+
+from .clinical import clinical_tables
+from .events import ARTEFACTS, LABELS, simulate_events
+from .model import DISEASES, Patient, make_patient, rng_for, sample_state
+from .panel import (CHANNELS, COFACTOR, FLUORESCENCE, FLUOR_CHANNELS, LABELS as CHANNEL_LABELS,
+                    MARKERS, RANGE, SCATTER_CHANNELS, TIMESTEP, spillover_matrix)
+from .truth import HIERARCHY, effects_table, sample_truth
+
+DEFAULT_VISITS = ("D1", "D8", "D15", "D29", "D85", "D183", "D240")
+STUDY_ID = "SIM-LDIL2"
+PANEL = "treg"
+#: Samples per acquisition batch (batches are drawn at random, not by visit).
+BATCH_SIZE = 24
+_FIRST_BATCH_DATE = dt.date(2024, 1, 8)
+
+
+def _visit_days(visits) -> list[tuple[str, int]]:
+    out, problems = [], []
+    for v in visits:
+        m = re.fullmatch(r"D(-?\d+)", str(v).strip())
+        if m is None:
+            problems.append(f"--visits: '{v}' is not a visit name of the form D<day> (e.g. D8)")
+        else:
+            out.append((str(v).strip(), int(m.group(1))))
+    names = [v for v, _ in out]
+    if len(set(names)) != len(names):
+        problems.append(f"--visits: repeated visit in {','.join(names)}")
+    if not visits:
+        problems.append("--visits: at least one visit is needed")
+    if problems:
+        raise UserError(problems)
+    return out
+
+
+def _batch_gains(seed: int, n_batches: int) -> np.ndarray:
+    """(n_batches, 18) multiplicative gains of FSC-A, FSC-H, SSC-A and the 15 detectors."""
+    gains = np.empty((n_batches, 3 + len(MARKERS)))
+    for b in range(n_batches):
+        rng = rng_for(seed, "batch", str(b))
+        scatter = np.exp(rng.normal(0.0, 0.02))
+        gains[b, :3] = scatter
+        gains[b, 3:] = np.exp(rng.normal(0.0, 0.04, len(MARKERS)))
+    return gains
+
+
+def _study_yaml(visits, seed: int) -> dict:
+    channels = {c: {"marker": c} for c in SCATTER_CHANNELS}
+    channels.update({c: {"marker": m, "fluorochrome": f} for c, m, f in FLUORESCENCE})
+    return {
+        "study_id": STUDY_ID,
+        "description": "Simulated low-dose IL-2 basket trial (immunomon simulate)",
+        "seed": seed,
+        "visits": [{"name": v, "day": d} for v, d in visits],
+        "baseline": visits[0][0],
+        "panels": {PANEL: {
+            "channels": channels,
+            "transform": {"type": "arcsinh", "cofactor": COFACTOR},
+            "gating": {"template": "treg"},
+            "clustering": {"markers": [m for m in MARKERS if m != "Viability"],
+                           "grid": [10, 10], "metaclusters": 20},
+        }},
+        "exclusions": [],
+    }
+
+
+def _simulate_file(job: dict) -> tuple[np.ndarray, dict]:
+    """Simulate, write and summarise one FCS file (runs in a worker process)."""
+    from immunomon.io.fcs import write_fcs
+
+    spill = spillover_matrix()
+    rng = rng_for(job["seed"], "events", job["sample_id"])
+    state = sample_state(job["patient"], job["day"], effect=job["effect"],
+                         effect_size=job["effect_size"], rng=rng)
+    sim = simulate_events(state, job["events"], rng, spill, job["gain"])
+    root = Path(job["root"])
+    keywords = {
+        "$CYT": "immunomon simulator", "$DATE": job["date"], "$SMNO": job["sample_id"],
+        "$SRC": job["patient"].patient_id, "$FIL": f"{job['sample_id']}.fcs",
+        "$TIMESTEP": repr(TIMESTEP), "$PROJ": STUDY_ID,
+    }
+    write_fcs(root / "fcs" / f"{job['sample_id']}.fcs", sim.events, CHANNELS, CHANNEL_LABELS,
+              ranges=[RANGE] * len(CHANNELS),
+              spillover=pd.DataFrame(spill, index=FLUOR_CHANNELS, columns=FLUOR_CHANNELS),
+              keywords=keywords)
+    table = pa.table({
+        "population": pa.DictionaryArray.from_arrays(pa.array(sim.population), pa.array(LABELS)),
+        "artefact": pa.DictionaryArray.from_arrays(pa.array(sim.artefact), pa.array(ARTEFACTS)),
+    })
+    pq.write_table(table, root / "truth" / "events" / f"{job['sample_id']}.parquet",
+                   compression="zstd")
+    counts, params = sample_truth(sim, np.linalg.inv(spill), state.lymph_per_ul)
+    return counts, {"params": params, "lymph_per_ul": state.lymph_per_ul}
+
+
+def simulate_study(out_dir, patients: int = 46, visits=DEFAULT_VISITS, events: int = 50_000,
+                   seed: int = 1, effect: str = "planted", effect_size: float = 1.0, *,
+                   workers: int = 1, overwrite: bool = False) -> Path:
+    """Simulate a low-dose IL-2 basket trial and write it as a study folder.
+
+    Parameters
+    ----------
+    out_dir
+        Folder to create (must be absent or empty unless ``overwrite``).
+    patients
+        Number of patients, dealt round-robin over the 11 diseases.
+    visits
+        Visit names ``D<day>``; the first is the baseline.
+    events
+        Events per FCS file (including debris, doublets, dead cells).
+    seed
+        Master seed; every file has its own stream derived from (seed, sample id).
+    effect
+        ``"planted"`` (treatment effects of :mod:`.model`) or ``"none"`` (null trial: same
+        patients and noise, no effect).
+    effect_size
+        Multiplies every planted log fold change.
+    workers
+        Processes that write FCS files in parallel (the output does not depend on it).
+    overwrite
+        Allow writing into a non-empty folder.
+
+    Returns
+    -------
+    The study folder: ``study.yaml``, ``samples.csv``, ``clinical.csv``,
+    ``adverse_events.csv``, ``fcs/<sample_id>.fcs`` and ``truth/`` (``events/<sample_id>.parquet``,
+    ``populations.csv``, ``parameters.csv``, ``effects.csv``, ``patients.csv``).
+    """
+    problems = []
+    if effect not in ("planted", "none"):
+        problems.append(f"--effect: '{effect}' is not one of planted, none")
+    if int(patients) < 1:
+        problems.append(f"--patients: {patients} (need at least 1)")
+    if int(events) < 100:
+        problems.append(f"--events: {events} (need at least 100)")
+    if not math.isfinite(float(effect_size)):
+        problems.append(f"--effect-size: {effect_size} is not a finite number")
+    visit_days = _visit_days(list(visits))
+    root = Path(out_dir)
+    if root.exists() and any(root.iterdir()) and not overwrite:
+        problems.append(f"{root}: folder exists and is not empty")
+    if problems:
+        raise UserError(problems)
+    (root / "fcs").mkdir(parents=True, exist_ok=True)
+    (root / "truth" / "events").mkdir(parents=True, exist_ok=True)
+
+    cohort: list[Patient] = []
+    for i in range(int(patients)):
+        pid = f"P{i + 1:03d}"
+        disease = DISEASES[i % len(DISEASES)][0]
+        cohort.append(make_patient(pid, disease, rng_for(seed, "patient", pid)))
+
+    samples = [(p, v, d) for p in cohort for v, d in visit_days]
+    n_batches = max(1, round(len(samples) / BATCH_SIZE))
+    order = rng_for(seed, "batches").permutation(len(samples))
+    batch_of = np.empty(len(samples), dtype=int)
+    batch_of[order] = np.arange(len(samples)) % n_batches
+    gains = _batch_gains(seed, n_batches)
+
+    jobs = []
+    for (p, v, d), b in zip(samples, batch_of):
+        date = _FIRST_BATCH_DATE + dt.timedelta(days=7 * int(b))
+        jobs.append({
+            "sample_id": f"{p.patient_id}_{v}", "patient": p, "day": d, "seed": seed,
+            "effect": effect, "effect_size": float(effect_size), "events": int(events),
+            "gain": gains[b], "root": str(root), "date": date.strftime("%d-%b-%Y").upper(),
+        })
+    if workers > 1:
+        with ProcessPoolExecutor(workers) as pool:
+            results = list(pool.map(_simulate_file, jobs, chunksize=4))
+    else:
+        results = [_simulate_file(j) for j in jobs]
+
+    rows, pops, params = [], [], []
+    for (p, v, d), b, job, (counts, info) in zip(samples, batch_of, jobs, results):
+        sid = job["sample_id"]
+        rows.append({"sample_id": sid, "file": f"fcs/{sid}.fcs", "patient_id": p.patient_id,
+                     "disease": p.disease, "visit": v, "panel": PANEL, "batch": f"B{b + 1:02d}",
+                     "dataset": 1, "lymphocytes_per_ul": round(info["lymph_per_ul"], 1)})
+        total = counts[0]
+        for (pop, parent), count in zip(HIERARCHY.items(), counts):
+            denom = counts[list(HIERARCHY).index(parent)] if parent else total
+            pops.append((sid, pop, parent or "", int(count), count / denom if denom else np.nan,
+                         count / total if total else np.nan))
+        params += [(sid, k, val) for k, val in info["params"].items()]
+
+    pd.DataFrame(rows).to_csv(root / "samples.csv", index=False, lineterminator="\n")
+    pd.DataFrame(pops, columns=["sample_id", "population", "parent", "count", "freq_parent",
+                                "freq_total"]).to_csv(root / "truth" / "populations.csv",
+                                                      index=False, lineterminator="\n",
+                                                      float_format="%.6g")
+    pd.DataFrame(params, columns=["sample_id", "parameter", "value"]).to_csv(
+        root / "truth" / "parameters.csv", index=False, lineterminator="\n",
+        float_format="%.6g")
+    effects_table(visit_days, visit_days[0][0], effect=effect,
+                  effect_size=float(effect_size)).to_csv(
+        root / "truth" / "effects.csv", index=False, lineterminator="\n")
+    pd.DataFrame([{"patient_id": p.patient_id, "disease": p.disease,
+                   "treg_responsiveness": round(p.r_treg, 4),
+                   "nk_responsiveness": round(p.r_nk, 4)} for p in cohort]).to_csv(
+        root / "truth" / "patients.csv", index=False, lineterminator="\n")
+    clinical, aes = clinical_tables(cohort, visit_days, STUDY_ID, effect, float(effect_size),
+                                    seed)
+    clinical.to_csv(root / "clinical.csv", index=False, lineterminator="\n")
+    aes.to_csv(root / "adverse_events.csv", index=False, lineterminator="\n")
+    with open(root / "study.yaml", "w", encoding="utf-8") as fh:
+        yaml.safe_dump(_study_yaml(visit_days, seed), fh, sort_keys=False)
+    return root

@@ -1,0 +1,54 @@
+"""The `immunomon gate` verb on real files (Gating-ML membership, FlowJo counts, errors)."""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from typer.testing import CliRunner
+
+from immunomon.cli import app
+
+DATA = Path(__file__).parent / "data"
+runner = CliRunner()
+
+
+def test_gatingml_membership_csv(tmp_path):
+    out = tmp_path / "m.csv"
+    res = runner.invoke(app, ["gate", str(DATA / "gatingml/data1.fcs"), "--gatingml",
+                              str(DATA / "gatingml/gates/gml_quadrant1_gate.xml"), "--membership", str(out)])
+    assert res.exit_code == 0, res.output
+    m = pd.read_csv(out)
+    assert list(m.columns) == ["FL2P-FL4P", "FL2N-FL4P", "FL2N-FL4N", "FL2P-FL4N"]
+    assert len(m) == 13367
+    for col in m.columns:
+        truth = np.loadtxt(DATA / "gatingml/truth" / f"Results_{col}.txt", dtype=np.int64)
+        np.testing.assert_array_equal(m[col].to_numpy(), truth)
+
+
+def test_wsp_counts_csv(tmp_path):
+    out = tmp_path / "c.csv"
+    res = runner.invoke(app, ["gate", str(DATA / "flowjo/68983.fcs"), "--wsp", str(DATA / "flowjo/gating.wsp"),
+                              "--sample", "68983.fcs", "--counts", str(out)])
+    assert res.exit_code == 0, res.output
+    c = pd.read_csv(out)
+    assert list(c.columns) == ["gate_path", "count"]
+    assert c.gate_path.iloc[1] == "Lymphocytes/Singlets"
+    assert (c["count"] > 0).all() and len(c) == 15
+
+
+def test_user_errors_exit_2(tmp_path):
+    import subprocess
+    import sys
+
+    bad = tmp_path / "bad.xml"
+    bad.write_text('<!DOCTYPE x [<!ENTITY a "b">]><x>&a;</x>')
+    cmd = [sys.executable, "-c", "from immunomon.cli import main; main()", "gate", str(DATA / "gatingml/data1.fcs"),
+           "--gatingml", str(bad), "--membership", str(tmp_path / "o.csv")]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "bad.xml: refused" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "o.csv").exists()
+    proc = subprocess.run(cmd[:4] + [str(DATA / "gatingml/data1.fcs")], capture_output=True, text=True)
+    assert proc.returncode == 2 and "exactly one of --gatingml" in proc.stderr
+    proc = subprocess.run(cmd[:4] + [str(tmp_path)], capture_output=True, text=True)
+    assert proc.returncode == 2 and "needs --out" in proc.stderr

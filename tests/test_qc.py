@@ -1,0 +1,104 @@
+"""Quality control: unit tests on synthetic arrays, then on the simulated study's truth."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from immunomon.preprocess.qc import (
+    QC_STEPS_COLUMNS,
+    QualityControl,
+    density_valley,
+    doublet_events,
+    margin_events,
+    robust_z,
+    time_anomalies,
+)
+
+
+def test_density_valley_between_two_peaks():
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(0.5, 0.4, 7000), rng.normal(3.5, 0.5, 3000)])
+    v = density_valley(x, (1.0, 3.0))
+    # the valley of this mixture lies where the two weighted densities cross (about 2.0)
+    assert 1.6 < v < 2.4
+
+
+def test_density_valley_without_valley_returns_low_density_bound():
+    rng = np.random.default_rng(1)
+    neg_only = rng.normal(0.5, 0.4, 5000)
+    assert density_valley(neg_only, (1.5, 3.0)) > 2.5
+    pos_only = rng.normal(3.5, 0.4, 5000)
+    assert density_valley(pos_only, (1.0, 2.5)) < 1.5
+
+
+def test_density_valley_rejects_bad_bounds():
+    with pytest.raises(ValueError):
+        density_valley(np.arange(100.0), (3.0, 1.0))
+
+
+def test_robust_z_ignores_outliers():
+    z = robust_z(np.array([10.0, 11, 9, 10, 10.5, 9.5, 100]))
+    assert abs(z[0]) < 1 and z[-1] > 20
+
+
+def test_margin_events_at_range():
+    values = np.array([[10.0, 1023], [1023, 5], [1022, 0]])
+    assert margin_events(values, [1024, 1024]).tolist() == [True, True, False]
+
+
+def test_doublets_by_area_height_ratio():
+    rng = np.random.default_rng(2)
+    h = rng.normal(60_000, 15_000, 5000).clip(5_000)
+    a = h * rng.normal(1.05, 0.03, 5000)
+    a[:200] *= 1.8  # doublets: area grows more than height
+    remove, thr = doublet_events(a, h)
+    assert remove[:200].mean() > 0.95 and remove[200:].mean() < 0.01
+    assert 1.1 < thr < 1.3
+
+
+def test_time_anomalies_flags_signal_shift_and_rate_burst():
+    rng = np.random.default_rng(3)
+    n = 10_000
+    time = np.sort(rng.uniform(0, 100, n))
+    signal = rng.normal(0, 1, (n, 3))
+    shifted = (time > 40) & (time < 45)
+    signal[shifted, 1] += 2.0
+    remove, info = time_anomalies(time, signal, segment_events=100, rate_bin_events=50)
+    assert remove[shifted].mean() > 0.8
+    assert remove[~shifted].mean() < 0.05
+    assert info["signal_anomalous"] >= 1
+
+    burst = np.sort(np.concatenate([rng.uniform(0, 100, n), rng.uniform(70, 72, 1500)]))
+    remove, info = time_anomalies(burst, rng.normal(0, 1, (burst.size, 2)), segment_events=100, rate_bin_events=50)
+    in_burst = (burst >= 70) & (burst < 72)
+    assert info["rate_anomalous"] >= 1 and remove[in_burst].mean() > 0.8
+    assert remove[~in_burst].mean() < 0.05
+
+
+def test_quality_control_reports_every_step_and_flags_heavy_loss():
+    rng = np.random.default_rng(4)
+    n = 4000
+    h = rng.normal(60_000, 10_000, n)
+    events = pd.DataFrame({
+        "Time": np.arange(n, dtype=float),
+        "FSC-A": h * 1.05, "FSC-H": h, "SSC-A": rng.normal(30_000, 5_000, n),
+        "Viability": np.where(rng.random(n) < 0.6, 4.0, 0.5) + rng.normal(0, 0.2, n),
+    })
+    qc = QualityControl(dead_bounds=(1.0, 3.5), debris_fsc_bounds=(5_000, 20_000), max_loss=0.5)
+    res = qc.apply(events, sample_id="S1", ranges={"FSC-A": 262144, "FSC-H": 262144, "SSC-A": 262144})
+    assert list(res.steps.columns[:5]) == QC_STEPS_COLUMNS
+    assert res.steps["step"].tolist() == ["margins", "time", "doublets", "debris", "dead"]
+    # each step's events_in is what the previous steps left
+    left = res.steps["events_in"] - res.steps["events_removed"]
+    assert (res.steps["events_in"].iloc[1:].to_numpy() == left.iloc[:-1].to_numpy()).all()
+    assert res.events_after_qc == left.iloc[-1] == res.keep.sum()
+    assert not res.qc_pass  # > 50 % dead
+    no_ranges = QualityControl(max_loss=0.9).apply(events)
+    assert no_ranges.qc_pass and no_ranges.steps["reason"].iloc[0].startswith("skipped")
+    skipped = QualityControl().apply(events.drop(columns=["Viability"]))
+    assert skipped.steps.set_index("step").loc["dead", "reason"].startswith("skipped")
+
+
+def test_quality_control_rejects_unknown_step():
+    with pytest.raises(ValueError):
+        QualityControl(steps=("margins", "bogus"))
