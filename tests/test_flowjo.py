@@ -84,3 +84,32 @@ def test_malicious_and_malformed(tmp_path):
     f = read_fcs(DATA / "68983.fcs", scale=True)
     with pytest.raises(UserError, match="gate 'Lymphocytes': dimension 'FSC-X' is not a channel"):
         sample.gate(pd.DataFrame(f.events, columns=list(f.names)))
+
+
+def _strip_sample_matrix(text: str, keep_element: bool) -> str:
+    start = text.index("<transforms:spilloverMatrix", text.index("<SampleList>"))
+    end = text.index("</transforms:spilloverMatrix>", start) + len("</transforms:spilloverMatrix>")
+    head = text[start:text.index(">", start) + 1]
+    return text[:start] + (head + "</transforms:spilloverMatrix>" if keep_element else "") + text[end:]
+
+
+def test_matrix_referenced_by_id_and_missing_matrix(gated):
+    _, expected = gated
+    f = read_fcs(DATA / "68983.fcs", dtype="float64", scale=True)
+    events = pd.DataFrame(f.events, columns=list(f.names))
+    text = (DATA / "gating.wsp").read_text()
+    by_ref = parse_wsp(_strip_sample_matrix(text, keep_element=True), "ref.wsp").sample()
+    assert by_ref.spillover.shape == (11, 11)
+    pd.testing.assert_frame_equal(by_ref.counts(by_ref.gate(events)), expected)
+    uncompensated = parse_wsp(_strip_sample_matrix(text, keep_element=False), "nocomp.wsp").sample()
+    assert uncompensated.spillover is None
+    with pytest.raises(UserError, match="dimension 'Comp-PE-A' is not a channel"):
+        uncompensated.gate(events)
+
+
+def test_result_paths_are_flowjo_paths(gated):
+    sample, counts = gated
+    f = read_fcs(DATA / "68983.fcs", scale=True)
+    table = sample.gate(pd.DataFrame(f.events, columns=list(f.names))).counts().set_index("population_id")
+    for path in sample.gate_paths:
+        assert table.loc[path, "path"] == path

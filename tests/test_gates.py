@@ -3,6 +3,8 @@
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from matplotlib.path import Path as MplPath
 
 from immunomon.errors import UserError
@@ -125,3 +127,14 @@ def test_user_errors():
         RangeGate("r", "x")
     with pytest.raises(UserError, match="'not' cannot take 2"):
         BooleanGate("b", operation="not", operands=["a", "c"])
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(3, 12), st.integers(0, 2**32 - 1))
+def test_random_polygons_match_matplotlib(n_vertices, seed):
+    rng = np.random.default_rng(seed)
+    verts = rng.uniform(0, 10, (n_vertices, 2))  # arbitrary, often self-intersecting
+    pts = rng.uniform(-1, 11, (2000, 2))
+    ours = points_in_polygon(pts[:, 0], pts[:, 1], verts)
+    ref = MplPath(np.vstack([verts, verts[:1]]), closed=True).contains_points(pts)
+    assert (ours != ref).sum() == 0  # random points are never exactly on an edge

@@ -102,3 +102,22 @@ def test_quality_control_reports_every_step_and_flags_heavy_loss():
 def test_quality_control_rejects_unknown_step():
     with pytest.raises(ValueError):
         QualityControl(steps=("margins", "bogus"))
+
+
+def test_qc_on_simulated_study_removes_artefacts_keeps_cells(prepared_small_study, truth_events):
+    removed, total = {}, {}
+    for sid, (prepared, _) in prepared_small_study.items():
+        art = truth_events(sid)["artefact"].to_numpy()
+        assert art.size == prepared.events_total
+        for a in np.unique(art):
+            sel = art == a
+            removed[a] = removed.get(a, 0) + int((~prepared.keep[sel]).sum())
+            total[a] = total.get(a, 0) + int(sel.sum())
+        steps = prepared.qc_steps
+        assert steps["events_removed"].sum() == prepared.events_total - prepared.events_after_qc
+        assert prepared.qc_pass
+    frac = {a: removed[a] / total[a] for a in total}
+    print("\nfraction removed by QC per truth artefact:", {a: round(f, 4) for a, f in frac.items()}, total)
+    for artefact in ("doublet", "debris", "dead"):
+        assert frac[artefact] >= 0.90
+    assert frac["none"] <= 0.05

@@ -64,8 +64,9 @@ def _samples(rng, n_patients, visits):
                              sha256=f"{rng.integers(0, 2**63):016x}" * 4, events_total=total,
                              events_after_qc=after, qc_pass=True, excluded_reason=""))
     s = pd.DataFrame(rows)
-    s.loc[len(visits) * 2 + 2, ["qc_pass"]] = False            # one QC failure (patient 3, D15)
-    s.loc[len(visits) * 4 + 3, "excluded_reason"] = "haemolysed sample (lab note)"
+    nv = len(visits)
+    s.loc[2 * nv + min(2, nv - 1), "qc_pass"] = False          # one QC failure (patient 3)
+    s.loc[3 * nv + nv - 1, "excluded_reason"] = "haemolysed sample (lab note)"  # patient 4
     return s
 
 

@@ -1,3 +1,61 @@
-"""CLI verbs: study."""
+"""CLI verbs: ``validate`` (check a study folder) and ``simulate`` (write a synthetic trial)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from immunomon.errors import UserError
 
 from .app import app, fcs_app  # noqa: F401
+
+
+@app.command()
+def validate(
+    study_dir: Path = typer.Argument(..., help="Study folder (study.yaml, samples.csv, ...)."),
+    no_files: bool = typer.Option(False, "--no-files",
+                                  help="Do not open the FCS files (skip channel checks)."),
+) -> None:
+    """Check a study folder; list every problem (one line each, exit 2) or summarise it."""
+    from immunomon.io.study import load_study
+
+    study = load_study(study_dir, check_files=not no_files)
+    s = study.samples
+    n_excl = int((s["excluded_reason"] != "").sum())
+    extra = []
+    if study.clinical is not None:
+        extra.append(f"{len(study.clinical)} clinical values")
+    if study.adverse_events is not None:
+        extra.append(f"{len(study.adverse_events)} adverse events")
+    typer.echo(f"{study.config.study_id}: valid — {len(s)} samples ({n_excl} excluded), "
+               f"{s['patient_id'].nunique()} patients, {s['visit'].nunique()} visits, "
+               f"{len(study.config.panels)} panel(s)"
+               + (", " + ", ".join(extra) if extra else ""))
+
+
+@app.command()
+def simulate(
+    out_dir: Path = typer.Argument(..., help="Folder to write the study into (new or empty)."),
+    patients: int = typer.Option(46, help="Number of patients (dealt over 11 diseases)."),
+    visits: str = typer.Option("D1,D8,D15,D29,D85,D183,D240",
+                               help="Comma-separated visits D<day>; the first is baseline."),
+    events: int = typer.Option(50_000, help="Events per FCS file."),
+    seed: int = typer.Option(1, help="Master random seed."),
+    effect: str = typer.Option("planted", help="'planted' treatment effects or 'none'."),
+    effect_size: float = typer.Option(1.0, help="Multiplies every planted log fold change."),
+    workers: int = typer.Option(1, help="Parallel processes (output does not depend on it)."),
+    force: bool = typer.Option(False, "--force", help="Write into a non-empty folder."),
+) -> None:
+    """Simulate a low-dose IL-2 trial: FCS files, manifest, clinical/AE tables and truth/."""
+    from immunomon.simulate import simulate_study
+
+    if workers < 1:
+        raise UserError(f"--workers: {workers} (need at least 1)")
+    root = simulate_study(out_dir, patients=patients,
+                          visits=[v for v in visits.split(",") if v.strip()], events=events,
+                          seed=seed, effect=effect, effect_size=effect_size, workers=workers,
+                          overwrite=force)
+    n = len(list((root / "fcs").glob("*.fcs")))
+    typer.echo(f"{root}: {n} FCS files, {patients} patients, effect={effect} "
+               f"(size {effect_size:g}), seed {seed}")

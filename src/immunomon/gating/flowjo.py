@@ -138,9 +138,13 @@ def parse_wsp(data: bytes | str, source: str = "<workspace>") -> FlowJoWorkspace
         raise UserError(f"{source}: line {line}, column {col}: not well-formed XML ({err})") from None
     if root.tag != "Workspace":
         raise UserError(f"{source}: root element is {root.tag!r}, not a FlowJo <Workspace>")
+    shared = {}  # workspace-level matrices, which a sample may reference by id only
+    for m in root.iterfind("Matrices/" + _T + "spilloverMatrix"):
+        if m.get(_T + "id") and list(m.iter(_T + "spillover")):
+            shared[m.get(_T + "id")] = m
     samples = {}
     for el in root.iter("Sample"):
-        s = _parse_sample(el, source)
+        s = _parse_sample(el, source, shared)
         samples[s.sample_id] = s
     groups = {}
     for g in root.iter("GroupNode"):
@@ -202,7 +206,7 @@ def _parse_transform(el, source: str):
     raise UserError(f"{source}: FlowJo transform <{kind}> is not supported (linear, log, biex, logicle, fasinh)")
 
 
-def _parse_sample(el, source: str) -> FlowJoSample:
+def _parse_sample(el, source: str, shared: dict) -> FlowJoSample:
     ds = el.find("DataSet")
     node = el.find("SampleNode")
     if node is None:
@@ -211,6 +215,10 @@ def _parse_sample(el, source: str) -> FlowJoSample:
     s = FlowJoSample(sample_id=sid, name=node.get("name", sid), uri=ds.get("uri", "") if ds is not None else "")
     mat = el.find(_T + "spilloverMatrix")
     matrix_id = None
+    if mat is not None and not list(mat.iter(_T + "spillover")) and mat.get(_T + "id") in shared:
+        ref = shared[mat.get(_T + "id")]
+        mat = StdET.Element(ref.tag, {**ref.attrib, **mat.attrib})
+        mat.extend(list(ref))
     if mat is not None and list(mat.iter(_T + "spillover")):
         s.spillover = _parse_matrix(mat, source)
         s.comp_prefix = mat.get("prefix", "Comp-")

@@ -27,6 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
+import numba
 import numpy as np
 import pandas as pd
 
@@ -190,7 +191,8 @@ def RangeGate(gate_id: str, dimension: Dimension | str, min: float | None = None
 
 
 def points_in_polygon(x: np.ndarray, y: np.ndarray, vertices: np.ndarray) -> np.ndarray:
-    """Even-odd point-in-polygon test with a bounding-box prefilter.
+    """Even-odd point-in-polygon test: a numpy bounding-box prefilter, then a compiled
+    (numba) ray-casting loop over the remaining points.
 
     Parameters
     ----------
@@ -212,18 +214,29 @@ def points_in_polygon(x: np.ndarray, y: np.ndarray, vertices: np.ndarray) -> np.
     idx = np.flatnonzero((x >= xmin) & (x <= xmax) & (y >= ymin) & (y <= ymax))
     if idx.size == 0:
         return out
-    px = x[idx].astype(np.float64)
-    py = y[idx].astype(np.float64)
-    inside = np.zeros(idx.size, dtype=bool)
-    xj, yj = v[-1]
-    for xi, yi in v:
-        if yi != yj:
-            crosses = (yi > py) != (yj > py)
-            xc = (xj - xi) * (py - yi) / (yj - yi) + xi
-            inside ^= crosses & (px < xc)
-        xj, yj = xi, yi
-    out[idx] = inside
+    px = np.asarray(x[idx], dtype=np.float64)
+    py = np.asarray(y[idx], dtype=np.float64)
+    out[idx] = _crossings(px, py, np.ascontiguousarray(v[:, 0]), np.ascontiguousarray(v[:, 1]))
     return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _crossings(px, py, vx, vy):  # pragma: no cover - compiled
+    """Even-odd ray casting (ray towards +x) for each point over every polygon edge."""
+    n, m = px.size, vx.size
+    inside = np.zeros(n, dtype=np.bool_)
+    for i in range(n):
+        xi_, yi_ = px[i], py[i]
+        c = False
+        xj, yj = vx[m - 1], vy[m - 1]
+        for k in range(m):
+            xk, yk = vx[k], vy[k]
+            if yk != yj and ((yk > yi_) != (yj > yi_)):
+                if xi_ < (xj - xk) * (yi_ - yk) / (yj - yk) + xk:
+                    c = not c
+            xj, yj = xk, yk
+        inside[i] = c
+    return inside
 
 
 @dataclass
@@ -486,8 +499,16 @@ class GatingStrategy:
         return chain[::-1]
 
     def path_of(self, population_id: str, sep: str = "/") -> str:
-        """``"Root/.../population"`` from the top-level gate down."""
-        return sep.join([*self.ancestors(population_id), population_id])
+        """``"Root/.../population"`` from the top-level gate down. An id that already
+        extends its parent's id by ``sep + name`` (FlowJo-style path ids) is not repeated."""
+        parent = self.parent_of(population_id)
+        if parent is None:
+            return population_id
+        self.ancestors(population_id)  # validates: defined parents, no cycle
+        head = self.path_of(parent, sep)
+        if population_id.startswith(parent + sep):
+            return head + population_id[len(parent):]
+        return head + sep + population_id
 
     def children(self, population_id: str | None) -> list[str]:
         """Populations whose parent is ``population_id`` (``None``: top level)."""

@@ -198,12 +198,13 @@ def _parse_matrix(ctx: _Ctx, el) -> tuple[str, pd.DataFrame]:
     return mid, pd.DataFrame(m, index=fluor, columns=det)
 
 
-def _parse_dimension(ctx: _Ctx, el, gate_id: str, ratios: dict, comp_attr_el=None) -> Dimension:
-    comp = _attr(comp_attr_el if comp_attr_el is not None else el, "compensation-ref", _G)
+def _parse_dimension(ctx: _Ctx, el, gate_id: str, ratios: dict) -> Dimension:
+    """A ``gating:dimension`` (or quadrant ``gating:divider``) element → :class:`Dimension`."""
+    comp = _attr(el, "compensation-ref", _G)
     if comp is None:
         raise ctx.err(f"gate {gate_id!r}: a dimension has no gating:compensation-ref")
-    tref = _attr(el if comp_attr_el is None else comp_attr_el, "transformation-ref", _G)
-    fcs = el.find(_D + "fcs-dimension") if el.tag != _D + "fcs-dimension" else el
+    tref = _attr(el, "transformation-ref", _G)
+    fcs = el.find(_D + "fcs-dimension")
     new = el.find(_D + "new-dimension")
     if fcs is not None:
         name = _attr(fcs, "name", _D)

@@ -6,8 +6,9 @@ population → parent mapping — plus the events table (columns = marker names)
 
 Units and scales
 ----------------
-* ``freq_parent``, ``freq_total`` and every ``% of`` parameter are percentages (0–100).
-  ``freq_total`` is relative to the events given (the QC-passed events of the file).
+* ``freq_parent`` and ``freq_total`` (populations table) are fractions in [0, 1], as in the
+  simulator's ``truth/populations.csv``; ``freq_total`` is relative to the events given (the
+  QC-passed events of the file). Every ``% of`` and ``+ %`` parameter is a percentage (0–100).
 * ``abs_per_ul`` = ``count / count(Lymphocytes) × lymphocytes_per_ul`` (cells per µL of
   blood), when the manifest gives the lymphocyte count; NaN otherwise.
 * Marker intensities are reported on the **linear scale** (compensated fluorescence, the
@@ -50,8 +51,12 @@ def ancestors(population: str, parents: Mapping[str, str | None]) -> list[str]:
     return chain[::-1]
 
 
+def _fraction(num: float, den: float) -> float:
+    return num / den if den > 0 else float("nan")
+
+
 def _percent(num: float, den: float) -> float:
-    return 100.0 * num / den if den > 0 else float("nan")
+    return 100.0 * _fraction(num, den)
 
 
 def population_table(
@@ -62,7 +67,7 @@ def population_table(
     lymphocytes_per_ul: float | None = None,
     reference: str = "Lymphocytes",
 ) -> pd.DataFrame:
-    """One row per population: count, % of parent, % of total, absolute count per µL.
+    """One row per population: count, fraction of parent, fraction of total, count per µL.
 
     Parameters
     ----------
@@ -78,7 +83,7 @@ def population_table(
     Returns
     -------
     pd.DataFrame
-        Columns :data:`POPULATIONS_COLUMNS`; percentages in 0–100.
+        Columns :data:`POPULATIONS_COLUMNS`; frequencies are fractions in [0, 1].
     """
     counts = {p: int(np.count_nonzero(m)) for p, m in memberships.items()}
     total = len(next(iter(memberships.values()))) if memberships else 0
@@ -90,7 +95,7 @@ def population_table(
         parent = parents.get(pop)
         den = counts[parent] if parent is not None else total
         path = "/".join([*ancestors(pop, parents), pop])
-        rows.append((sample_id, pop, path, parent or "", n, _percent(n, den), _percent(n, total), n * per_ul))
+        rows.append((sample_id, pop, path, parent or "", n, _fraction(n, den), _fraction(n, total), n * per_ul))
     df = pd.DataFrame(rows, columns=POPULATIONS_COLUMNS)
     return df.astype({"count": "int64", "freq_parent": "float64", "freq_total": "float64", "abs_per_ul": "float64"})
 
@@ -170,6 +175,8 @@ class ParameterSpec:
         <pop>`` (linear scale).
     ratios
         ``(a, b)`` pairs reported as ``<a>/<b> ratio`` (count of a / count of b).
+    exclude
+        Parameter strings left out (e.g. ``Singlets % of Cells``, ~100 % after QC).
     """
 
     percent_of: dict[str, list[str]] = field(default_factory=dict)
@@ -178,12 +185,13 @@ class ParameterSpec:
     median: dict[str, list[str]] = field(default_factory=dict)
     gmfi: dict[str, list[str]] = field(default_factory=dict)
     ratios: list[tuple[str, str]] = field(default_factory=list)
+    exclude: list[str] = field(default_factory=list)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> "ParameterSpec":
         """Build from the ``parameters:`` mapping of a template (missing keys = empty)."""
         d = dict(d or {})
-        unknown = set(d) - {"percent_of", "count_per_ul", "positive", "median", "gmfi", "ratios"}
+        unknown = set(d) - {"percent_of", "count_per_ul", "positive", "median", "gmfi", "ratios", "exclude"}
         if unknown:
             raise ValueError(f"unknown parameter kinds {sorted(unknown)}")
         return cls(
@@ -193,6 +201,7 @@ class ParameterSpec:
             median={k: list(v) for k, v in (d.get("median") or {}).items()},
             gmfi={k: list(v) for k, v in (d.get("gmfi") or {}).items()},
             ratios=[tuple(r) for r in (d.get("ratios") or [])],
+            exclude=[str(p) for p in (d.get("exclude") or [])],
         )
 
     def populations(self) -> set[str]:
@@ -215,7 +224,8 @@ def parameter_table(populations: pd.DataFrame, markers: pd.DataFrame, spec: Para
     markers
         Output of :func:`marker_table` (same sample).
     spec
-        What to report besides ``<pop> % of <parent>`` for every population with a parent.
+        What to report besides ``<pop> % of <parent>`` for every population with a parent
+        (minus ``spec.exclude``).
 
     Returns
     -------
@@ -231,7 +241,8 @@ def parameter_table(populations: pd.DataFrame, markers: pd.DataFrame, spec: Para
     rows: list[tuple] = []
 
     def add(parameter: str, population: str, measure: str, value: float) -> None:
-        rows.append((sid, parameter, population, measure, float(value)))
+        if parameter not in spec.exclude:
+            rows.append((sid, parameter, population, measure, float(value)))
 
     for pop in counts:
         dens = ([parents[pop]] if parents[pop] else []) + [d for d in spec.percent_of.get(pop, []) if d != parents[pop]]

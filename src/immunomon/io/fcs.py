@@ -269,6 +269,8 @@ def _locate_data(ds: DataSet, layouts: list[Layout], tot: int | None, size: int,
         cands.append(("TEXT", start + tb, start + te))
     if ds.header.data_begin is not None:
         cands.append(("HEADER", ds.header.data_begin, ds.header.data_end or 0))
+    if tot == 0:
+        return (cands[0][1] if cands else 0), layouts[0], 0, 0
     if not cands:
         raise fcs_error(path, start + 26, "neither HEADER nor TEXT ($BEGINDATA) gives the "
                                           "DATA segment offsets")

@@ -126,7 +126,7 @@ def parse_text(raw: bytes, offset: int, path: str | Path) -> dict[str, str]:
         tokens.append(b"")
     out: dict[str, str] = {}
     for i in range(0, len(tokens), 2):
-        key = _decode(tokens[i]).strip().upper()
+        key = _decode(tokens[i]).strip(" \t\r\n\x00").upper()
         if not key:
             continue
         out.setdefault(key, _decode(tokens[i + 1]).strip())

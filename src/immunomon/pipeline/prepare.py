@@ -112,8 +112,15 @@ def prepare_events(
     """
     from immunomon.preprocess.compensation import compensate
 
+    from threadpoolctl import threadpool_limits
+
     raw = np.asarray(raw)
-    events = compensate(raw, names, spillover, dtype=np.float32) if spillover is not None else raw.astype(np.float32)
+    if spillover is not None:
+        # one BLAS thread: the result must not depend on how many threads a worker has
+        with threadpool_limits(limits=1):
+            events = compensate(raw, names, spillover, dtype=np.float32)
+    else:
+        events = raw.astype(np.float32)
     fluor = [j for j, n in enumerate(names) if is_fluorescence(n)]
     if transform is not None and fluor:
         events[:, fluor] = transform.transform(events[:, fluor]).astype(np.float32)
@@ -156,7 +163,7 @@ def prepare_sample(study, sample_id: str, *, qc: QualityControl | None = None) -
     dataset = int(row["dataset"]) if "dataset" in row and pd.notna(row["dataset"]) else 1
     f = read_fcs(study.path_of(sample_id), dataset=dataset)
     channels = _as_dict(getattr(panel, "channels", {}) or {})
-    transform = from_spec(_as_dict(getattr(panel, "transform", None)))
+    transform = from_spec(transform_spec(getattr(panel, "transform", None)))
     prepared = prepare_events(
         f.events, list(f.names), marker_names(list(f.names), list(f.labels), channels),
         spillover=f.spillover, transform=transform, ranges=list(f.channels["range"].astype(float)),
@@ -164,6 +171,19 @@ def prepare_sample(study, sample_id: str, *, qc: QualityControl | None = None) -
     )
     prepared.panel = panel_name
     return prepared
+
+
+def transform_spec(transform: Any) -> dict | None:
+    """The :func:`~immunomon.preprocess.transforms.from_spec` mapping of a panel's
+    ``transform`` (study.yaml: ``{type, cofactor, params}``; ``cofactor`` is arcsinh's)."""
+    t = _as_dict(transform)
+    if t is None:
+        return None
+    kind = str(t.get("type", "arcsinh"))
+    spec = {"type": kind, **(t.get("params") or {})}
+    if kind == "arcsinh" and "cofactor" in t:
+        spec["cofactor"] = t["cofactor"]
+    return spec
 
 
 def _as_dict(obj: Any) -> Any:

@@ -8,6 +8,7 @@ Stages (each cached by content hash, see :mod:`immunomon.pipeline.cache`)::
                   population statistics, clustering training subsample (parallel)
     train         per panel: SOM + metaclusters on the pooled subsamples
     map           per sample: map its QC-passed events to the clusters (parallel)
+    embed         per panel: cluster sizes and the UMAP of a pooled cell subsample
     stats         immunomon.stats.analyze over the tidy tables
     report        immunomon.report.html.render_report(run_dir)
 
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -32,6 +34,7 @@ from typing import Any
 import pandas as pd
 
 from immunomon.errors import UserError
+from immunomon.pipeline.unsupervised import EMBED_CELLS, TRAIN_CELLS
 
 from .cache import Cache, code_fingerprint, make_key, sha256_file
 from .executor import map_samples
@@ -43,7 +46,7 @@ __all__ = ["run_study", "RunOptions", "SAMPLE_COLUMNS", "STAGES"]
 log = logging.getLogger("immunomon.run")
 
 #: Stage names, in order (progress bars, ``provenance.json`` steps, cache folders).
-STAGES = ("hash", "prepare", "train", "map", "stats", "report")
+STAGES = ("hash", "prepare", "train", "map", "embed", "stats", "report")
 
 #: Columns of ``tables/samples`` (architecture contract), in order.
 SAMPLE_COLUMNS = ["sample_id", "patient_id", "disease", "visit", "day", "panel", "batch", "file",
@@ -61,8 +64,8 @@ _CODE["map"] = _CODE["prepare"]
 
 #: Per-sample tables collected from the prepare stage, in write order.
 _SAMPLE_TABLES = ("qc_steps", "populations", "population_markers", "parameters", "gate_thresholds")
-#: Per-sample tables collected from the map stage.
-_MAP_TABLES = ("cluster_counts", "cluster_markers")
+#: Tables of the unsupervised branch, per panel.
+_CLUSTER_TABLES = ("clusters", "cluster_counts", "cluster_markers", "embedding")
 
 
 @dataclass(frozen=True)
@@ -73,8 +76,11 @@ class RunOptions:
     ----------
     seed
         Seed of every random step; ``None`` uses ``study.yaml``'s ``seed``.
-    training_cells
-        Events per sample drawn (at random, seeded) to train the clustering.
+    train_cells
+        Events drawn (at random, seeded, split evenly over a panel's samples) to train
+        the panel's clustering.
+    embed_cells
+        Events (split evenly over the samples) embedded with UMAP.
     include_excluded
         Also analyse samples excluded in ``study.yaml`` or failing QC.
     stats
@@ -83,7 +89,8 @@ class RunOptions:
     """
 
     seed: int | None = None
-    training_cells: int = 2_000
+    train_cells: int = TRAIN_CELLS
+    embed_cells: int = EMBED_CELLS
     include_excluded: bool = False
     stats: dict[str, Any] = field(default_factory=dict)
 
@@ -95,10 +102,11 @@ class _SampleJob:
 
     study: Any
     sample_id: str
+    panel: str
     key: str
     cache_root: str | None
     seed: int
-    options: RunOptions
+    n: int
     model: Any = None
 
 
@@ -128,8 +136,7 @@ def _prepare_task(job: _SampleJob) -> dict:
         "error": "",
         "keywords": _acquisition(job.study, job.sample_id),
         "tables": {"qc_steps": qc_steps, **tables},
-        "training": training_subsample(job.study, prepared, n=job.options.training_cells,
-                                       seed=job.seed),
+        "training": training_subsample(prepared, job.n, job.seed),
     }
     cache.put("prepare", job.key, result)
     return {**result, "cached": False}
@@ -160,7 +167,7 @@ def _map_task(job: _SampleJob) -> dict:
         return {**hit, "cached": True}
     prepared = prepare_sample(job.study, job.sample_id)
     result = {"sample_id": job.sample_id,
-              "tables": map_sample(job.model, prepared, job.study, job.sample_id)}
+              "tables": map_sample(job.model, prepared, embed_n=job.n, seed=job.seed)}
     cache.put("map", job.key, result)
     return {**result, "cached": False}
 
@@ -281,68 +288,96 @@ def _run(study, out: Path, seed: int, options: RunOptions, cache: Cache, paralle
          stages: _Stages, report: bool) -> dict:
     """The stages of :func:`run_study`; returns the provenance record (without times)."""
     samples = study.samples.reset_index(drop=True)
+    code = {stage: code_fingerprint(*mods) for stage, mods in _CODE.items()}
     inputs = _input_files(study)
-    hashes = map_samples(sha256_file, [p for _, p in inputs], progress=stages.start("hash", len(inputs)),
-                         **parallel)
+    hashes = map_samples(sha256_file, [p for _, p in inputs],
+                         progress=stages.start("hash", len(inputs)), **parallel)
     sha = {rel: h for (rel, _), h in zip(inputs, hashes)}
     stages.done("hash", files=len(inputs), bytes=int(sum(p.stat().st_size for _, p in inputs)))
 
     # prepare: every sample not excluded in study.yaml (all with include_excluded)
-    excluded = samples["excluded_reason"].fillna("").astype(str)
-    todo = samples.loc[(excluded == "") | options.include_excluded, "sample_id"].tolist()
-    code = {stage: code_fingerprint(*mods) for stage, mods in _CODE.items()}
-    jobs = [_SampleJob(study, sid, _prepare_key(study, sid, sha, seed, options, code["prepare"]),
-                       _root(cache), _sample_seed(seed, sid), options) for sid in todo]
-    prepared = map_samples(_prepare_task, jobs, progress=stages.start("prepare", len(jobs)), **parallel)
+    listed = samples["excluded_reason"].fillna("").astype(str) == ""
+    todo = samples.loc[listed | options.include_excluded, ["sample_id", "panel"]].astype(str)
+    per_panel = todo["panel"].value_counts()
+    jobs = []
+    for sid, panel in zip(todo["sample_id"], todo["panel"]):
+        n_train = math.ceil(options.train_cells / per_panel[panel])
+        key = _prepare_key(study, sid, sha, seed, n_train, code["prepare"])
+        jobs.append(_SampleJob(study, sid, panel, key, _root(cache), seed, n_train))
+    prepared = map_samples(_prepare_task, jobs, progress=stages.start("prepare", len(jobs)),
+                           **parallel)
     by_id = {r["sample_id"]: r for r in prepared}
+    keys = {j.sample_id: j.key for j in jobs}
     stages.done("prepare", samples=len(jobs), cached=sum(r["cached"] for r in prepared),
                 events_total=sum(r.get("events_total", 0) for r in prepared),
                 events_after_qc=sum(r.get("events_after_qc", 0) for r in prepared),
                 qc_failed=sum(not r.get("qc_pass", True) for r in prepared),
                 errors=sum(bool(r["error"]) for r in prepared))
 
+    failed = [f"{r['sample_id']}: {r['error']}" for r in prepared if r["error"]]
+    for line in failed:
+        log.warning("sample left out: %s", line)
     table = _samples_table(samples, sha, by_id)
-    analysed = table.loc[(table["excluded_reason"] == "") | options.include_excluded]
-    analysed = analysed[analysed["sample_id"].map(lambda s: s in by_id and not by_id[s]["error"])]
-    keys = {j.sample_id: j.key for j in jobs}
+    usable = table["sample_id"].map(lambda s: s in by_id and not by_id[s]["error"])
+    analysed = table.loc[usable & ((table["excluded_reason"] == "") | options.include_excluded)]
+    if analysed.empty:
+        raise UserError(["no sample of the study could be analysed", *failed[:20]])
+    panels = sorted(analysed["panel"].astype(str).unique())
 
     # train: one clustering per panel, on the pooled subsamples of its analysed samples
-    panels = sorted(analysed["panel"].astype(str).unique())
-    models, clusters = {}, []
+    models = {}
     progress = stages.start("train", len(panels))
     for panel in panels:
         ids = analysed.loc[analysed["panel"] == panel, "sample_id"].tolist()
         key = make_key("train", code["train"], _panel_config(study, panel), seed,
                        [keys[s] for s in ids])
-        models[panel] = cache.get("train", key)
-        if models[panel] is None:
-            models[panel] = cache.put("train", key, _train_panel(study, panel, ids, by_id, seed))
-        models[panel]["key"] = key
-        clusters.append(models[panel]["clusters"])
+        model = cache.get("train", key)
+        if model is None:
+            model = cache.put("train", key, _train_panel(study, panel, ids, by_id, seed))
+        models[panel] = (key, model)
         _advance(progress)
     stages.done("train", panels=len(panels),
                 training_events=int(sum(len(by_id[s]["training"]) for s in analysed["sample_id"])))
 
-    # map: every analysed sample onto its panel's clusters
-    map_jobs = [_SampleJob(study, sid, make_key("map", code["map"], keys[sid], models[p]["key"]),
-                           _root(cache), _sample_seed(seed, sid), options, models[p]["model"])
+    # map: every analysed sample onto its panel's clusters (+ its cells for the UMAP)
+    n_panel = analysed["panel"].astype(str).value_counts()
+    map_jobs = [_SampleJob(study, sid, p, make_key("map", code["map"], keys[sid], models[p][0],
+                                                options.embed_cells),
+                           _root(cache), seed, math.ceil(options.embed_cells / n_panel[p]),
+                           models[p][1])
                 for sid, p in zip(analysed["sample_id"], analysed["panel"].astype(str))]
-    mapped = map_samples(_map_task, map_jobs, progress=stages.start("map", len(map_jobs)), **parallel)
+    mapped = map_samples(_map_task, map_jobs, progress=stages.start("map", len(map_jobs)),
+                         **parallel)
     stages.done("map", samples=len(map_jobs), cached=sum(r["cached"] for r in mapped),
                 events_mapped=int(sum(by_id[r["sample_id"]]["events_after_qc"] for r in mapped)))
 
+    # embed: clusters table (with cell counts) and the UMAP of the pooled embedding cells
+    progress = stages.start("embed", len(panels))
+    unsupervised: dict[str, list[pd.DataFrame]] = {n: [] for n in _CLUSTER_TABLES}
+    for panel in panels:
+        part = [(j.key, r) for j, r in zip(map_jobs, mapped) if j.panel == panel]
+        key = make_key("embed", code["train"], [k for k, _ in part])
+        result = cache.get("embed", key)
+        if result is None:
+            result = cache.put("embed", key, _embed_panel(models[panel][1], [r for _, r in part],
+                                                          analysed, seed))
+        for name in _CLUSTER_TABLES:
+            frame = result[name]
+            frame["panel"] = panel
+            unsupervised[name].append(frame)
+        _advance(progress)
+    stages.done("embed", panels=len(panels),
+                cells=int(sum(len(f) for f in unsupervised["embedding"])))
+
     tables = {"samples": table}
     for name in _SAMPLE_TABLES:
-        tables[name] = _concat([by_id[s]["tables"][name] for s in todo
-                                if s in by_id and not by_id[s]["error"]])
-    for name in _MAP_TABLES:
-        tables[name] = _concat([r["tables"][name] for r in mapped])
-    tables["clusters"] = _concat(clusters)
-    tables["embedding"] = _concat([models[p]["embedding"] for p in panels])
+        tables[name] = _concat([by_id[s]["tables"][name] for s in todo["sample_id"]
+                                if not by_id[s]["error"]])
+    for name in _CLUSTER_TABLES:
+        tables[name] = _concat(unsupervised[name])
 
     # stats: over analysed samples only
-    stats_tables = _stats(study, tables, analysed, seed, options, cache, code["stats"], stages)
-    tables.update(stats_tables)
+    tables.update(_stats(study, tables, analysed, seed, options, cache, code["stats"], stages))
     for name, frame in tables.items():
         write_table(out, name, frame)
 
@@ -351,8 +386,9 @@ def _run(study, out: Path, seed: int, options: RunOptions, cache: Cache, paralle
         "seed": seed,
         "baseline": study.config.baseline,
         "parameters": _parameters(study, options, parallel, seed),
-        "inputs": [{"path": rel, "sha256": sha[rel], "bytes": p.stat().st_size} for rel, p in inputs],
-        "instruments": {r["sample_id"]: r["keywords"] for r in prepared if r.get("keywords")},
+        "inputs": [{"path": rel, "sha256": sha[rel], "bytes": p.stat().st_size}
+                   for rel, p in inputs],
+        "acquisition": {r["sample_id"]: r["keywords"] for r in prepared if r.get("keywords")},
         "tables": sorted(tables),
         "steps": stages.steps,
     }
@@ -418,11 +454,6 @@ def _root(cache: Cache) -> str | None:
     return str(cache.root) if cache.root is not None else None
 
 
-def _sample_seed(seed: int, sample_id: str) -> int:
-    """A per-sample seed that depends on the run seed and the sample id, not on order."""
-    return int(make_key("sample-seed", seed, sample_id)[:8], 16)
-
-
 def _input_files(study) -> list[tuple[str, Path]]:
     """Every input file of the study as ``(path relative to the study folder, absolute path)``."""
     root = Path(study.root).resolve()
@@ -455,15 +486,14 @@ def _panel_config(study, panel: str) -> Any:
     return config.model_dump(mode="json") if hasattr(config, "model_dump") else config
 
 
-def _prepare_key(study, sample_id: str, sha: dict, seed: int, options: RunOptions,
-                 code: str) -> str:
+def _prepare_key(study, sample_id: str, sha: dict, seed: int, n_train: int, code: str) -> str:
     """Cache key of a sample's prepare stage: file content, manifest row, panel, seed, code."""
     row = study.samples.loc[study.samples["sample_id"] == sample_id].iloc[0]
     root = Path(study.root).resolve()
     file_sha = sha[_relative(Path(study.path_of(sample_id)).resolve(), root)]
     gating_files = [sha[_relative(p, root)] for p in _gating_files(study, row["panel"])]
     return make_key("prepare", code, file_sha, row.to_dict(), _panel_config(study, row["panel"]),
-                    gating_files, _sample_seed(seed, sample_id), options.training_cells)
+                    gating_files, seed, n_train)
 
 
 def _samples_table(samples: pd.DataFrame, sha: dict, by_id: dict) -> pd.DataFrame:
@@ -519,11 +549,34 @@ def _frame_digest(frame: Any) -> Any:
     return digest.hexdigest()
 
 
-def _train_panel(study, panel: str, ids: list[str], by_id: dict, seed: int) -> dict:
-    """Train the panel's clustering on the pooled training subsamples of ``ids``."""
-    from immunomon.pipeline.unsupervised import train
+def _train_panel(study, panel: str, ids: list[str], by_id: dict, seed: int):
+    """Train the panel's clustering on the pooled training subsamples of ``ids`` (manifest order)."""
+    from immunomon.clustering.annotate import load_marker_table
+    from immunomon.pipeline.unsupervised import _panel_markers, train
 
-    return train(study, panel, [by_id[s]["training"] for s in ids], seed=seed)
+    subsamples = [by_id[s]["training"] for s in ids]
+    columns = [c for c in subsamples[0].columns if c != "sample_id"]
+    markers, grid, k = _panel_markers(study, panel, columns)
+    return train(subsamples, markers, grid=grid, k=k, seed=seed, marker_table=load_marker_table())
+
+
+def _embed_panel(model, mapped: list[dict], analysed: pd.DataFrame, seed: int) -> dict:
+    """A panel's ``clusters`` (with ``n_cells``), ``cluster_counts``, ``cluster_markers`` and
+    ``embedding`` (UMAP of the pooled embedding cells, with patient, visit and disease)."""
+    from immunomon.clustering.embedding import umap_embedding
+
+    counts = _concat([m["tables"]["cluster_counts"] for m in mapped])
+    clusters = model.clusters.copy()
+    n_cells = counts.groupby("cluster")["count"].sum().reindex(clusters["cluster"], fill_value=0)
+    clusters.insert(3, "n_cells", n_cells.to_numpy())
+    embedding = _concat([m["tables"]["embedding"] for m in mapped])
+    xy = umap_embedding(embedding[model.markers].to_numpy(), random_state=seed)
+    embedding.insert(3, "umap_1", xy[:, 0])
+    embedding.insert(4, "umap_2", xy[:, 1])
+    meta = analysed.set_index("sample_id")[["patient_id", "visit", "disease"]]
+    return {"clusters": clusters, "cluster_counts": counts,
+            "cluster_markers": _concat([m["tables"]["cluster_markers"] for m in mapped]),
+            "embedding": embedding.join(meta, on="sample_id")}
 
 
 def _parameters(study, options: RunOptions, parallel: dict, seed: int) -> dict:
@@ -535,7 +588,8 @@ def _parameters(study, options: RunOptions, parallel: dict, seed: int) -> dict:
         "panels": {p: _panel_config(study, p) for p in study.config.panels},
         "exclusions": [e.model_dump() if hasattr(e, "model_dump") else e
                        for e in study.config.exclusions],
-        "training_cells": options.training_cells,
+        "train_cells": options.train_cells,
+        "embed_cells": options.embed_cells,
         "include_excluded": options.include_excluded,
         "stats": options.stats,
         "workers": parallel["workers"],

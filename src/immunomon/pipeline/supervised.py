@@ -27,7 +27,7 @@ def panel_template(study, panel: str) -> GatingTemplate:
     """The gating template of a study panel: ``gating.template`` of study.yaml, a built-in
     name (``treg``) or a YAML path relative to the study folder."""
     gating = study.config.panels[panel].gating
-    name = gating.get("template") if isinstance(gating, dict) else getattr(gating, "template", None)
+    name = getattr(gating, "template", None) if gating is not None else None
     if not name:
         raise UserError(f"{study.root}/study.yaml: panel {panel!r} has no gating template "
                         "(set panels.<panel>.gating.template to 'treg' or a YAML path)")
@@ -130,3 +130,16 @@ def gate_study(study_dir: str | Path, out_dir: str | Path, workers: int = 1,
         tables[name] = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
         write_table(out_dir, name, tables[name])
     return tables
+
+
+def plot_sample_gates(study_dir: str | Path, sample_id: str, path: str | Path) -> Path:
+    """Prepare and gate one sample and write its gate plots (one PNG, a panel per gated
+    plot, see :func:`immunomon.report.gate_plots.plot_gates`); returns the PNG path."""
+    from immunomon.report.gate_plots import write_gate_plots
+
+    study = _load(str(Path(study_dir).resolve()))
+    prepared = prepare_sample(study, sample_id)
+    gating = gate_prepared(prepared, panel_template(study, prepared.panel))
+    qc = "passed" if prepared.qc_pass else "FAILED"
+    title = (f"{sample_id} — {prepared.events_after_qc:,} of {prepared.events_total:,} events after QC ({qc})")
+    return write_gate_plots(path, prepared.events, gating, title=title)

@@ -32,7 +32,7 @@ RC = {
     "xtick.labelsize": 7, "ytick.labelsize": 7, "legend.fontsize": 7, "legend.frameon": False,
     "axes.spines.top": False, "axes.spines.right": False, "axes.linewidth": 0.7,
     "xtick.major.width": 0.7, "ytick.major.width": 0.7, "pdf.fonttype": 42,
-    "text.parse_math": False, "svg.hashsalt": "immunomon", "savefig.bbox": "tight",
+    "text.parse_math": False, "svg.hashsalt": "immunomon",
 }
 DPI = 300
 
@@ -58,7 +58,7 @@ def plot_primary(paired: pd.DataFrame, visits: tuple[str, str], colours: dict[st
     b, v = visits
     groups = ["All"] + sorted(paired["disease"].astype(str).unique())
     with mpl.rc_context(RC):
-        fig = Figure(figsize=(max(3.5, 0.62 * len(groups) + 1.2), 3.2))
+        fig = Figure(figsize=(max(3.5, 0.62 * len(groups) + 1.2), 3.4), layout="constrained")
         ax = fig.add_subplot()
         for gi, group in enumerate(groups):
             g = paired if gi == 0 else paired[paired["disease"].astype(str) == group]

@@ -108,15 +108,13 @@ def fig_primary(paired: pd.DataFrame, visits: tuple[str, str], colours: dict[str
                             line=dict(color=colours.get(str(disease), "#555"), width=1.2),
                             marker=dict(size=7, line=dict(width=0.5, color="white")),
                             hovertemplate="%{text}<br>%{y:.3g}<extra>" + esc(disease) + "</extra>")
-    ticks = [f"{esc(g)}<br>(n={len(paired) if i == 0 else (paired['disease'] == g).sum()})"
+    ticks = [f"<b>{esc(g)}</b><br>n={len(paired) if i == 0 else (paired['disease'] == g).sum()}"
+             f"<br><span style='color:#777'>{esc(b)} → {esc(v)}</span>"
              for i, g in enumerate(groups)]
     fig.update_xaxes(tickvals=list(range(len(groups))), ticktext=ticks, tickangle=0,
-                     range=[-0.6, len(groups) - 0.4])
-    for i in range(len(groups)):
-        fig.add_annotation(x=i - 0.2, y=0, yref="paper", yshift=-8, text=esc(b), showarrow=False,
-                           font=dict(size=9, color="#777"))
-        fig.add_annotation(x=i + 0.2, y=0, yref="paper", yshift=-8, text=esc(v), showarrow=False,
-                           font=dict(size=9, color="#777"))
+                     range=[-0.6, len(groups) - 0.4], showgrid=False)
+    for i in range(1, len(groups)):
+        fig.add_vline(x=i - 0.5, line=dict(color="#e5e5e5", width=1))
     fig.update_yaxes(title=esc(parameter))
     return base_layout(fig, height=480, margin=dict(l=70, r=20, t=40, b=110),
                        title=f"{esc(parameter)}: {esc(b)} → {esc(v)}, per patient")
@@ -152,5 +150,6 @@ def fig_trajectories(long: pd.DataFrame, keys: Sequence[str], key_col: str, valu
     fig.update_layout(updatemenus=[dict(buttons=buttons, x=0, xanchor="left", y=1.16,
                                         yanchor="top", direction="down", showactive=True)])
     fig.update_yaxes(title=esc(keys[0]) if keys and not y_title else y_title)
-    return base_layout(fig, height=480, margin=dict(l=70, r=20, t=90, b=50), title=dict(
-        text=title, x=0.99, xanchor="right"))
+    fig.add_annotation(text=title, x=0, xref="paper", y=1.17, yref="paper", xanchor="right",
+                       yanchor="top", showarrow=False, xshift=-8, yshift=-6)
+    return base_layout(fig, height=480, margin=dict(l=150, r=20, t=90, b=50))

@@ -28,7 +28,7 @@ def _discrete_scale(colours: Sequence[str]) -> list:
     return scale
 
 
-def fig_volcano(pooled: pd.DataFrame, visits: Sequence[str], n_labels: int = 6) -> go.Figure:
+def fig_volcano(pooled: pd.DataFrame, visits: Sequence[str], n_labels: int = 4) -> go.Figure:
     """Volcano plots of pooled supervised statistics: one panel per visit, a dropdown per method.
 
     ``pooled`` is :func:`immunomon.report.prep.pooled_stats` of ``stats_supervised``.
@@ -60,7 +60,9 @@ def fig_volcano(pooled: pd.DataFrame, visits: Sequence[str], n_labels: int = 6) 
             owners.append(m)
     scale = pooled.get("effect_scale")
     xt = f"effect ({esc(scale.iloc[0])})" if scale is not None and len(scale) else "effect"
-    fig.update_xaxes(title_text=xt, zeroline=True, zerolinecolor="#999")
+    lim = float(np.nanmax(np.abs(pooled[eff].astype(float)))) * 1.35 or 1.0
+    fig.update_xaxes(title_text=xt, zeroline=True, zerolinecolor="#999", range=[-lim, lim])
+    fig.update_yaxes(range=[0, float(pooled["mlog10p"].max()) * 1.15 + 0.3])
     fig.update_yaxes(title_text="−log10 p")
     menus = []
     if len(methods) > 1:
@@ -191,7 +193,7 @@ def fig_da_heatmap(da: pd.DataFrame, visits: Sequence[str]) -> go.Figure:
     star = np.where(q.to_numpy() < FDR, "*", "")
     fig = go.Figure(go.Heatmap(
         z=z.to_numpy(), x=[esc(v) for v in z.columns], y=[esc(n) for n in z.index],
-        text=star, texttemplate="%{text}", customdata=q.to_numpy(), colorscale=style.DIVERGING,
+        text=star, texttemplate="%{text}", textfont=dict(size=20, color="black"), customdata=q.to_numpy(), colorscale=style.DIVERGING,
         zmin=-lim, zmax=lim, zmid=0, colorbar=dict(title="log2 FC"),
         hovertemplate="%{y} %{x}<br>log2 FC %{z:.2f}<br>q %{customdata:.2g}<extra></extra>"))
     fig.update_yaxes(autorange="reversed")

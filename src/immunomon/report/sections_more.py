@@ -14,7 +14,12 @@ from . import interactive_maps as im
 from .htmltable import esc, table_html
 from .methods import flatten, methods_paragraphs, versions
 from .prep import FDR, POOLED, marker_matrix, scaled_markers
+from .privacy import safe_keywords
 from .section import Context, Section, missing_note, para
+
+
+#: FCS keywords shown per input file (all on the privacy allow-list).
+INPUT_KEYWORDS = {"$CYT": "instrument", "$CYTSN": "serial", "$DATE": "acquired", "$TOT": "events"}
 
 
 def clusters(ctx: Context) -> Section:
@@ -98,7 +103,7 @@ def clinical(ctx: Context) -> Section:
                          "the menu)."))
         body.append(ip.plotly_div(ip.fig_trajectories(
             cc.astype({"score": str}), scores, "score", "value", run.visits,
-            ctx.disease_colours, title="choose a score in the menu"), ctx.plot_id()))
+            ctx.disease_colours, title="score"), ctx.plot_id()))
     ci = run.get("clinical_immune")
     body.append("<h3>Clinical score × immune parameter correlations</h3>")
     if ci is None:
@@ -176,7 +181,12 @@ def provenance(ctx: Context) -> Section:
         body.append(para("provenance.json lists no input files.", "missing"))
     else:
         cols = [c for c in ("path", "sha256", "bytes", "size") if c in inputs.columns]
-        body.append(table_html(inputs[cols].astype(str), max_rows=5000))
+        shown = inputs[cols].astype(str)
+        if "keywords" in inputs.columns:
+            kw = [safe_keywords(k if isinstance(k, Mapping) else {}) for k in inputs["keywords"]]
+            for key, label in INPUT_KEYWORDS.items():
+                shown[label] = [k.get(key, "") for k in kw]
+        body.append(table_html(shown, max_rows=5000))
     return Section("provenance", "Provenance", "".join(body))
 
 

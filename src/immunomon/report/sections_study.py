@@ -110,7 +110,7 @@ def kinetics(ctx: Context) -> Section:
     names = ([PRIMARY_PARAMETER] if PRIMARY_PARAMETER in names else []) + \
         [p for p in names if p != PRIMARY_PARAMETER]
     fig = ip.fig_trajectories(vals, names, "parameter", "value", run.visits, ctx.disease_colours,
-                              title="choose a parameter in the menu")
+                              title="parameter")
     body = para(f"One line per patient over the visits ({len(names)} parameters; pick one in the "
                 "menu, click a disease in the legend to hide or isolate it).")
     return Section("kinetics", title, body + ip.plotly_div(fig, ctx.plot_id()))

@@ -6,20 +6,21 @@ count. A state is built in three layers:
 
 1. **Population baseline** (``BASELINE``): PBMC-like composition — lymphocytes 70 %, monocytes
    18 %, other live cells (granulocytes) 12 % of live cells; T 70 %, NK 12 %, B 12 %, other 6 %
-   of lymphocytes; CD4 63 %, CD8 32 %, double-negative 5 % of T cells; Treg 4.5 % of CD4 T,
+   of lymphocytes; CD4 63 %, CD8 32 %, double-negative 5 % of T cells; Treg 5 % of CD4 T,
    memory (CD45RA-) 55 % of Treg, CD56bright 7 % of NK; Ki67+ 8 % and HLA-DR+ 15 % of Treg,
    3 % / 5 % of CD4 Tconv, 3 % / 8 % of CD8 T; debris 6 % of events, doublets 4 % of cells,
    dead 5 % of singlets.
 2. **Patient** (:func:`make_patient`): every logit (or log weight of a composition) moves by a
    normal deviate (sd 0.3, Treg % of CD4 T sd 0.3 on the log scale, i.e. a log-normal with
-   median 4.5 % and 95 % range ~2.5-8 %); diseases shift the Treg baseline (``DISEASES``,
+   median 5 % and 95 % range ~2.8-9 %); diseases shift the Treg baseline (``DISEASES``,
    SLE -0.35, AIH -0.25, GPA -0.15, Crohn -0.1 on the log scale). Each patient has a treatment
-   responsiveness ``r_treg = exp(N(0, 0.35))`` clipped to [0.4, 2.1] (D8 Treg fold ×1.3-×4.3
+   responsiveness ``r_treg = exp(N(0, 0.35))`` clipped to [0.5, 2.0] (D8 Treg fold ×1.4-×4
    at effect size 1) and ``r_nk`` (correlated, clipped to [0.55, 1.5]; CD56bright ×1.3-×2).
 3. **Visit** (:func:`sample_state`): a fresh normal deviate (sd 0.12, ≈ 12 % CV of small
-   fractions) on every logit, then the planted effects ``EFFECTS`` scaled by
-   ``effect_size × r × profile(day)``. ``profile`` is 0 at D1, 1 at D8, 0.55 at D15, 0.45 from
-   D29 to D183 (fortnightly injections), 0.08 at D240 and 0 from D300 (linear in between).
+   fractions; 0.07 for Treg % of CD4 T) on every logit, then the planted effects ``EFFECTS``
+   scaled by ``effect_size × r × profile(day)``. ``profile`` is 0 at D1, 1 at D8, 0.55 at
+   D15, 0.45 from D29 to D183 (fortnightly injections), 0.08 at D240 and 0 from D300 (linear
+   in between).
 
 Planted effects at the peak for a typical patient (``r = 1``): Treg % of CD4 T ×2 (fraction),
 Treg memory odds ×2, Treg Ki67+ odds ×3.5, Treg HLA-DR+ odds ×2.2, CD25 median in Treg ×1.5
@@ -50,7 +51,7 @@ COMPOSITIONS = {
 
 #: Binary fractions: name -> (baseline probability, patient sd of the logit).
 BASELINE = {
-    "treg": (0.045, 0.3),
+    "treg": (0.05, 0.3),
     "treg_mem": (0.55, 0.4),
     "nk_bright": (0.07, 0.3),
     "ki67_treg": (0.08, 0.3),
@@ -82,7 +83,8 @@ EFFECTS = {
 PROFILE = ((1, 0.0), (8, 1.0), (15, 0.55), (29, 0.45), (85, 0.45), (183, 0.45),
            (240, 0.08), (300, 0.0))
 
-VISIT_SD = 0.12        # visit-to-visit sd of every logit / log weight
+VISIT_SD = 0.12        # visit-to-visit sd of every logit / log weight ...
+VISIT_SD_TREG = 0.07   # ... except Treg % of CD4 T (the primary end point is a stable one)
 PATIENT_SD_COMPOSITION = 0.25
 MARKER_SD = 0.06       # patient sd of each marker's mean (arcsinh units)
 LYMPH_PER_UL = (1800.0, 0.3, 0.12)  # median, patient log-sd, visit log-sd
@@ -158,7 +160,7 @@ def make_patient(patient_id: str, disease: str, rng: np.random.Generator) -> Pat
         for g, (_, props) in COMPOSITIONS.items()
     }
     z = rng.normal(0.0, 0.35)
-    r_treg = float(np.clip(np.exp(z), 0.4, 2.1))
+    r_treg = float(np.clip(np.exp(z), 0.5, 2.0))
     r_nk = float(np.clip(np.exp(0.5 * z + rng.normal(0.0, 0.15)), 0.55, 1.5))
     return Patient(
         patient_id=patient_id,
@@ -202,7 +204,8 @@ def sample_state(patient: Patient, day: float, *, effect: str = "planted",
         w = patient.log_weights[g] + noise(len(names))
         w = np.exp(w - w.max())
         p.update(zip(names, (w / w.sum()).tolist()))
-    logits = {k: v + noise() for k, v in patient.logits.items()}
+    logits = {k: v + (noise() if k != "treg" or rng is None
+                      else rng.normal(0.0, VISIT_SD_TREG)) for k, v in patient.logits.items()}
     cd25 = 1.0
     k = profile(day) * effect_size if effect == "planted" else 0.0
     for name, (scale, fold, responder) in EFFECTS.items():

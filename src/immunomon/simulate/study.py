@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from immunomon.errors import UserError
+from immunomon.io.fcs import write_fcs
 
 from .clinical import clinical_tables
 from .events import ARTEFACTS, LABELS, simulate_events
@@ -31,7 +32,8 @@ BATCH_SIZE = 24
 _FIRST_BATCH_DATE = dt.date(2024, 1, 8)
 
 
-def _visit_days(visits) -> list[tuple[str, int]]:
+def _visit_days(visits) -> tuple[list[tuple[str, int]], list[str]]:
+    """(visit, day) pairs of visit names ``D<day>``, and the problems of the list."""
     out, problems = [], []
     for v in visits:
         m = re.fullmatch(r"D(-?\d+)", str(v).strip())
@@ -44,9 +46,7 @@ def _visit_days(visits) -> list[tuple[str, int]]:
         problems.append(f"--visits: repeated visit in {','.join(names)}")
     if not visits:
         problems.append("--visits: at least one visit is needed")
-    if problems:
-        raise UserError(problems)
-    return out
+    return out, problems
 
 
 def _batch_gains(seed: int, n_batches: int) -> np.ndarray:
@@ -82,8 +82,6 @@ def _study_yaml(visits, seed: int) -> dict:
 
 def _simulate_file(job: dict) -> tuple[np.ndarray, dict]:
     """Simulate, write and summarise one FCS file (runs in a worker process)."""
-    from immunomon.io.fcs import write_fcs
-
     spill = spillover_matrix()
     rng = rng_for(job["seed"], "events", job["sample_id"])
     state = sample_state(job["patient"], job["day"], effect=job["effect"],
@@ -151,7 +149,8 @@ def simulate_study(out_dir, patients: int = 46, visits=DEFAULT_VISITS, events: i
         problems.append(f"--events: {events} (need at least 100)")
     if not math.isfinite(float(effect_size)):
         problems.append(f"--effect-size: {effect_size} is not a finite number")
-    visit_days = _visit_days(list(visits))
+    visit_days, vp = _visit_days(list(visits))
+    problems += vp
     root = Path(out_dir)
     if root.exists() and any(root.iterdir()) and not overwrite:
         problems.append(f"{root}: folder exists and is not empty")

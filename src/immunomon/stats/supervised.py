@@ -21,6 +21,7 @@ from functools import lru_cache
 import numpy as np
 import pandas as pd
 from scipy import stats
+from scipy.linalg import cho_factor, cho_solve
 from scipy.optimize import minimize_scalar
 
 from ._common import ALL, NOT_ESTIMABLE, OK, StatsOptions, is_logit, positive_floor, to_fraction
@@ -31,13 +32,14 @@ RESPONDERS_COLUMNS = ["parameter", "visit", "disease", "n", "n_up", "fraction_up
 Z95 = stats.norm.ppf(0.975)
 
 
-def observations(samples: pd.DataFrame, parameters: pd.DataFrame) -> pd.DataFrame:
+def observations(samples: pd.DataFrame, parameters: pd.DataFrame,
+                 per_sample: bool = False) -> pd.DataFrame:
     """One row per parameter × patient × visit of kept samples.
 
     Columns: parameter, population, patient_id, disease, visit, ``log`` (natural log of the
     value), ``model`` (log or logit of the fraction), ``scale`` (``log``/``logit``), ``note``
     (values floored to stay finite). Replicate samples of a patient and visit are averaged
-    on both scales.
+    on both scales, unless ``per_sample`` (then one row per sample, with ``sample_id``).
     """
     cols = ["parameter", "population", "measure", "value"]
     par = parameters[["sample_id"] + [c for c in cols if c in parameters]].copy()
@@ -66,6 +68,8 @@ def observations(samples: pd.DataFrame, parameters: pd.DataFrame) -> pd.DataFram
         return pd.DataFrame(columns=["parameter", "population", "patient_id", "disease", "visit",
                                      "log", "model", "scale", "note"])
     df = pd.concat(out)
+    if per_sample:
+        return df.sort_values(["parameter", "sample_id"], kind="mergesort").reset_index(drop=True)
     keys = ["parameter", "population", "scale", "note", "patient_id", "disease", "visit"]
     df = df.groupby(keys, sort=True, as_index=False)[["log", "model"]].mean()
     return df.dropna(subset=["log", "model"]).reset_index(drop=True)
@@ -213,20 +217,27 @@ def fit_random_intercept(y: np.ndarray, X: np.ndarray, groups: np.ndarray):
     _, g = np.unique(groups, return_inverse=True)
     n_g = np.bincount(g).astype(float)
     N, p = X.shape
-    if np.linalg.matrix_rank(X) < p or N <= p:
+    mean = float(y.mean())
+    y = y - mean  # centring keeps the normal equations accurate
+    xtx0, xty0, yty0 = X.T @ X, X.T @ y, float(y @ y)
+    ev = np.linalg.eigvalsh(xtx0)
+    if N <= p or ev[0] <= 1e-10 * ev[-1]:
         raise np.linalg.LinAlgError("design not of full rank")
     ybar = np.bincount(g, y) / n_g
     Xbar = np.stack([np.bincount(g, X[:, j]) / n_g for j in range(p)], axis=1)
 
     def solve(log_lam):
+        # Xs'Xs = X'X - sum_g c_g xbar_g xbar_g', c_g = n_g (2 theta_g - theta_g^2)
         lam = 0.0 if log_lam is None else np.exp(log_lam)
-        theta = (1 - 1 / np.sqrt(1 + n_g * lam))[g]
-        ys, Xs = y - theta * ybar[g], X - theta[:, None] * Xbar[g]
-        b, *_ = np.linalg.lstsq(Xs, ys, rcond=None)
-        rss = float(((ys - Xs @ b) ** 2).sum())
-        xtx = Xs.T @ Xs
-        obj = ((N - p) * np.log(max(rss, 1e-300) / (N - p)) + np.log1p(n_g * lam).sum()
-               + np.linalg.slogdet(xtx)[1])
+        theta = 1 - 1 / np.sqrt(1 + n_g * lam)
+        c = n_g * (2 * theta - theta ** 2)
+        xtx = xtx0 - (Xbar.T * c) @ Xbar
+        xty = xty0 - (Xbar.T * c) @ ybar
+        chol = cho_factor(xtx)
+        b = cho_solve(chol, xty)
+        rss = max(yty0 - float(c @ ybar ** 2) - float(b @ xty), 1e-300)
+        obj = ((N - p) * np.log(rss / (N - p)) + np.log1p(n_g * lam).sum()
+               + 2 * np.log(np.diag(chol[0])).sum())
         return obj, b, rss, xtx, lam
 
     grid = np.linspace(-12, 6, 19)
@@ -238,6 +249,7 @@ def fit_random_intercept(y: np.ndarray, X: np.ndarray, groups: np.ndarray):
     cands = [solve(best.x), solve(None)]
     obj, b, rss, xtx, lam = min(cands, key=lambda c: c[0])
     s2 = rss / (N - p)
+    b = b + mean * np.linalg.solve(xtx0, X.sum(axis=0))  # undo the centring of y
     return b, s2 * np.linalg.inv(xtx), s2, s2 * lam
 
 

@@ -1,0 +1,447 @@
+"""The study manifest: ``study.yaml`` + ``samples.csv`` (+ clinical and AE tables).
+
+>>> from immunomon.io.study import load_study
+>>> study = load_study("my_trial")                        # doctest: +SKIP
+>>> study.samples[["sample_id", "patient_id", "visit"]]   # doctest: +SKIP
+>>> study.path_of("P001_D1")                              # doctest: +SKIP
+
+``study.yaml`` (validated with pydantic; unknown keys are errors)::
+
+    study_id: SIM-LDIL2
+    seed: 1
+    visits: [{name: D1, day: 1}, {name: D8, day: 8}]
+    baseline: D1
+    panels:
+      treg:
+        channels:                      # $PnN -> marker (and fluorochrome)
+          FSC-A: {marker: FSC-A}
+          BV421-A: {marker: CD25, fluorochrome: BV421}
+        transform: {type: arcsinh, cofactor: 150}
+        gating: {template: treg}       # or {gatingml: gates.xml} or {wsp: w.wsp, wsp_group: All}
+        clustering: {markers: [CD25], grid: [10, 10], metaclusters: 20}
+    exclusions: [{sample_id: P001_D8, reason: clotted sample}]
+
+``samples.csv``: one row per FCS file; required columns ``sample_id``, ``file`` (relative to
+the study folder), ``patient_id``, ``visit``, ``panel``; optional ``disease``, ``batch``
+(acquisition day), ``dataset`` (1-based data set index, default 1), ``lymphocytes_per_ul``.
+Other columns are kept. Optional ``clinical.csv`` and ``adverse_events.csv``: see
+:mod:`immunomon.io.clinical`.
+
+:func:`load_study` checks everything at once and raises :class:`~immunomon.errors.UserError`
+with one line per problem, naming the file, the line (header = line 1) and the column.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from immunomon.errors import UserError
+
+from .clinical import read_adverse_events, read_clinical, read_csv_text, where
+from .fcs import FCSError, read_fcs_metadata
+
+#: Built-in gating templates (``gating: {template: <name>}``); any other value is a path.
+BUILTIN_TEMPLATES = ("treg",)
+SAMPLE_COLUMNS = ("sample_id", "file", "patient_id", "disease", "visit", "day", "panel",
+                  "batch", "dataset", "lymphocytes_per_ul", "excluded_reason")
+_REQUIRED = ("sample_id", "file", "patient_id", "visit", "panel")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Channel(_Model):
+    """One channel of a panel: the marker it measures (scatter/time: the channel name)."""
+
+    marker: str = Field(min_length=1)
+    fluorochrome: str | None = None
+
+
+class Visit(_Model):
+    """A protocol visit: its label (e.g. ``D8``) and study day."""
+
+    name: str = Field(min_length=1)
+    day: int
+
+
+class Gating(_Model):
+    """How a panel is gated: a template (built-in name or YAML path), a Gating-ML file or a
+    FlowJo workspace (and its sample group). Paths are relative to the study folder."""
+
+    template: str | None = None
+    gatingml: str | None = None
+    wsp: str | None = None
+    wsp_group: str | None = None
+
+
+class Transform(_Model):
+    """Transform of the fluorescence channels (``params`` for the non-arcsinh types)."""
+
+    type: Literal["arcsinh", "logicle", "biex", "hyperlog", "log", "linear"] = "arcsinh"
+    cofactor: float = Field(150.0, gt=0)
+    params: dict[str, float] = Field(default_factory=dict)
+
+
+class Clustering(_Model):
+    """Clustering settings: markers used, SOM grid and number of metaclusters."""
+
+    markers: list[str] = Field(min_length=1)
+    grid: tuple[int, int] = (10, 10)
+    metaclusters: int = Field(20, ge=2)
+
+
+class Panel(_Model):
+    """An antibody panel: channels, transform, gating and clustering."""
+
+    channels: dict[str, Channel] = Field(min_length=1)
+    transform: Transform = Field(default_factory=Transform)
+    gating: Gating | None = None
+    clustering: Clustering | None = None
+
+    def marker_of(self, channel: str) -> str:
+        """The marker measured in ``channel`` ($PnN)."""
+        return self.channels[channel].marker
+
+    @property
+    def markers(self) -> dict[str, str]:
+        """Marker -> channel ($PnN)."""
+        return {c.marker: name for name, c in self.channels.items()}
+
+
+class Exclusion(_Model):
+    """A sample left out of the analysis, and why."""
+
+    sample_id: str = Field(min_length=1)
+    reason: str = Field(min_length=1)
+
+
+class StudyConfig(_Model):
+    """The content of ``study.yaml``."""
+
+    study_id: str = Field(min_length=1)
+    description: str = ""
+    seed: int = 0
+    visits: list[Visit] = Field(min_length=1)
+    baseline: str
+    panels: dict[str, Panel] = Field(min_length=1)
+    exclusions: list[Exclusion] = Field(default_factory=list)
+
+    @property
+    def visit_days(self) -> dict[str, int]:
+        """Visit name -> study day, in protocol order."""
+        return {v.name: v.day for v in self.visits}
+
+
+@dataclass
+class Study:
+    """A loaded, validated study folder."""
+
+    root: Path
+    config: StudyConfig
+    samples: pd.DataFrame
+    clinical: pd.DataFrame | None = None
+    adverse_events: pd.DataFrame | None = None
+
+    def path_of(self, sample_id: str) -> Path:
+        """Absolute path of the FCS file of ``sample_id``."""
+        row = self.samples.loc[self.samples["sample_id"] == sample_id]
+        if row.empty:
+            raise KeyError(f"unknown sample_id {sample_id!r}")
+        return (self.root / row["file"].iloc[0]).resolve()
+
+    def panel_of(self, sample_id: str) -> Panel:
+        """The panel configuration of ``sample_id``."""
+        row = self.samples.loc[self.samples["sample_id"] == sample_id]
+        if row.empty:
+            raise KeyError(f"unknown sample_id {sample_id!r}")
+        return self.config.panels[row["panel"].iloc[0]]
+
+    @property
+    def kept(self) -> pd.DataFrame:
+        """The samples that are not excluded."""
+        return self.samples.loc[self.samples["excluded_reason"] == ""]
+
+
+# ----------------------------------------------------------------------------- study.yaml
+
+def _yaml_lines(node, path=()) -> dict[tuple, int]:
+    """(key path) -> 1-based line of every node of a composed YAML document."""
+    out = {path: node.start_mark.line + 1}
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            out[path + (key.value,)] = key.start_mark.line + 1
+            out.update({k: v for k, v in _yaml_lines(value, path + (key.value,)).items()
+                        if k != path + (key.value,)})
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            out.update(_yaml_lines(item, path + (i,)))
+    return out
+
+
+def _line_of(lines: dict[tuple, int], loc: tuple) -> int | None:
+    loc = tuple(str(x) if not isinstance(x, int) else x for x in loc)
+    while loc and loc not in lines:
+        loc = loc[:-1]
+    return lines.get(loc)
+
+
+def _read_config(path: Path) -> tuple[StudyConfig | None, dict, list[str]]:
+    """Parse and validate ``study.yaml``: (config, line map, problems)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None, {}, [f"{path}: file not found"]
+    except (OSError, UnicodeDecodeError) as err:
+        return None, {}, [f"{path}: cannot be read ({err})"]
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        at = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        return None, {}, [f"{path}{at}: not valid YAML ({getattr(err, 'problem', err)})"]
+    if not isinstance(data, dict):
+        return None, {}, [f"{path}: must be a mapping of study settings (study_id, visits, "
+                          f"baseline, panels, ...)"]
+    lines = _yaml_lines(node)
+    try:
+        config = StudyConfig.model_validate(data)
+    except ValidationError as err:
+        problems = []
+        for e in err.errors():
+            loc = tuple(e["loc"])
+            field = ".".join(str(x) for x in loc) or "(top level)"
+            line = _line_of(lines, loc)
+            at = f", line {line}" if line else ""
+            msg = "required field is missing" if e["type"] == "missing" else e["msg"]
+            if e["type"] == "extra_forbidden":
+                msg = "unknown field"
+            problems.append(f"{path}{at}: {field}: {msg}")
+        return None, lines, problems
+    return config, lines, _check_config(config, path, lines)
+
+
+def _check_config(cfg: StudyConfig, path: Path, lines: dict) -> list[str]:
+    """Cross-field checks of ``study.yaml``."""
+    problems = []
+
+    def at(*loc):
+        line = _line_of(lines, loc)
+        return f"{path}, line {line}" if line else str(path)
+
+    names = [v.name for v in cfg.visits]
+    for i, v in enumerate(cfg.visits):
+        if names.index(v.name) != i:
+            problems.append(f"{at('visits', i)}: visits.{i}.name: visit '{v.name}' is declared "
+                            f"twice")
+    if cfg.baseline not in names:
+        problems.append(f"{at('baseline')}: baseline: '{cfg.baseline}' is not one of the "
+                        f"visits ({', '.join(names)})")
+    root = path.parent
+    for pname, panel in cfg.panels.items():
+        seen: dict[str, str] = {}
+        for chan, c in panel.channels.items():
+            if c.marker in seen:
+                problems.append(f"{at('panels', pname, 'channels', chan)}: panels.{pname}."
+                                f"channels.{chan}: marker '{c.marker}' is mapped twice (also "
+                                f"to channel '{seen[c.marker]}')")
+            seen.setdefault(c.marker, chan)
+        if panel.clustering is not None:
+            for m in panel.clustering.markers:
+                if m not in seen:
+                    problems.append(f"{at('panels', pname, 'clustering', 'markers')}: panels."
+                                    f"{pname}.clustering.markers: '{m}' is not a marker of "
+                                    f"the panel")
+            if min(panel.clustering.grid) < 1:
+                problems.append(f"{at('panels', pname, 'clustering', 'grid')}: panels.{pname}"
+                                f".clustering.grid: both sizes must be at least 1")
+        g = panel.gating
+        if g is not None:
+            given = [k for k in ("template", "gatingml", "wsp") if getattr(g, k)]
+            loc = ("panels", pname, "gating")
+            if len(given) > 1:
+                problems.append(f"{at(*loc)}: panels.{pname}.gating: give one of template, "
+                                f"gatingml, wsp (got {', '.join(given)})")
+            if g.wsp_group and not g.wsp:
+                problems.append(f"{at(*loc)}: panels.{pname}.gating.wsp_group needs wsp")
+            for key in given:
+                value = getattr(g, key)
+                if key == "template" and value in BUILTIN_TEMPLATES:
+                    continue
+                if not (root / value).is_file():
+                    kind = f"not a built-in template ({', '.join(BUILTIN_TEMPLATES)}) nor " \
+                        if key == "template" else ""
+                    problems.append(f"{at(*loc, key)}: panels.{pname}.gating.{key}: '{value}' "
+                                    f"is {kind}an existing file")
+    ids = [e.sample_id for e in cfg.exclusions]
+    for i, sid in enumerate(ids):
+        if ids.index(sid) != i:
+            problems.append(f"{at('exclusions', i)}: exclusions.{i}: sample '{sid}' is "
+                            f"excluded twice")
+    return problems
+
+
+# ---------------------------------------------------------------------------- samples.csv
+
+def _read_samples(path: Path, cfg: StudyConfig, check_files: bool
+                  ) -> tuple[pd.DataFrame | None, list[str]]:
+    """``samples.csv`` checked against the config (and the FCS files' TEXT)."""
+    df, problems = read_csv_text(path)
+    if df is None:
+        return None, problems
+    problems = [f"{path}, line 1: required column '{c}' is missing" for c in _REQUIRED
+                if c not in df.columns]
+    if problems:
+        return None, problems
+    for col, default in (("disease", ""), ("batch", ""), ("dataset", "1"),
+                         ("lymphocytes_per_ul", "")):
+        if col not in df.columns:
+            df[col] = default
+    root = path.parent
+    days = cfg.visit_days
+    dataset = pd.to_numeric(df["dataset"].replace("", "1"), errors="coerce")
+    lymph = pd.to_numeric(df["lymphocytes_per_ul"].replace("", np.nan), errors="coerce")
+    first_id: dict[str, int] = {}
+    first_key: dict[tuple, int] = {}
+    first_file: dict[tuple, int] = {}
+    disease_of: dict[str, tuple[str, int]] = {}
+    for i, row in df.iterrows():
+        for col in _REQUIRED:
+            if not row[col]:
+                problems.append(f"{where(path, i, col)}: empty value")
+        sid = row["sample_id"]
+        if sid and sid in first_id:
+            problems.append(f"{where(path, i, 'sample_id')}: duplicate sample id '{sid}' "
+                            f"(first on line {first_id[sid] + 2})")
+        first_id.setdefault(sid, i)
+        if row["visit"] and row["visit"] not in days:
+            problems.append(f"{where(path, i, 'visit')}: unknown visit '{row['visit']}' "
+                            f"(study.yaml declares {', '.join(days)})")
+        if row["panel"] and row["panel"] not in cfg.panels:
+            problems.append(f"{where(path, i, 'panel')}: unknown panel '{row['panel']}' "
+                            f"(study.yaml declares {', '.join(cfg.panels)})")
+        key = (row["patient_id"], row["visit"], row["panel"])
+        if all(key) and key in first_key:
+            problems.append(f"{where(path, i, 'visit')}: patient {key[0]} already has a "
+                            f"{key[2]} sample at {key[1]} (line {first_key[key] + 2})")
+        first_key.setdefault(key, i)
+        pid, dis = row["patient_id"], row["disease"]
+        if pid in disease_of and disease_of[pid][0] != dis:
+            problems.append(f"{where(path, i, 'disease')}: patient {pid} has disease '{dis}' "
+                            f"here but '{disease_of[pid][0]}' on line {disease_of[pid][1] + 2}")
+        disease_of.setdefault(pid, (dis, i))
+        ds = dataset.iloc[i]
+        if np.isnan(ds) or ds != int(ds) or ds < 1:
+            problems.append(f"{where(path, i, 'dataset')}: '{row['dataset']}' is not a data "
+                            f"set number (1, 2, ...)")
+            ds = 1
+        if row["lymphocytes_per_ul"] and not (lymph.iloc[i] >= 0):
+            problems.append(f"{where(path, i, 'lymphocytes_per_ul')}: "
+                            f"'{row['lymphocytes_per_ul']}' is not a count per µL")
+        fkey = (row["file"], int(ds))
+        if row["file"] and fkey in first_file:
+            problems.append(f"{where(path, i, 'file')}: file '{row['file']}' (data set "
+                            f"{int(ds)}) is already used on line {first_file[fkey] + 2}")
+        first_file.setdefault(fkey, i)
+        if row["file"] and check_files:
+            problems += _check_fcs(root, row, int(ds), cfg, where(path, i, "file"))
+    # a baseline sample for every patient in every panel it has samples in
+    pairs = df.loc[df["patient_id"] != "", ["patient_id", "panel"]].drop_duplicates()
+    have = set(zip(df["patient_id"], df["panel"], df["visit"]))
+    for pid, panel in pairs.itertuples(index=False):
+        if (pid, panel, cfg.baseline) not in have:
+            line = first_key[next(k for k in first_key if k[0] == pid and k[2] == panel)] + 2
+            problems.append(f"{path}, line {line}, column 'visit': patient {pid} has no "
+                            f"baseline ({cfg.baseline}) sample in panel '{panel}'")
+    df["dataset"] = dataset.fillna(1).astype(int)
+    df["lymphocytes_per_ul"] = lymph.astype(float)
+    df["day"] = df["visit"].map(days)
+    reasons = {e.sample_id: e.reason for e in cfg.exclusions}
+    df["excluded_reason"] = df["sample_id"].map(reasons).fillna("")
+    extra = [c for c in df.columns if c not in SAMPLE_COLUMNS]
+    return df[list(SAMPLE_COLUMNS) + extra], problems
+
+
+def _check_fcs(root: Path, row, dataset: int, cfg: StudyConfig, at: str) -> list[str]:
+    """Problems of one sample's FCS file: missing, unreadable, missing channels."""
+    fpath = root / row["file"]
+    if not fpath.is_file():
+        return [f"{at}: file not found: {fpath}"]
+    try:
+        meta = read_fcs_metadata(fpath, dataset=dataset)
+    except FCSError as err:
+        return [f"{at}: {p}" for p in err.problems]
+    panel = cfg.panels.get(row["panel"])
+    if panel is None:
+        return []
+    names = set(meta.names)
+    return [f"{at}: {row['file']}: channel '{chan}' (marker {c.marker}) of panel "
+            f"'{row['panel']}' is missing from the file" for chan, c in panel.channels.items()
+            if chan not in names]
+
+
+# --------------------------------------------------------------------------------- entry
+
+def _load(study_dir, check_files: bool) -> tuple[Study | None, list[str]]:
+    root = Path(study_dir)
+    if not root.is_dir():
+        return None, [f"{root}: not a study folder (directory not found)"]
+    cfg, lines, problems = _read_config(root / "study.yaml")
+    if cfg is None:
+        return None, problems
+    samples, sp = _read_samples(root / "samples.csv", cfg, check_files)
+    problems += sp
+    if samples is None:
+        return None, problems
+    known = set(samples["sample_id"])
+    for i, e in enumerate(cfg.exclusions):
+        if e.sample_id not in known:
+            line = _line_of(lines, ("exclusions", i))
+            problems.append(f"{root / 'study.yaml'}{f', line {line}' if line else ''}: "
+                            f"exclusions.{i}.sample_id: unknown sample '{e.sample_id}' (not "
+                            f"in samples.csv)")
+    patients = set(samples["patient_id"])
+    clinical = adverse = None
+    if (root / "clinical.csv").exists():
+        clinical, cp = read_clinical(root / "clinical.csv", patients, set(cfg.visit_days))
+        problems += cp
+    if (root / "adverse_events.csv").exists():
+        adverse, ap = read_adverse_events(root / "adverse_events.csv", patients)
+        problems += ap
+    return Study(root=root.resolve(), config=cfg, samples=samples, clinical=clinical,
+                 adverse_events=adverse), problems
+
+
+def validate_study(study_dir, *, check_files: bool = True) -> list[str]:
+    """Every problem of a study folder, one line each (empty when valid)."""
+    return _load(study_dir, check_files)[1]
+
+
+def load_study(study_dir, *, check_files: bool = True) -> Study:
+    """Load and validate a study folder.
+
+    Parameters
+    ----------
+    study_dir
+        Folder holding ``study.yaml``, ``samples.csv`` and optionally ``clinical.csv`` and
+        ``adverse_events.csv``.
+    check_files
+        Also open every FCS file's TEXT segment (existence, data set, channels of the panel).
+
+    Raises
+    ------
+    UserError
+        Listing every problem found, one line each.
+    """
+    study, problems = _load(study_dir, check_files)
+    if problems:
+        raise UserError(problems)
+    return study

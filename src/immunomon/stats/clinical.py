@@ -1,0 +1,90 @@
+"""Clinical scores: change from baseline, summaries (CGI categories), link to immune response."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from ._common import ALL, NOT_ESTIMABLE, OK, StatsOptions, sort_rows
+from .multiple import add_q
+
+CHANGE_COLUMNS = ["patient_id", "disease", "score", "visit", "value", "baseline", "change", "reason"]
+IMMUNE_COLUMNS = ["score", "parameter", "visit", "immune_visit", "clinical_measure", "n", "rho",
+                  "p", "q", "status", "reason"]
+
+
+def clinical_change(clinical: pd.DataFrame, patients: pd.DataFrame, baseline: str) -> pd.DataFrame:
+    """``clinical_change``: value and change (value − baseline value of the same score) per
+    patient, score and visit; scores without a baseline value (e.g. CGI-E) keep the value and
+    say so in ``reason``."""
+    c = clinical.copy()
+    for k in ("patient_id", "visit", "score"):
+        c[k] = c[k].astype(str)
+    c = c.groupby(["patient_id", "score", "visit"], as_index=False)["value"].mean()
+    c = c.merge(patients, on="patient_id", how="left")
+    c["disease"] = c["disease"].fillna("unknown")
+    base = c[c["visit"] == baseline].set_index(["patient_id", "score"])["value"]
+    c["baseline"] = base.reindex(pd.MultiIndex.from_frame(c[["patient_id", "score"]])).to_numpy()
+    c["change"] = c["value"] - c["baseline"]
+    c["reason"] = np.where(c["baseline"].isna(), f"no {baseline} value of this score", "")
+    return c[CHANGE_COLUMNS]
+
+
+def clinical_summary(change: pd.DataFrame, visits: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per score, visit and disease (and ``all``): n, mean, sd, median, quartiles of the values
+    and mean/median change; plus, for CGI scores (name starting with ``CGI``), the number and
+    fraction of patients in each category."""
+    rows, cats = [], []
+    for (score, visit), g in change.groupby(["score", "visit"], sort=True):
+        for d, h in [(ALL, g)] + list(g.groupby("disease", sort=True)):
+            v, ch = h["value"].dropna(), h["change"].dropna()
+            rows.append(dict(score=score, visit=visit, disease=d, n=len(v), mean=v.mean(),
+                             sd=v.std(ddof=1) if len(v) > 1 else np.nan, median=v.median(),
+                             q1=v.quantile(0.25), q3=v.quantile(0.75), n_change=len(ch),
+                             mean_change=ch.mean() if len(ch) else np.nan,
+                             median_change=ch.median() if len(ch) else np.nan))
+            if score.upper().startswith("CGI"):
+                for val, k in v.value_counts().sort_index().items():
+                    cats.append(dict(score=score, visit=visit, disease=d, value=val,
+                                     patients=int(k), fraction=k / len(v)))
+    summ = sort_rows(pd.DataFrame(rows), ["score", "visit", "disease"], visits)
+    cat = pd.DataFrame(cats, columns=["score", "visit", "disease", "value", "patients", "fraction"])
+    return summ, sort_rows(cat, ["score", "visit", "disease", "value"], visits)
+
+
+def clinical_immune(change: pd.DataFrame, fold: pd.DataFrame, parameters: list[str],
+                    visits: list[str], options: StatsOptions) -> pd.DataFrame:
+    """``clinical_immune``: Spearman correlation, over patients, of the immune response
+    (log2 fold change of each parameter at ``options.immune_visit``) with the clinical
+    response at each visit (change from baseline, or the value itself for scores without
+    baseline such as CGI-E). BH q per score × visit."""
+    imm = fold[(fold["visit"] == options.immune_visit) & fold["parameter"].isin(parameters)]
+    rows = []
+    for (score, visit), g in change.groupby(["score", "visit"], sort=True):
+        if visit == visits[0]:
+            continue
+        use_change = g["change"].notna().any()
+        clin = g.set_index("patient_id")["change" if use_change else "value"].dropna()
+        for par in parameters:
+            x = imm[imm["parameter"] == par].set_index("patient_id")["log2fc"]
+            common = sorted(set(x.index) & set(clin.index))
+            n = len(common)
+            row = dict(score=score, parameter=par, visit=visit, immune_visit=options.immune_visit,
+                       clinical_measure="change" if use_change else "value", n=n, rho=np.nan,
+                       p=np.nan, status=NOT_ESTIMABLE, reason="")
+            a, b = x.loc[common].to_numpy(), clin.loc[common].to_numpy()
+            if n >= 3 and np.ptp(a) > 0 and np.ptp(b) > 0:
+                r = stats.spearmanr(a, b)
+                row["rho"] = float(r.statistic)
+                if n >= options.min_patients:
+                    row.update(p=float(r.pvalue), status=OK)
+                else:
+                    row["reason"] = f"{n} patients < {options.min_patients}: too few patients to test"
+            else:
+                row["reason"] = (f"{n} patients with both responses" if n < 3
+                                 else "no variation in one of the responses")
+            rows.append(row)
+    out = pd.DataFrame(rows, columns=[c for c in IMMUNE_COLUMNS if c != "q"])
+    out = add_q(out, ["score", "visit"])
+    return sort_rows(out[IMMUNE_COLUMNS], ["score", "parameter", "visit"], visits)

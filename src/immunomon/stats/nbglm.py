@@ -1,0 +1,194 @@
+"""Negative-binomial GLMs the edgeR way (glmFit + glmLRT), vectorised over clusters.
+
+A port of the parts of edgeR (Robinson, McCarthy & Smyth) that diffcyt's ``diffcyt-DA-edgeR``
+uses, written for cluster-count tables (tens of clusters, hundreds of samples):
+
+* :func:`fit_nb` — log-link NB GLMs with offsets log(library size), one per row of the count
+  matrix, all fitted at once by IRLS with step halving (the MLE edgeR's Levenberg fit finds).
+* :func:`common_dispersion` — Cox–Reid adjusted profile likelihood summed over rows, maximised
+  over dispersion^(1/4) in (0, 4) (``estimateGLMCommonDisp``, rows with total < 5 left out).
+* :func:`tagwise_dispersion` — weighted likelihood empirical Bayes towards the common value
+  (``estimateGLMTagwiseDisp``, trend off): APL on the grid common × 2^(-6..6, 11 points),
+  prior weight ``prior_df / (n - p)`` on the mean APL, maximum of a cubic spline.
+* :func:`lrt` — likelihood-ratio test of one coefficient against the fit without it,
+  chi-squared on 1 df (``glmLRT``); log2 fold changes from a fit with edgeR's prior count
+  0.125 (``addPriorCount``).
+
+inmoose's ``edgepy`` implements the same algorithms but fits rows one by one in Python
+(~10 s per 20-cluster × 300-sample table); this module gives the same p values (tested
+against R's edgeR 3.40 on ``tests/data/stats/counts.csv``) in a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import stats
+from scipy.interpolate import CubicSpline
+from scipy.optimize import minimize_scalar
+from scipy.special import gammaln
+
+
+def nb_deviance(y: np.ndarray, mu: np.ndarray, phi: np.ndarray) -> np.ndarray:
+    """Unit NB deviances summed over the last axis; ``phi`` broadcasts against ``y``."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t1 = np.where(y > 0, y * np.log(y / mu), 0.0)
+        t2 = (y + 1 / phi) * np.log((1 + phi * y) / (1 + phi * mu))
+    return 2 * (t1 - t2).sum(axis=-1)
+
+
+def nb_loglik(y, mu, phi) -> np.ndarray:
+    """NB log likelihood summed over the last axis."""
+    r = 1 / phi
+    return (gammaln(y + r) - gammaln(r) - gammaln(y + 1) + y * np.log(phi * mu)
+            - (y + r) * np.log1p(phi * mu)).sum(axis=-1)
+
+
+def fit_nb(y: np.ndarray, X: np.ndarray, offset: np.ndarray, phi: np.ndarray,
+           maxit: int = 50, tol: float = 1e-10) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Fit NB GLMs ``log mu = X b + offset`` to every row of ``y``.
+
+    Parameters
+    ----------
+    y
+        Counts, shape (m, n) (m rows = clusters, or clusters × dispersion grid).
+    X
+        Design, shape (n, p), full column rank.
+    offset
+        Shape (n,) or (m, n), natural log scale.
+    phi
+        Dispersions, shape (m,).
+
+    Returns
+    -------
+    beta (m, p), mu (m, n), deviance (m,).
+    """
+    y = np.asarray(y, float)
+    m, n = y.shape
+    off = np.broadcast_to(offset, (m, n))
+    ph = np.asarray(phi, float)[:, None]
+    mu = y + 0.1
+    w = mu / (1 + ph * mu)
+    z = np.log(mu) - off + (y - mu) / mu
+    beta = _wls(X, w, z)
+    dev = np.full(m, np.inf)
+    for _ in range(maxit):
+        eta = np.clip(beta @ X.T + off, -50, 50)
+        mu = np.exp(eta)
+        new_dev = nb_deviance(y, mu, ph)
+        bad = new_dev > dev + 1e-12 * (np.abs(dev) + 1)
+        halve = 0
+        while bad.any() and halve < 20:  # step halving for rows whose deviance rose
+            beta[bad] = (beta[bad] + old_beta[bad]) / 2
+            mu[bad] = np.exp(np.clip(beta[bad] @ X.T + off[bad], -50, 50))
+            new_dev[bad] = nb_deviance(y[bad], mu[bad], ph[bad])
+            bad = new_dev > dev + 1e-12 * (np.abs(dev) + 1)
+            halve += 1
+        done = np.abs(dev - new_dev) < tol * (np.abs(new_dev) + 0.1)
+        dev = new_dev
+        if done.all():
+            break
+        w = mu / (1 + ph * mu)
+        z = (eta - off) + (y - mu) / mu
+        old_beta = beta.copy()
+        beta = _wls(X, w, z)
+    mu = np.exp(np.clip(beta @ X.T + off, -50, 50))
+    return beta, mu, nb_deviance(y, mu, ph)
+
+
+def _wls(X, w, z):
+    """Row-wise weighted least squares: solve (X' W_i X) b_i = X' W_i z_i for every row i."""
+    xtwx = np.einsum("ni,mn,nj->mij", X, w, X)
+    xtwz = np.einsum("ni,mn->mi", X, w * z)
+    p = X.shape[1]
+    xtwx = xtwx + 1e-10 * np.eye(p)  # all-zero levels (e.g. a patient without cells)
+    return np.linalg.solve(xtwx, xtwz[..., None])[..., 0]
+
+
+def adjusted_profile_lik(y, X, offset, phi) -> np.ndarray:
+    """Cox–Reid adjusted profile log likelihood of each row at dispersion ``phi`` (m,)."""
+    _, mu, _ = fit_nb(y, X, offset, phi)
+    w = mu / (1 + np.asarray(phi)[:, None] * mu)
+    xtwx = np.einsum("ni,mn,nj->mij", X, w, X) + 1e-10 * np.eye(X.shape[1])
+    return nb_loglik(y, mu, np.asarray(phi)[:, None]) - 0.5 * np.linalg.slogdet(xtwx)[1]
+
+
+def common_dispersion(y, X, offset) -> float:
+    """edgeR ``estimateGLMCommonDisp`` (Cox–Reid): argmax of the summed APL over rows with
+    total >= 5, searched on dispersion^(1/4) in (0, 4^(1/4))."""
+    keep = y.sum(axis=1) >= 5
+    yk = y[keep]
+    if yk.shape[0] == 0:
+        return 0.1
+
+    def neg(x):
+        phi = np.full(yk.shape[0], x ** 4)
+        return -adjusted_profile_lik(yk, X, offset, phi).sum()
+
+    res = minimize_scalar(neg, bounds=(1e-3, 4 ** 0.25), method="bounded",
+                          options={"xatol": 1e-5})
+    return float(res.x ** 4)
+
+
+def tagwise_dispersion(y, X, offset, common: float, prior_df: float = 10.0,
+                       grid_npts: int = 11, grid_range=(-6.0, 6.0)) -> np.ndarray:
+    """edgeR ``estimateGLMTagwiseDisp`` without trend: per-row dispersions shrunk towards
+    ``common`` with prior weight ``prior_df / (n - p)``; rows with total < 5 keep ``common``."""
+    m, n = y.shape
+    pts = np.linspace(*grid_range, grid_npts)
+    keep = y.sum(axis=1) >= 5
+    out = np.full(m, common)
+    if not keep.any():
+        return out
+    yk = y[keep]
+    mk = yk.shape[0]
+    big = np.repeat(yk, grid_npts, axis=0)
+    off = np.repeat(np.broadcast_to(offset, y.shape)[keep], grid_npts, axis=0)
+    phis = np.tile(common * 2.0 ** pts, mk)
+    apl = adjusted_profile_lik(big, X, off, phis).reshape(mk, grid_npts)
+    prior_n = prior_df / (n - X.shape[1])
+    smooth = (apl + prior_n * apl.mean(axis=0)) / (1 + prior_n)
+    fine = np.linspace(pts[0], pts[-1], 2401)
+    best = np.array([fine[np.argmax(CubicSpline(pts, row)(fine))] for row in smooth])
+    out[keep] = common * 2.0 ** best
+    return out
+
+
+def lrt(counts: np.ndarray, lib_size: np.ndarray, X: np.ndarray, coefs,
+        prior_count: float = 0.125):
+    """edgeR glmFit + glmLRT for each coefficient index in ``coefs``.
+
+    Parameters
+    ----------
+    counts
+        (m clusters, n samples) integer counts.
+    lib_size
+        (n,) library sizes (total cells of each sample).
+    X
+        (n, p) design of full column rank.
+    coefs
+        Column indices of X to test, one at a time (null: the design without it).
+
+    Returns
+    -------
+    dict with ``log2fc`` (m, len(coefs)), ``lr``, ``p`` (same shape) and ``dispersion`` (m,).
+    """
+    y = np.asarray(counts, float)
+    lib = np.asarray(lib_size, float)
+    off = np.log(lib)
+    common = common_dispersion(y, X, off)
+    phi = tagwise_dispersion(y, X, off, common)
+    _, _, dev1 = fit_nb(y, X, off, phi)
+    # log fold changes with edgeR's prior count (scaled by library size)
+    pc = prior_count * lib / lib.mean()
+    b_pc, _, _ = fit_nb(y + pc, X, np.log(lib + 2 * pc), phi)
+    out = {k: np.full((y.shape[0], len(coefs)), np.nan) for k in ("log2fc", "lr", "p")}
+    for j, c in enumerate(coefs):
+        X0 = np.delete(X, c, axis=1)
+        _, _, dev0 = fit_nb(y, X0, off, phi)
+        lr = np.maximum(dev0 - dev1, 0.0)
+        out["lr"][:, j] = lr
+        out["p"][:, j] = stats.chi2.sf(lr, 1)
+        out["log2fc"][:, j] = b_pc[:, c] / np.log(2)
+    out["dispersion"] = phi
+    out["common_dispersion"] = common
+    return out

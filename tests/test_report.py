@@ -1,0 +1,181 @@
+"""report.html and figures/ from a run directory: sections, escaping, privacy, offline."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from test_report_cdp import find_chromium, open_page
+from test_report_fixture import EVIL, IDENTIFYING, build_run_dir
+
+from immunomon.report import render_report, safe_keywords
+from immunomon.report.html import SECTIONS, build_html
+from immunomon.report.htmltable import fmt_p, table_html
+from immunomon.report.methods import methods_paragraphs
+from immunomon.report.privacy import scrub
+from immunomon.report.rundata import load_run
+
+KEY_FIGURES = ("primary_endpoint", "kinetics", "volcano", "fold_change_heatmap", "pca")
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory) -> tuple[Path, str]:
+    run = build_run_dir(tmp_path_factory.mktemp("run"))
+    out = render_report(run)
+    return run, out.read_text(encoding="utf-8")
+
+
+def test_every_section_is_drawn(rendered):
+    run, page = rendered
+    ids = re.findall(r'<section id="([^"]+)">', page)
+    assert ids[:2] == ["overview", "primary"]
+    assert {"kinetics", "volcano", "foldchange", "pca", "clusters", "differential", "selectivity",
+            "clinical", "safety", "methods", "provenance", "figures"} <= set(ids)
+    assert len(ids) == len(SECTIONS) + 1                      # + the figure gallery
+    assert "could not be drawn" not in page and 'class="missing"' not in page
+    assert page.count('class="plot"') == page.count("Plotly.newPlot(") > 10
+
+
+def test_report_states_what_the_tables_hold(rendered):
+    run, page = rendered
+    s = pd.read_parquet(run / "tables" / "samples.parquet")
+    st = pd.read_parquet(run / "tables" / "stats_supervised.parquet")
+    assert f"{s['patient_id'].nunique()} patients, {len(s)} samples" in page
+    left_out = s[~s["qc_pass"] | (s["excluded_reason"] != "")]
+    for sid in left_out["sample_id"]:
+        assert f"<td>{sid}</td>" in page
+    assert "excluded: haemolysed sample (lab note)" in page
+    row = st[(st["parameter"] == "Treg % of CD4 T") & (st["visit"] == "D8")
+             & (st["disease"] == "all") & (st["method"] == "wilcoxon")].iloc[0]
+    assert f"q = {fmt_p(row['q'])}" in page                    # the header's headline
+    sel = pd.read_parquet(run / "tables" / "selectivity.parquet")
+    assert sel["summary"].iloc[0].replace("'", "&#x27;") in page
+
+
+def test_data_text_is_escaped(rendered):
+    _, page = rendered
+    assert EVIL not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page      # in tables and plot labels
+    assert "alert(1)</script>" not in page
+
+
+def test_identifying_keywords_never_appear(rendered):
+    _, page = rendered
+    for value in IDENTIFYING.values():
+        assert value not in page
+    assert "BD LSRFortessa" in page and "12-MAR-2024" in page  # instrument and date do
+
+
+def test_offline_and_plotly_embedded_once(rendered):
+    _, page = rendered
+    assert not re.search(r"<(script|img|iframe|link|source)\b[^>]*\b(src|href)\s*=\s*[\"']?"
+                         r"(https?:)?//", page, re.I)
+    assert "cdn.plot.ly" not in page.split("<script>", 1)[0]
+    assert len(re.findall(r"\* plotly\.js v\d", page)) == 1
+    assert "default-src 'none'" in page                       # CSP forbids any fetch
+    assert re.search(r'src="data:image/png;base64,', page)
+
+
+def test_chromium_no_console_error_no_network(rendered, tmp_path):
+    chromium = find_chromium()
+    if chromium is None:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail("CI=true but chromium is not installed (.ci/run installs it)")
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    run, page = rendered
+    load = open_page(chromium, run / "report.html", tmp_path / "profile")
+    assert load.errors == []
+    assert load.network == []
+    assert load.dialogs == []                                 # the injected alert never ran
+    assert load.requests and load.requests[0].startswith("file://")
+    assert load.n_plots == page.count('class="plot"')         # every figure was drawn
+    shot = tmp_path / "report.png"
+    shot.write_bytes(load.screenshot)
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
+
+
+def test_figures_png_and_pdf(rendered):
+    run, _ = rendered
+    for name in KEY_FIGURES:
+        png, pdf = run / "figures" / f"{name}.png", run / "figures" / f"{name}.pdf"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert pdf.read_bytes()[:5] == b"%PDF-"
+        assert b"CreationDate" not in pdf.read_bytes()
+    assert not list(run.rglob("*.tmp"))
+
+
+def test_page_is_deterministic(rendered):
+    run, page = rendered
+    figures = [run / "figures" / f"{name}.png" for name in KEY_FIGURES]
+    assert build_html(load_run(run), figures) == page
+
+
+def test_missing_tables_are_named_not_fatal(tmp_path):
+    run = build_run_dir(tmp_path / "run", n_patients=4, n_visits=2, n_cells=200,
+                        skip=("stats_supervised", "fold_changes", "pca", "embedding",
+                              "stats_da", "stats_ds", "clinical_change", "clinical_immune",
+                              "adverse_events_summary", "selectivity", "responders", "clusters"))
+    page = build_html(load_run(run), [])
+    for name in ("stats_supervised", "fold_changes", "pca", "stats_da", "adverse_events_summary"):
+        assert f"tables/{name}.parquet is missing" in page
+    assert "could not be drawn" not in page
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    page = render_report(empty).read_text(encoding="utf-8")
+    assert "tables/samples.parquet is missing" in page and "provenance.json is missing" in page
+
+
+def test_malformed_table_gives_a_notice(tmp_path):
+    run = build_run_dir(tmp_path / "run", n_patients=4, n_visits=2, n_cells=200)
+    pd.DataFrame({"nonsense": [1]}).to_parquet(run / "tables" / "pca.parquet")
+    (run / "tables" / "clusters.parquet").write_bytes(b"not parquet")
+    page = build_html(load_run(run), [])
+    assert "could not be drawn" in page                       # pca: no pc1 column
+    assert "tables/clusters.parquet cannot be read" in page
+
+
+def test_methods_paragraph_from_provenance_and_tables(tmp_path):
+    run = load_run(build_run_dir(tmp_path / "run", n_patients=4, n_visits=3, n_cells=200))
+    text = " ".join(methods_paragraphs(run))
+    s = run.get("samples")
+    assert f"{len(s)} samples from {s['patient_id'].nunique()} patients" in text
+    assert "immunomon 0.1.0" in text and "numpy 1.26.4" in text
+    assert "Wilcoxon signed-rank" in text and "paired t-tests" in text
+    assert "Benjamini–Hochberg" in text and "seed 7" in text and "cofactor 150" in text
+    assert "`edgeR_glm`" in text and "`lmm`" in text
+
+
+def test_safe_keywords_allow_list():
+    kw = {"$CYT": "Aurora", "$cytsn": "U123", "$DATE": "01-JAN-2024", "$BTIM": "10:00:00",
+          "$ETIM": "10:05:00", "$TOT": "1000", "$PAR": "3", "$P1N": "FSC-A", "$P2S": "CD4",
+          "$P12V": "450", **IDENTIFYING, "$COM": "free text", "$FIL": "Dupont.fcs",
+          "@SAMPLEID": "x", "$EXP": "Dr X", "$INST": "Hôpital", "$LAST_MODIFIER": "me"}
+    out = safe_keywords(kw)
+    assert out == {"$BTIM": "10:00:00", "$CYT": "Aurora", "$CYTSN": "U123",
+                   "$DATE": "01-JAN-2024", "$ETIM": "10:05:00", "$P12V": "450",
+                   "$P1N": "FSC-A", "$P2S": "CD4", "$PAR": "3", "$TOT": "1000"}
+    assert safe_keywords(None) == {}
+    nested = scrub({"inputs": [{"path": "a.fcs", "keywords": kw}], "seed": 1})
+    assert nested["inputs"][0]["keywords"] == out and nested["seed"] == 1
+    assert "Jeanne" not in json.dumps(nested)
+
+
+def test_table_formats_and_escapes():
+    df = pd.DataFrame({"name": ["<b>x</b>", "y"], "p": [3.2e-7, 0.0412], "n": [12, 3],
+                       "ok": [True, False]})
+    out = table_html(df)
+    assert "&lt;b&gt;x&lt;/b&gt;" in out and "<b>x</b>" not in out
+    assert ">3.2e-07<" in out and ">0.041<" in out and 'data-v="12.0"' in out
+    assert ">yes<" in out and ">no<" in out
+    assert "Showing 1 of 2 rows" in table_html(df, max_rows=1, source="tables/x.csv")
+
+
+@pytest.mark.parametrize("value,text", [(0.5, "0.5"), (0.01234, "0.012"), (4.1e-5, "4.1e-05"),
+                                        (float("nan"), "—"), (None, "—")])
+def test_fmt_p(value, text):
+    assert fmt_p(value) == text
+
