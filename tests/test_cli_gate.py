@@ -52,3 +52,13 @@ def test_user_errors_exit_2(tmp_path):
     assert proc.returncode == 2 and "exactly one of --gatingml" in proc.stderr
     proc = subprocess.run(cmd[:4] + [str(tmp_path)], capture_output=True, text=True)
     assert proc.returncode == 2 and "needs --out" in proc.stderr
+
+
+def test_study_folder_delegates_to_gate_study(tmp_path, monkeypatch):
+    import immunomon.pipeline.supervised as supervised
+
+    calls = []
+    monkeypatch.setattr(supervised, "gate_study", lambda study, out, workers=1: calls.append((study, out, workers)))
+    res = runner.invoke(app, ["gate", str(tmp_path), "--out", str(tmp_path / "out"), "--workers", "2"])
+    assert res.exit_code == 0, res.output
+    assert calls == [(tmp_path, tmp_path / "out", 2)]

@@ -78,6 +78,10 @@ def test_csv_with_and_without_row_labels_and_spill_string(tmp_path):
     spill.write_text(f"{len(s)}," + ",".join(s.columns) + "," + ",".join(repr(float(v)) for v in s.to_numpy().ravel()))
     for p in (labelled, plain, spill):
         pd.testing.assert_frame_equal(read_spillover(p), s)
+    titled = tmp_path / "titled.csv"
+    s.rename_axis("Fluorochrome").to_csv(titled)
+    assert titled.read_text().startswith("Fluorochrome,FL1-H")
+    pd.testing.assert_frame_equal(read_spillover(titled), s)
     tsv = tmp_path / "m.tsv"
     s.to_csv(tsv, sep="\t")
     pd.testing.assert_frame_equal(read_spillover(tsv), s)

@@ -113,3 +113,18 @@ def test_result_paths_are_flowjo_paths(gated):
     table = sample.gate(pd.DataFrame(f.events, columns=list(f.names))).counts().set_index("population_id")
     for path in sample.gate_paths:
         assert table.loc[path, "path"] == path
+
+
+def test_events_outside_gate_is_complement_within_parent(gated):
+    _, expected = gated
+    text = (DATA / "gating.wsp").read_text()
+    at = text.index('<Population name="NK cells"')
+    at = text.index('eventsInside="1"', at)
+    text = text[:at] + 'eventsInside="0"' + text[at + len('eventsInside="1"'):]
+    sample = parse_wsp(text, "outside.wsp").sample()
+    f = read_fcs(DATA / "68983.fcs", dtype="float64", scale=True)
+    counts = sample.counts(sample.gate(pd.DataFrame(f.events, columns=list(f.names)))).set_index("gate_path")
+    before = expected.set_index("gate_path")["count"]
+    nk = "Lymphocytes/Singlets/Singlets2/NK1_1+/NK cells"
+    assert counts.loc[nk, "count"] == before["Lymphocytes/Singlets/Singlets2/NK1_1+"] - before[nk]
+    assert list(counts.index) == list(before.index)

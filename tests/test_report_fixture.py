@@ -218,8 +218,9 @@ def _provenance(s, seed):
                        "panels": {"treg": {"transform": {"type": "arcsinh", "cofactor": 150},
                                            "clustering": {"grid": [10, 10],
                                                           "metaclusters": 20}}}},
-        "inputs": [{"path": f, "sha256": h, "bytes": 123456, "keywords": dict(keywords)}
+        "inputs": [{"path": f, "sha256": h, "bytes": 123456}
                    for f, h in zip(s["file"], s["sha256"])],
+        "acquisition": {sid: dict(keywords) for sid in s["sample_id"]},
         "steps": [{"step": "qc", "samples": len(s), "events": int(s["events_total"].sum())}],
     }
 

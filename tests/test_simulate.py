@@ -11,6 +11,7 @@ import pytest
 from immunomon.errors import UserError
 from immunomon.io.fcs import read_fcs
 from immunomon.simulate import simulate_study
+from immunomon.simulate.clinical import clinical_tables
 from immunomon.simulate.events import ARTEFACTS, simulate_events
 from immunomon.simulate.model import make_patient, rng_for, sample_state
 from immunomon.simulate.panel import CHANNELS, LABELS, MARKERS, spillover_matrix
@@ -204,3 +205,19 @@ def test_bad_arguments_are_user_errors(tmp_path):
         simulate_study(tmp_path / "full", visits=("D1", "week2"), effect="strong")
     text = "\n".join(err.value.problems)
     assert "week2" in text and "strong" in text and "not empty" in text
+
+
+def test_clinical_and_adverse_events_tables():
+    visits = [("D1", 1), ("D8", 8), ("D85", 85), ("D240", 240)]
+    cohort = [make_patient(f"P{i:03d}", d, rng_for(7, "patient", str(i)))
+              for i, d in enumerate(["RA", "SLE", "UC", "AIH"] * 10)]
+    clinical, ae = clinical_tables(cohort, visits, "S", "planted", 1.0, seed=7)
+    scores = clinical.groupby("visit")["score"].agg(set)
+    assert {"DAS28", "SLEDAI", "Mayo", "ALT", "CRP", "CGI-S", "EQ-5D"} <= scores["D1"]
+    assert "CGI-E" in scores["D85"] and "CGI-E" not in scores["D1"] | scores["D8"]
+    assert set(ae["USUBJID"]) <= {p.patient_id for p in cohort}
+    assert (ae["AESEV"] == "MILD").mean() > 0.7 and (ae["AESTDY"] <= 7).mean() > 0.5
+    assert not ((ae["AESER"] == "Y") & (ae["AEREL"] != "NOT RELATED")).any()
+    das = clinical.loc[clinical["score"] == "DAS28"].pivot(index="patient_id", columns="visit",
+                                                           values="value")
+    assert (das["D85"] - das["D1"]).median() < 0  # a weak improvement

@@ -34,7 +34,7 @@ def gate(
     """Gate FILE with Gating-ML (--gatingml) or a FlowJo workspace (--wsp), or a study with --out.
 
     Events are read with FCS scaling ($PnE/$PnG) in float64 and compensated as the gates
-    say (Gating-ML ``compensation-ref``; FlowJo: the sample's matrix for ``Comp-`` channels).
+    say (Gating-ML compensation-ref; FlowJo: the sample's matrix for Comp- channels).
     """
     if path.is_dir():
         if out is None:

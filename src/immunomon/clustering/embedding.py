@@ -46,6 +46,9 @@ def umap_embedding(
     X = np.asarray(X, dtype=np.float32)
     if X.shape[0] < 3:
         return np.zeros((X.shape[0], 2), dtype=np.float32)
+    # nearest-neighbour descent at every size (umap-learn's exact small-data path
+    # computes all pairwise distances through a Python callback: minutes for 4,000 cells)
     reducer = umap.UMAP(n_components=2, n_neighbors=min(n_neighbors, X.shape[0] - 1),
-                        min_dist=min_dist, random_state=random_state)
+                        min_dist=min_dist, random_state=random_state, n_jobs=1,
+                        force_approximation_algorithm=True)
     return reducer.fit_transform(X).astype(np.float32)

@@ -1,4 +1,4 @@
-"""Gate types and gating hierarchies (the Gating-ML 2.0 model, numpy-vectorised).
+"""Gate types and gating hierarchies (the Gating-ML 2.0 model, vectorised over events).
 
 A gate works on *dimensions*: named 1-D arrays of event values. Each :class:`Dimension`
 names a data column and may carry a compensation reference (``"uncompensated"``, ``"FCS"``
@@ -19,7 +19,9 @@ Two levels of API:
 
 Interval conventions follow Gating-ML 2.0: ranges are ``min <= x < max``; polygons use the
 even-odd rule; ellipsoids include ``d² <= distance_square``; quadrant dividers are
-half-open ``[v_i, v_{i+1})``.
+half-open ``[v_i, v_{i+1})``. ``compensation-ref="FCS"`` uses the spillover passed to
+:meth:`GatingStrategy.apply`; a file without one is used uncompensated (as the ISAC
+compliance cases expect). Values are compared in float64.
 """
 
 from __future__ import annotations
@@ -537,15 +539,15 @@ class GatingStrategy:
         if cache is not None and key in cache:
             return cache[key]
         comp = dim.compensation if dim.compensation not in (None, "uncompensated") else None
-        cols = {}
+        cols = []
         for name in dim.raw_names():
             if comp is None:
                 if name not in data:
                     raise UserError(f"dimension {name!r} is not a channel of the data")
-                cols[name] = np.asarray(data[name], dtype=np.float64)
+                cols.append(np.asarray(data[name], dtype=np.float64))
             else:
-                cols[name] = self._compensated(name, comp, data, spillover, cache)
-        x = dim.ratio(*cols.values()) if isinstance(dim, RatioDimension) else cols[dim.name]
+                cols.append(self._compensated(name, comp, data, spillover, cache))
+        x = dim.ratio(*cols) if isinstance(dim, RatioDimension) else cols[0]
         t = self._transform(dim.transform)
         if t is not None:
             x = np.asarray(t.transform(x), dtype=np.float64)
@@ -610,6 +612,7 @@ class GatingStrategy:
                 if dep not in self._owner:
                     raise UserError(f"gate {gate_id!r} refers to undefined gate {dep!r}")
                 run(self._owner[dep], stack + (gate_id,))
+            parent = memberships[gate.parent] if gate.parent is not None else None
             if isinstance(gate, BooleanGate):
                 own = {gate_id: gate.evaluate({r: memberships[r] for r in gate.operands})}
             else:
@@ -617,8 +620,16 @@ class GatingStrategy:
                     prepared = {d.key: self.prepare(d, data, spillover, cache) for d in gate.dimensions}
                 except UserError as err:
                     raise UserError([f"gate {gate_id!r}: {p}" for p in err.problems]) from None
+                rows = None
+                if parent is not None and parent.mean() < 0.5:  # evaluate on the parent's events only
+                    rows = np.flatnonzero(parent)
+                    prepared = {k: v[rows] for k, v in prepared.items()}
                 own = gate.evaluate_all(prepared) if isinstance(gate, QuadrantGate) else {gate_id: gate.evaluate(prepared)}
-            parent = memberships[gate.parent] if gate.parent is not None else None
+                if rows is not None:
+                    for pid, sub in own.items():
+                        full = np.zeros(n, dtype=bool)
+                        full[rows] = sub
+                        own[pid] = full
             for pid, m in own.items():
                 memberships[pid] = m & parent if parent is not None else m
             done.add(gate_id)

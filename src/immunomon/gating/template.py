@@ -9,10 +9,10 @@ sample's own events, so one template serves every file of a trial:
 ``{valley: [lo, hi]}``
     the deepest density minimum of the dimension within ``[lo, hi]``
     (:func:`immunomon.preprocess.qc.density_valley`), computed on the parent's events, or
-    on the events of ``on: <population>``; ``adjust`` scales the KDE bandwidth;
+    on the events of ``within: <population>``; ``adjust`` scales the KDE bandwidth;
     ``log: true`` looks for it on a log10 scale (scatter);
 ``{mad: k}`` / ``{mad: -k}``
-    ``median ± k · MAD`` of the dimension in the parent (or ``on``) population.
+    ``median ± k · MAD`` of the dimension in the parent (or ``within``) population.
 
 Gate types (``gate: {type: ...}``):
 
@@ -130,7 +130,7 @@ class GatingTemplate:
         Populations in hierarchy order (parents first).
     positivity
         Marker → threshold spec for ``<pop> <marker>+ %`` and ``pct_positive``
-        (``on`` names the population the spec is resolved on; default the root).
+        (``within`` names the population the spec is resolved on; default the root).
     parameters
         What the ``parameters`` table reports.
     overrides
@@ -210,6 +210,12 @@ class GatingTemplate:
             for key in changes:
                 if key != "positivity" and key not in seen:
                     problems.append(f"{source}: overrides.{sid}: unknown population {key!r}")
+        for marker, spec in (doc.get("positivity") or {}).items():
+            if isinstance(spec, Mapping) and spec.get("within", next(iter(seen), None)) not in seen:
+                problems.append(f"{source}: positivity.{marker}: 'within' names an undefined population")
+        for where, key in _non_string_keys(doc):
+            problems.append(f"{source}: {where}: key {key!r} is not text (YAML reads on/off/yes/no as "
+                            "booleans; quote it)")
         if problems:
             raise UserError(problems)
         return cls(str(doc.get("name", Path(source).stem)), pops, dict(doc.get("positivity") or {}), params,
@@ -274,12 +280,26 @@ class GatingTemplate:
         for marker, spec in self.positivity.items():
             resolver.overridden = marker in override.get("positivity", {})
             spec = override["positivity"][marker] if resolver.overridden else spec
-            on = spec.get("on", root) if isinstance(spec, Mapping) else root
+            on = spec.get("within", root) if isinstance(spec, Mapping) else root
             positivity[marker] = resolver.value(spec, marker, on, "positivity", "min")
         parents = {p.name: p.parent for p in self.populations}
         plots = {p.name: p.plot or _default_plot(gates[p.name]) for p in self.populations}
         return TemplateGating(memberships, gates, parents, plots, positivity,
                               pd.DataFrame(rows, columns=THRESHOLD_COLUMNS))
+
+
+def _non_string_keys(node: Any, where: str = "") -> list[tuple[str, Any]]:
+    """(location, key) of every mapping key that is not a string, recursively."""
+    out = []
+    if isinstance(node, Mapping):
+        for k, v in node.items():
+            if not isinstance(k, str):
+                out.append((where or "top level", k))
+            out += _non_string_keys(v, f"{where}.{k}" if where else str(k))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            out += _non_string_keys(v, f"{where}[{i}]")
+    return out
 
 
 def _default_plot(gate: Gate) -> tuple[str, str] | None:
@@ -295,10 +315,11 @@ class _Resolver:
     def __init__(self, cols: dict[str, np.ndarray], indices: dict, sample_id: str, rows: list):
         self.cols, self.indices, self.sample_id, self.rows = cols, indices, sample_id, rows
         self.overridden = False
+        self.cache: dict[tuple, float] = {}
 
     def value(self, spec: Any, dim: str, on: str | None, population: str, bound: str,
               idx: np.ndarray | None = None) -> float | None:
-        """Resolve one position; data-driven specs use the events of ``spec["on"]``, else
+        """Resolve one position; data-driven specs use the events of ``spec["within"]``, else
         ``idx`` (row indices), else the events of population ``on``."""
         if spec is None:
             return None
@@ -306,11 +327,18 @@ class _Resolver:
         if isinstance(spec, (int, float)):
             value, source = float(spec), source or "fixed"
         elif isinstance(spec, Mapping) and ("valley" in spec or "mad" in spec):
-            if "on" in spec or idx is None:
-                on = spec.get("on", on)
+            key = None
+            if "within" in spec or idx is None:
+                on = spec.get("within", on)
                 if on not in self.indices:
                     raise UserError(f"{population}: threshold on unknown or later population {on!r}")
                 idx = self.indices[on]
+                key = (dim, on, repr(sorted(spec.items())))  # e.g. the CD3 valley of T, B and NK
+            kind = "valley" if "valley" in spec else "mad"
+            source = source or kind
+            if key in self.cache:
+                self.rows.append((self.sample_id, population, dim, bound, self.cache[key], source))
+                return self.cache[key]
             x = self.cols[dim][idx]
             if "valley" in spec:
                 lo, hi = (float(b) for b in spec["valley"])
@@ -320,11 +348,12 @@ class _Resolver:
                     value = 10.0 ** density_valley(x, (np.log10(lo), np.log10(hi)), adjust=adjust)
                 else:
                     value = density_valley(x, (lo, hi), adjust=adjust)
-                source = source or "valley"
             else:
                 med = float(np.median(x)) if x.size else float("nan")
                 mad = MAD_SCALE * float(np.median(np.abs(x - med))) if x.size else float("nan")
-                value, source = med + float(spec["mad"]) * mad, source or "mad"
+                value = med + float(spec["mad"]) * mad
+            if key is not None:
+                self.cache[key] = value
         else:
             raise UserError(f"{population}: {dim} {bound}: {spec!r} is not a number, valley or mad spec")
         self.rows.append((self.sample_id, population, dim, bound, value, source))
@@ -334,13 +363,14 @@ class _Resolver:
         kind = spec["type"]
         if kind == "rectangle":
             dims = [k for k in spec if k not in ("type", "sequential")]
-            idx = self.indices[parent]
+            idx = None  # None: the parent's events
             bounds = []
             for d in dims:
                 lo = self.value(spec[d].get("min"), d, parent, name, "min", idx)
                 hi = self.value(spec[d].get("max"), d, parent, name, "max", idx)
                 bounds.append((lo, hi))
                 if spec.get("sequential"):  # the next dimension is resolved inside this one's bounds
+                    idx = self.indices[parent] if idx is None else idx
                     x = self.cols[d][idx]
                     idx = idx[((x >= lo) if lo is not None else True) & ((x < hi) if hi is not None else True)]
             return RectangleGate(name, dims, parent, bounds=bounds)

@@ -6,6 +6,7 @@ unsupervised (clustering) branch of the pipeline.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -80,6 +81,14 @@ def marker_names(names: list[str], labels: list[str], channels: dict) -> list[st
     return [m if seen[m] == 1 else f"{m} ({n})" for m, n in zip(out, names)]
 
 
+@functools.lru_cache(maxsize=1)
+def _blas_controller():
+    """A threadpoolctl controller, created once (finding the libraries takes ~20 ms)."""
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
+
+
 def prepare_events(
     raw: np.ndarray,
     names: list[str],
@@ -112,12 +121,10 @@ def prepare_events(
     """
     from immunomon.preprocess.compensation import compensate
 
-    from threadpoolctl import threadpool_limits
-
     raw = np.asarray(raw)
     if spillover is not None:
         # one BLAS thread: the result must not depend on how many threads a worker has
-        with threadpool_limits(limits=1):
+        with _blas_controller().limit(limits=1):
             events = compensate(raw, names, spillover, dtype=np.float32)
     else:
         events = raw.astype(np.float32)

@@ -35,6 +35,14 @@ def _float(tok: str, where: str) -> float:
         raise UserError(f"{where}: {tok!r} is not a number") from None
 
 
+def _is_number(tok: str) -> bool:
+    try:
+        float(tok)
+    except ValueError:
+        return False
+    return True
+
+
 def parse_spill_string(text: str, source: str = "$SPILLOVER") -> pd.DataFrame:
     """Parse the FCS ``$SPILLOVER`` form ``n,name_1,...,name_n,v_11,...,v_nn``."""
     toks = [t.strip() for t in text.strip().split(",")]
@@ -111,17 +119,20 @@ def read_spillover(path: str | Path) -> pd.DataFrame:
     if len(lines) == 1 and re.match(r"^\s*\d+\s*,", lines[0]):
         return parse_spill_string(lines[0], source)
     # FlowJo / flowCore text export: a name line, then a "<  >" line
+    skip = 0
     if len(lines) > 2 and re.fullmatch(r"\s*<\s*>\s*", lines[1]):
-        lines = lines[2:]
+        lines, skip = lines[2:], 2
     delim = "\t" if "\t" in lines[0] else ","
     rows = [[t.strip() for t in r] for r in csv.reader(io.StringIO("\n".join(lines)), delimiter=delim)]
     header, body = rows[0], rows[1:]
-    labelled = header[0] == "" or (bool(body) and len(body[0]) == len(header) + 1)
-    if header[0] == "":
-        header = header[1:]
+    if not body:
+        raise UserError(f"{source}: the matrix has a header but no rows")
+    labelled = not _is_number(body[0][0])  # first column holds row names
+    if labelled and len(header) == len(body[0]):
+        header = header[1:]  # a corner cell ("" or a title) above the row names
     names = header
     values = []
-    for i, r in enumerate(body, start=2):
+    for i, r in enumerate(body, start=2 + skip):
         cells = r[1:] if labelled else r
         if len(cells) != len(names):
             raise UserError(f"{source}: line {i} has {len(cells)} values, expected {len(names)}")

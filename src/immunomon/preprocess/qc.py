@@ -104,16 +104,18 @@ def density_valley(
         x = x[:: int(np.ceil(x.size / max_events))]
     if x.size < 10:
         return 0.5 * (lo + hi)
-    q_lo, q_hi = np.quantile(x, [0.001, 0.999])
+    q_lo, q25, q75, q_hi = np.quantile(x, [0.001, 0.25, 0.75, 0.999])
     start, stop = min(q_lo, lo), max(q_hi, hi)
-    counts, edges = np.histogram(x, bins=grid, range=(start, stop))
-    width = edges[1] - edges[0]
-    sd = np.std(x)
-    iqr = np.subtract(*np.quantile(x, [0.75, 0.25]))
+    width = (stop - start) / grid
+    inside_range = (x >= start) & (x <= stop)
+    bins = np.minimum(((x[inside_range] - start) / width).astype(np.int64), grid - 1)
+    counts = np.bincount(bins, minlength=grid).astype(np.float64)
+    sd = float(np.std(x))
+    iqr = q75 - q25
     spread = min(sd, iqr / 1.34) if iqr > 0 else sd
     bandwidth = adjust * 0.9 * spread * x.size ** -0.2
-    density = gaussian_filter1d(counts.astype(np.float64), max(bandwidth / width, 1.0), mode="constant")
-    centres = 0.5 * (edges[:-1] + edges[1:])
+    density = gaussian_filter1d(counts, max(bandwidth / width, 1.0), mode="constant")
+    centres = start + width * (np.arange(grid) + 0.5)
     peaks, _ = find_peaks(np.pad(density, 1), prominence=min_prominence * density.max())
     peaks -= 1
     best, best_d = None, np.inf
@@ -381,9 +383,12 @@ class QualityControl:
         n = len(events)
         keep = np.ones(n, dtype=bool)
         rows = []
+        cols = _Columns(events)
+        raw_cols = _Columns(raw) if raw is not None else cols
         for step in self.steps:
             idx = np.flatnonzero(keep)
-            remove, threshold, reason = getattr(self, f"_{step}")(events.iloc[idx], raw, ranges, idx)
+            cols.idx = raw_cols.idx = idx if idx.size < n else None
+            remove, threshold, reason = getattr(self, f"_{step}")(cols, raw_cols, ranges)
             keep[idx[remove]] = False
             rows.append((sample_id, step, idx.size, int(remove.sum()), reason, threshold))
         steps = pd.DataFrame(rows, columns=QC_STEPS_COLUMNS + ["threshold"])
@@ -391,27 +396,27 @@ class QualityControl:
         lost = 1.0 - keep.sum() / n if n else 1.0
         return QCResult(keep=keep, steps=steps, qc_pass=bool(lost <= self.max_loss))
 
-    # Each step: (events subset, raw, ranges, row indices) -> (mask, threshold, reason)
+    # Each step: (columns, raw columns, ranges) -> (mask over the current events, threshold, reason)
 
     def _skipped(self, n: int, missing: list[str]) -> tuple[np.ndarray, float, str]:
         return np.zeros(n, dtype=bool), float("nan"), f"skipped: no column {', '.join(missing)}"
 
-    def _margins(self, ev, raw, ranges, idx):
+    def _margins(self, ev: "_Columns", raw: "_Columns", ranges):
         if not ranges:
             return np.zeros(len(ev), dtype=bool), float("nan"), "skipped: no channel ranges"
-        source = ev if raw is None else raw.iloc[idx]
-        cols = [c for c in ranges if c in source.columns and c != self.time]
-        remove = margin_events(source[cols].to_numpy(), [ranges[c] for c in cols])
-        return remove, float("nan"), f"value >= $PnR - 1 in any of {len(cols)} channels"
+        names = [c for c in ranges if c in raw and c != self.time]
+        remove = margin_events(np.column_stack([raw[c] for c in names]), [float(ranges[c]) for c in names])
+        return remove, float("nan"), f"value >= $PnR - 1 in any of {len(names)} channels"
 
-    def _time(self, ev, raw, ranges, idx):
-        if self.time not in ev.columns:
+    def _time(self, ev: "_Columns", raw, ranges):
+        if self.time not in ev:
             return self._skipped(len(ev), [self.time])
-        cols = list(self.signal_channels or [c for c in ev.columns if c != self.time])
+        names = list(self.signal_channels or [c for c in ev.names if c != self.time])
         remove, info = time_anomalies(
-            ev[self.time].to_numpy(), ev[cols].to_numpy(),
+            ev[self.time], np.column_stack([ev[c] for c in names]),
             rate_bin_events=self.rate_bin_events, segment_events=self.segment_events,
-            max_segments=self.max_segments, rate_mad=self.rate_mad, signal_mad=self.signal_mad, min_shift=self.min_shift,
+            max_segments=self.max_segments, rate_mad=self.rate_mad, signal_mad=self.signal_mad,
+            min_shift=self.min_shift,
         )
         reason = (
             f"{info['rate_anomalous']} of {info['rate_bins']} time bins with a flow rate > {self.rate_mad:g} MAD "
@@ -420,30 +425,48 @@ class QualityControl:
         )
         return remove, float("nan"), reason
 
-    def _doublets(self, ev, raw, ranges, idx):
-        missing = [c for c in (self.fsc_a, self.fsc_h) if c not in ev.columns]
+    def _doublets(self, ev: "_Columns", raw, ranges):
+        missing = [c for c in (self.fsc_a, self.fsc_h) if c not in ev]
         if missing:
             return self._skipped(len(ev), missing)
-        remove, thr = doublet_events(ev[self.fsc_a].to_numpy(), ev[self.fsc_h].to_numpy(), k=self.doublet_mad)
+        remove, thr = doublet_events(ev[self.fsc_a], ev[self.fsc_h], k=self.doublet_mad)
         return remove, thr, f"{self.fsc_a}/{self.fsc_h} > {thr:.4g} (median + {self.doublet_mad:g} MAD)"
 
-    def _debris(self, ev, raw, ranges, idx):
-        missing = [c for c in (self.fsc_a, self.ssc_a) if c not in ev.columns]
+    def _debris(self, ev: "_Columns", raw, ranges):
+        missing = [c for c in (self.fsc_a, self.ssc_a) if c not in ev]
         if missing:
             return self._skipped(len(ev), missing)
-        remove, thr = debris_events(
-            ev[self.fsc_a].to_numpy(), ev[self.ssc_a].to_numpy(),
-            fsc_bounds=self.debris_fsc_bounds, ssc_floor=self.debris_ssc_floor,
-        )
+        remove, thr = debris_events(ev[self.fsc_a], ev[self.ssc_a], fsc_bounds=self.debris_fsc_bounds,
+                                    ssc_floor=self.debris_ssc_floor)
         return remove, thr, (
             f"{self.fsc_a} < {thr:.4g} (density valley in [{self.debris_fsc_bounds[0]:g}, "
             f"{self.debris_fsc_bounds[1]:g}]) or {self.ssc_a} < {self.debris_ssc_floor:g}"
         )
 
-    def _dead(self, ev, raw, ranges, idx):
-        if self.viability not in ev.columns:
+    def _dead(self, ev: "_Columns", raw, ranges):
+        if self.viability not in ev:
             return self._skipped(len(ev), [self.viability])
-        remove, thr = dead_events(ev[self.viability].to_numpy(), bounds=self.dead_bounds)
+        remove, thr = dead_events(ev[self.viability], bounds=self.dead_bounds)
         return remove, thr, (
             f"{self.viability} > {thr:.4g} (density valley in [{self.dead_bounds[0]:g}, {self.dead_bounds[1]:g}])"
         )
+
+
+class _Columns:
+    """Column access to an events table restricted to the rows ``idx`` (None = all rows)."""
+
+    def __init__(self, frame: pd.DataFrame):
+        self.names = list(frame.columns)
+        self._data = {c: frame[c].to_numpy() for c in self.names}
+        self._n = len(frame)
+        self.idx: np.ndarray | None = None
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._data
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        x = self._data[name]
+        return x if self.idx is None else x[self.idx]
+
+    def __len__(self) -> int:
+        return self._n if self.idx is None else int(self.idx.size)

@@ -122,9 +122,15 @@ def plot_volcano(pooled: pd.DataFrame, visits: Sequence[str], n_labels: int = 5)
             x = g[eff].astype(float).to_numpy()
             col = np.where(~g["sig"], style.NS, np.where(x > 0, style.UP, style.DOWN))
             ax.scatter(x, g["mlog10p"], c=list(col), s=10, lw=0.3, edgecolors="white")
+            placed: list[float] = []
             for _, r in g[g["sig"]].nsmallest(n_labels, "p").iterrows():
+                dy = 7 * sum(abs(r["mlog10p"] - y) < 0.06 * ytop for y in placed)
+                placed.append(r["mlog10p"])
+                right = r[eff] < lim / 3
                 ax.annotate(str(r["parameter"]), (r[eff], r["mlog10p"]), fontsize=5.5,
-                            xytext=(3, 2), textcoords="offset points")
+                            xytext=(4 if right else -4, 2 - dy), textcoords="offset points",
+                            ha="left" if right else "right", va="top" if dy else "bottom",
+                            arrowprops=dict(arrowstyle="-", lw=0.3, color="#888") if dy else None)
             ax.axvline(0, color="#999", lw=0.6)
             ax.set_xlim(-lim, lim)
             ax.set_ylim(0, ytop)
@@ -168,7 +174,7 @@ def plot_fold_heatmap(matrix: pd.DataFrame, cols: pd.DataFrame, visit_colours: d
         present = [(k, c, g) for g, cm in (("visit", visit_colours), ("disease", disease_colours))
                    for k, c in cm.items() if k in set(cols[g])]
         fig.legend(handles=[Patch(color=c, label=k) for k, c, _ in present],
-                   loc="outside lower center", ncol=min(8, len(present)), fontsize=6)
+                   loc="outside lower center", ncol=min(5, len(present)), fontsize=6)
     return fig
 
 

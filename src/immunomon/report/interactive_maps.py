@@ -184,7 +184,9 @@ def fig_marker_heatmap(medians: pd.DataFrame, scaled: pd.DataFrame,
 
 def fig_da_heatmap(da: pd.DataFrame, visits: Sequence[str]) -> go.Figure:
     """Pooled differential abundance: log2 FC per metacluster × visit, ``*`` where q < FDR."""
-    da = da.assign(name=[f"{c} · {lab}" for c, lab in zip(da["cluster"], da["label"])])
+    prefix = (da["panel"].astype(str) + ": ") if "panel" in da.columns and \
+        da["panel"].nunique() > 1 else ""
+    da = da.assign(name=prefix + da["cluster"].astype(str) + " · " + da["label"].astype(str))
     z = da.pivot_table(index="name", columns="visit", values="log2fc", aggfunc="first")
     q = da.pivot_table(index="name", columns="visit", values="q", aggfunc="first")
     z = z.reindex(columns=[v for v in visits if v in z.columns])

@@ -97,16 +97,17 @@ def methods_paragraphs(run: RunData) -> list[str]:
                 f"({samples['disease'].nunique()} diseases) at {len(run.visits)} visits "
                 f"({', '.join(run.visits)}; baseline {run.baseline}) were analysed")
         text += f" with immunomon {ver['immunomon']}" if "immunomon" in ver else ""
-        deps = [f"{k} {ver[k]}" for k in KEY_PACKAGES if k in ver]
+        deps = [f"{'Python' if k == 'python' else k} {ver[k]}" for k in KEY_PACKAGES if k in ver]
         text += f" ({', '.join(deps)})." if deps else "."
         n_out = len(samples) - (len(analysed) if analysed is not None else len(samples))
         text += (f" {n_out} samples were left out of the statistics (failed quality control or "
                  "excluded in the study manifest; listed with reasons in the study overview).")
         if {"events_total", "events_after_qc"} <= set(samples.columns) and analysed is not None:
             ev = analysed["events_after_qc"].astype(float)
-            text += (f" Analysed samples held a median of {fmt_num(ev.median())} events after "
-                     f"quality control (range {fmt_num(ev.min())}–{fmt_num(ev.max())}; "
-                     f"{fmt_num(analysed['events_total'].astype(float).sum())} events acquired).")
+            total = analysed["events_total"].astype(float).sum()
+            text += (f" Analysed samples held a median of {ev.median():,.0f} events after "
+                     f"quality control (range {ev.min():,.0f}–{ev.max():,.0f}; "
+                     f"{total:,.0f} events acquired).")
         out.append(text)
     pre = []
     qc = run.get("qc_steps")

@@ -23,31 +23,42 @@ INPUT_KEYWORDS = {"$CYT": "instrument", "$CYTSN": "serial", "$DATE": "acquired",
 
 
 def clusters(ctx: Context) -> Section:
-    """UMAP by metacluster and visit; metacluster × marker heatmap."""
-    run, title, body = ctx.run, "Unsupervised map: UMAP and metaclusters", []
+    """UMAP by metacluster and visit; metacluster × marker heatmap (per panel)."""
+    run, title = ctx.run, "Unsupervised map: UMAP and metaclusters"
     cl, emb = run.get("clusters"), run.get("embedding")
-    if emb is None or cl is None:
-        body.append(missing_note(run, "embedding", "clusters"))
-    else:
-        names = {c: f"{c} · {lab}" for c, lab in zip(cl["cluster"], cl["label"])}
-        s = run.get("samples")
-        visit = (dict(zip(s["sample_id"].astype(str), s["visit"].astype(str)))
-                 if s is not None else {})
-        emb = emb.assign(visit=emb["sample_id"].astype(str).map(visit).fillna("?"))
-        fig, shown = im.fig_umap(emb, names, ctx.visit_colours)
-        body.append(para(f"UMAP of {shown:,} cells (a fixed subsample of the {len(emb):,} cells "
-                         "of tables/embedding) coloured by metacluster and by visit."))
-        body.append(ip.plotly_div(fig, ctx.plot_id()))
-    if cl is not None:
-        medians, labels = marker_matrix(cl)
+    if cl is None:
+        return Section("clusters", title, missing_note(run, "clusters", "embedding"))
+    panels = sorted(cl["panel"].astype(str).unique()) if "panel" in cl.columns else [None]
+    body = [] if emb is not None else [missing_note(run, "embedding")]
+    for panel in panels:
+        c = cl if panel is None else cl[cl["panel"].astype(str) == panel]
+        if len(panels) > 1:
+            body.append(f"<h3>Panel {esc(panel)}</h3>")
+        if emb is not None:
+            e = emb if panel is None or "panel" not in emb.columns else \
+                emb[emb["panel"].astype(str) == panel]
+            body.append(_umap(ctx, c, e))
+        medians, labels = marker_matrix(c)
         body.append("<h3>Marker expression per metacluster</h3>")
         body.append(para("Median expression of each marker per metacluster (colour: rescaled "
                          "0–1 per marker; hover: median on the transformed scale); rows ordered "
                          "by hierarchical clustering."))
         body.append(ip.plotly_div(im.fig_marker_heatmap(medians, scaled_markers(medians), labels),
                                   ctx.plot_id()))
-        body.append(table_html(cl, columns=["cluster", "label", "confidence", "n_cells"]))
+        body.append(table_html(c, columns=["cluster", "label", "confidence", "n_cells"]))
     return Section("clusters", title, "".join(body))
+
+
+def _umap(ctx: Context, cl: pd.DataFrame, emb: pd.DataFrame) -> str:
+    """The UMAP figure of one panel's embedding cells (with its caption)."""
+    names = {c: f"{c} · {lab}" for c, lab in zip(cl["cluster"], cl["label"])}
+    s = ctx.run.get("samples")
+    visit = dict(zip(s["sample_id"].astype(str), s["visit"].astype(str))) if s is not None else {}
+    emb = emb.assign(visit=emb["sample_id"].astype(str).map(visit).fillna("?"))
+    fig, shown = im.fig_umap(emb, names, ctx.visit_colours)
+    return para(f"UMAP of {shown:,} cells (a fixed subsample of the {len(emb):,} cells of "
+                "tables/embedding) coloured by metacluster and by visit.") + \
+        ip.plotly_div(fig, ctx.plot_id())
 
 
 def differential(ctx: Context) -> Section:
@@ -158,6 +169,19 @@ def _inputs(prov: Mapping) -> pd.DataFrame:
     return df
 
 
+def _input_keywords(run, inputs: pd.DataFrame) -> list[dict[str, str]]:
+    """Allow-listed FCS keywords per input file: from ``inputs[].keywords`` or from
+    ``acquisition`` (per sample id, matched to the file by its SHA-256 in ``samples``)."""
+    if "keywords" in inputs.columns:
+        return [safe_keywords(k if isinstance(k, Mapping) else {}) for k in inputs["keywords"]]
+    acq, s = run.provenance.get("acquisition"), run.get("samples")
+    if not isinstance(acq, Mapping) or s is None or "sha256" not in s.columns \
+            or "sha256" not in inputs.columns:
+        return [{} for _ in range(len(inputs))]
+    by_sha = {str(h): acq.get(str(sid)) for h, sid in zip(s["sha256"], s["sample_id"])}
+    return [safe_keywords(by_sha.get(str(h)) or {}) for h in inputs["sha256"]]
+
+
 def provenance(ctx: Context) -> Section:
     """Run times, versions, parameters, per-step counts and the input checksums."""
     run, prov, body = ctx.run, ctx.run.provenance, []
@@ -182,9 +206,9 @@ def provenance(ctx: Context) -> Section:
     else:
         cols = [c for c in ("path", "sha256", "bytes", "size") if c in inputs.columns]
         shown = inputs[cols].astype(str)
-        if "keywords" in inputs.columns:
-            kw = [safe_keywords(k if isinstance(k, Mapping) else {}) for k in inputs["keywords"]]
-            for key, label in INPUT_KEYWORDS.items():
+        kw = _input_keywords(run, inputs)
+        for key, label in INPUT_KEYWORDS.items():
+            if any(key in k for k in kw):
                 shown[label] = [k.get(key, "") for k in kw]
         body.append(table_html(shown, max_rows=5000))
     return Section("provenance", "Provenance", "".join(body))

@@ -145,6 +145,14 @@ def _state_probabilities(p: dict[str, float]) -> dict[str, np.ndarray]:
     }
 
 
+def _to_linear(x: np.ndarray) -> np.ndarray:
+    """``COFACTOR * sinh(x)``, in place (through ``exp``: 3× faster than ``np.sinh``)."""
+    e = np.exp(x, out=x)
+    e -= np.reciprocal(e)
+    e *= np.float32(COFACTOR / 2)
+    return e
+
+
 def _cells(counts: np.ndarray, state: SampleState, states: dict, rng: np.random.Generator):
     """Cells grouped by block and type: ``counts`` (n_blocks, n_types) cells per type of
     ``CELL_TYPES``, blocks one after the other.
@@ -177,11 +185,10 @@ def _cells(counts: np.ndarray, state: SampleState, states: dict, rng: np.random.
         sel = memory & (types == _T_IDX[t])
         for marker, shift in shifts.items():
             x[sel, _M[marker]] += shift
-    lin = np.sinh(x, out=x)
-    lin *= np.float32(COFACTOR)
+    lin = _to_linear(x)
     treg = types <= _T_IDX["Treg memory"]
     lin[treg, _M["CD25"]] *= state.cd25_treg
-    sc = SCATTER[types]
+    sc = np.take(SCATTER, types, axis=0)
     fsc = sc[:, 0] * (1 + sc[:, 1] * rng.standard_normal(n))
     ssc = sc[:, 2] * np.exp(sc[:, 3] * rng.standard_normal(n))
     fsch = fsc * rng.normal(0.87, 0.02, n)
@@ -228,11 +235,11 @@ def simulate_events(state: SampleState, n_events: int, rng: np.random.Generator,
     scat[dead, :2] *= 0.55
     scat[dead, 2] *= 1.3
     # doublets: two cells side by side
-    dlin = lin[d1] + lin[d2][mates]
-    dsc = scat[d1] + scat[d2][mates]
+    dlin = lin[d1] + np.take(lin[d2], mates, axis=0)
+    dsc = scat[d1] + np.take(scat[d2], mates, axis=0)
     dsc[:, 1] *= rng.uniform(0.5, 0.72, n_doublet)
     # debris: small, dim, partly dye-positive membrane fragments
-    blin = np.float32(COFACTOR) * np.sinh(
+    blin = _to_linear(
         rng.standard_normal((n_debris, len(MARKERS)), dtype=np.float32) * _NEG[1] + _NEG[0])
     dyed = rng.random(n_debris) < 0.4
     blin[dyed, _M["Viability"]] = COFACTOR * np.sinh(rng.normal(3.5, 1.0, int(dyed.sum())))
@@ -252,7 +259,7 @@ def simulate_events(state: SampleState, n_events: int, rng: np.random.Generator,
                   for k, v in flags.items()}
 
     order = rng.permutation(n_events)
-    fluor, scatter = fluor[order], scatter[order]
+    fluor, scatter = np.take(fluor, order, axis=0), np.take(scatter, order, axis=0)
     population, artefact = population[order], artefact[order]
     cell_flags = {k: v[order] for k, v in cell_flags.items()}
 

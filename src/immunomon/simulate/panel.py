@@ -2,8 +2,9 @@
 
 Nineteen channels in file order: ``FSC-A``, ``FSC-H``, ``SSC-A``, ``Time``, then fifteen
 fluorescence channels named after their fluorochrome (``$PnN`` such as ``"BV421-A"``) whose
-``$PnS`` is the marker. Values are linear instrument units in ``[0, 262144)`` (compensated
-fluorescence can be negative).
+``$PnS`` is the marker. Values are float32 linear instrument units below 262144 (``$PnR``);
+scatter is clipped at 0, fluorescence keeps the small negative values of baseline-restored
+detector noise (as BD instruments write), and compensated fluorescence spreads below 0.
 
 The spillover matrix ``S`` follows the FCS ``$SPILLOVER`` convention: rows are the
 fluorochromes (sources), columns the detectors, diagonal 1, and a cell's measured detector

@@ -98,6 +98,7 @@ def differential_abundance(samples: pd.DataFrame, cluster_counts: pd.DataFrame,
     smp = smp.reset_index(drop=True)
     lib = counts.sum(axis=0)
     rows = []
+    pooled_phi = None  # tagwise dispersions of the pooled fit, reused by too-small strata
     for s in strata:
         m = np.ones(len(smp), bool) if s == ALL else (smp["disease"] == s).to_numpy()
         sub, y, lb = smp[m].reset_index(drop=True), counts[:, m], lib[m]
@@ -111,15 +112,24 @@ def differential_abundance(samples: pd.DataFrame, cluster_counts: pd.DataFrame,
                       "samples" if y.shape[1] else "no sample in this stratum")
         X, idx = _block_design(sub, visits) if len(sub) else (None, {})
         res_nb, nb_reason = None, ""
+        n_pat = sub["patient_id"].nunique()
+        too_small = n_pat < options.min_patients
         if "edger_lrt" in options.da_methods and tested.any() and idx:
             if X.shape[0] <= X.shape[1]:
                 nb_reason = "no residual degrees of freedom"
             else:
-                res_nb = nbglm.lrt(y[tested], lb, X, list(idx.values()))
+                phi = None
+                if too_small and pooled_phi is not None:
+                    phi = np.array([pooled_phi.get(k, np.nanmedian(list(pooled_phi.values())))
+                                    for k in np.flatnonzero(tested)])
+                res_nb = nbglm.lrt(y[tested], lb, X, list(idx.values()), dispersion=phi)
+                if s == ALL:
+                    pooled_phi = dict(zip(np.flatnonzero(tested), res_nb["dispersion"]))
         for k, cl in clusters.iterrows():
             gee = None
-            if "gee_binomial" in options.da_methods and tested[k] and n_base > 1:
-                gee = _gee(y[k] / np.maximum(lb, 1), sub, visits)
+            if "gee_binomial" in options.da_methods and tested[k]:
+                gee = (f"{n_pat} patients < {options.min_patients}: too few patients to test"
+                       if too_small else _gee(y[k] / np.maximum(lb, 1), sub, visits))
             for visit in visits[1:]:
                 n = n_at[visit]
                 small = n < options.min_patients

@@ -75,13 +75,14 @@ def observations(samples: pd.DataFrame, parameters: pd.DataFrame,
     return df.dropna(subset=["log", "model"]).reset_index(drop=True)
 
 
-def _pairs(obs_p: pd.DataFrame, baseline: str, visit: str) -> pd.DataFrame:
-    """Complete pairs: patient_id, disease, d = log(visit) - log(baseline)."""
-    b = obs_p[obs_p["visit"] == baseline].set_index("patient_id")
-    v = obs_p[obs_p["visit"] == visit].set_index("patient_id")
-    common = b.index.intersection(v.index).sort_values()
-    return pd.DataFrame({"patient_id": common, "disease": b.loc[common, "disease"].to_numpy(),
-                         "d": v.loc[common, "log"].to_numpy() - b.loc[common, "log"].to_numpy()})
+def _log_ratios(obs_p: pd.DataFrame, visits: list[str]):
+    """Per patient log ratios to baseline: (diseases (n,), D (n, len(visits) - 1)), NaN where
+    the patient lacks the visit or the baseline."""
+    wide = obs_p.pivot_table(index="patient_id", columns="visit", values="log", aggfunc="mean")
+    wide = wide.reindex(columns=visits)
+    dis = obs_p.drop_duplicates("patient_id").set_index("patient_id")["disease"].reindex(wide.index)
+    m = wide.to_numpy()
+    return dis.to_numpy(), m[:, 1:] - m[:, :1]
 
 
 @lru_cache(maxsize=None)
@@ -169,14 +170,14 @@ def _paired_row(d: np.ndarray, method: str, testable: bool, why: str) -> dict:
 def paired_tests(obs: pd.DataFrame, visits: list[str], strata: list[str],
                  options: StatsOptions, methods=("paired_t", "wilcoxon")) -> pd.DataFrame:
     """Paired t and Wilcoxon rows of ``stats_supervised`` (q not yet added)."""
-    baseline = visits[0]
     rows = []
     for name, g in obs.groupby("parameter", sort=True):
         note = g["note"].iloc[0]
-        for visit in visits[1:]:
-            pairs = _pairs(g, baseline, visit)
+        dis, D = _log_ratios(g, visits)
+        for j, visit in enumerate(visits[1:]):
+            col = D[:, j]
             for s in strata:
-                d = pairs["d"].to_numpy() if s == ALL else pairs.loc[pairs["disease"] == s, "d"].to_numpy()
+                d = col[np.isfinite(col) & ((dis == s) if s != ALL else True)]
                 testable = d.size >= options.min_patients
                 why = "" if testable else (
                     f"{d.size} complete pairs < {options.min_patients}: too few patients to test")
@@ -193,10 +194,11 @@ def responders(obs: pd.DataFrame, visits: list[str], strata: list[str]) -> pd.Da
     (visit/baseline ratio > 1)."""
     rows = []
     for name, g in obs.groupby("parameter", sort=True):
-        for visit in visits[1:]:
-            pairs = _pairs(g, visits[0], visit)
+        dis, D = _log_ratios(g, visits)
+        for j, visit in enumerate(visits[1:]):
+            col = D[:, j]
             for s in strata:
-                d = pairs["d"] if s == ALL else pairs.loc[pairs["disease"] == s, "d"]
+                d = col[np.isfinite(col) & ((dis == s) if s != ALL else True)]
                 n, up = int(d.size), int((d > 0).sum())
                 rows.append(dict(parameter=name, visit=visit, disease=s, n=n, n_up=up,
                                  fraction_up=up / n if n else np.nan))
@@ -337,10 +339,11 @@ def lmm_tests(obs: pd.DataFrame, visits: list[str], strata: list[str],
                 continue
             b, cov, msg = fit_lmm(g["model"].to_numpy(), X, g["patient_id"].to_numpy())
             fits[by_disease] = (b, cov, msg, names)
+        n_at = g.groupby(["visit", "disease"])["patient_id"].nunique()
         for visit in visits[1:]:
             for s in strata:
-                sub = g if s == ALL else g[g["disease"] == s]
-                n = int(sub.loc[sub["visit"] == visit, "patient_id"].nunique())
+                at = n_at[n_at.index.get_level_values(0) == visit]
+                n = int(at.sum() if s == ALL else at.get((visit, s), 0))
                 b, cov, msg, names = fits[s != ALL]
                 row = dict(parameter=name, visit=visit, disease=s, method="lmm", n=n,
                            effect=np.nan, effect_scale=scale, ci_low=np.nan, ci_high=np.nan,
