@@ -5,11 +5,14 @@ Generates 1,000,000- and 10,000,000-event x 20-channel FCS 3.1 float32 files in
 immunomon, flowio, fcsparser, FlowKit and ``numpy.fromfile`` of the raw DATA segment,
 each to a materialised native-endian array whose every value is touched (summed).
 
-Every read runs in its own subprocess; the parent samples the child's anonymous
-resident memory (``RssAnon`` in ``/proc/<pid>/status``) every millisecond, so the peak
-is independent of the child's GIL. "peak" is the highest RssAnon during the read minus
-the child's RssAnon just before it (after imports), i.e. what the read itself needs.
-The file is read once before timing so that every reader sees it page-cached.
+Every read runs in its own subprocess. Times are medians of runs done round robin over
+the readers (so that the noise of a shared machine hits all alike). Peak memory comes
+from one more run per reader, in which the parent samples the child's anonymous
+resident memory (``RssAnon`` in ``/proc/<pid>/status``) every millisecond (independent
+of the child's GIL; sampling slows the child, so these runs are not timed). "peak" is
+the highest RssAnon during the read minus the child's RssAnon just before it (after
+imports), i.e. what the read itself needs. The file is read once beforehand so that
+every reader sees it page-cached.
 
 Usage::
 
@@ -78,7 +81,11 @@ def rss_anon(pid: int) -> int:
     return 0
 
 
-def run_once(reader: str, path: Path, begin: int, n: int) -> dict:
+def run_once(reader: str, path: Path, begin: int, n: int, sample: bool) -> dict:
+    """One read in a fresh process: its time, or (``sample``) its peak anonymous memory.
+
+    Sampling /proc every millisecond slows the child down, so timed runs do not sample.
+    """
     proc = subprocess.Popen([sys.executable, "-c", CHILD, reader, str(path), str(begin), str(n)],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "ready"
@@ -86,12 +93,16 @@ def run_once(reader: str, path: Path, begin: int, n: int) -> dict:
     peak = base
     proc.stdin.write("go\n")
     proc.stdin.flush()
-    sel = selectors.DefaultSelector()
-    sel.register(proc.stdout, selectors.EVENT_READ)
-    while not sel.select(timeout=0.001):
-        peak = max(peak, rss_anon(proc.pid))
-    out = json.loads(proc.stdout.readline())
+    if sample:
+        sel = selectors.DefaultSelector()
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        while not sel.select(timeout=0.001):
+            peak = max(peak, rss_anon(proc.pid))
+    line = proc.stdout.readline()
     proc.wait()
+    if not line:
+        raise RuntimeError(f"{reader} exited with status {proc.returncode}")
+    out = json.loads(line)
     out["peak_bytes"] = peak - base
     return out
 
@@ -141,16 +152,18 @@ def main() -> None:
             for reader in readers:
                 if rep < wanted[reader] and reader not in failed:
                     try:
-                        runs[reader].append(run_once(reader, path, begin, n))
+                        runs[reader].append(run_once(reader, path, begin, n, sample=False))
                     except Exception as err:  # a peer that cannot read the file
                         failed[reader] = repr(err)
+        peaks = {r: run_once(r, path, begin, n, sample=True)["peak_bytes"]
+                 for r in readers if r not in failed}
         ref = None
         for reader in readers:
             if reader in failed:
                 print(f"| {n:,} | {reader} | failed: {failed[reader]} |||||||")
                 continue
             sec = statistics.median(r["seconds"] for r in runs[reader])
-            peak = statistics.median(r["peak_bytes"] for r in runs[reader])
+            peak = peaks[reader]
             if reader == "numpy.fromfile":
                 ref = sec
             ratio = f"{sec / ref:.2f}x" if ref else "-"

@@ -36,22 +36,31 @@ def test_wsp_counts_csv(tmp_path):
     assert (c["count"] > 0).all() and len(c) == 15
 
 
-def test_user_errors_exit_2(tmp_path):
-    import subprocess
-    import sys
+def _main(argv, monkeypatch, capsys):
+    """Run the console entry point in-process; returns (exit status, stderr)."""
+    import pytest
 
+    from immunomon.cli import main
+
+    monkeypatch.setattr("sys.argv", ["immunomon", *map(str, argv)])
+    with pytest.raises(SystemExit) as info:
+        main()
+    return info.value.code, capsys.readouterr().err
+
+
+def test_user_errors_exit_2(tmp_path, monkeypatch, capsys):
     bad = tmp_path / "bad.xml"
     bad.write_text('<!DOCTYPE x [<!ENTITY a "b">]><x>&a;</x>')
-    cmd = [sys.executable, "-c", "from immunomon.cli import main; main()", "gate", str(DATA / "gatingml/data1.fcs"),
-           "--gatingml", str(bad), "--membership", str(tmp_path / "o.csv")]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    assert proc.returncode == 2
-    assert "bad.xml: refused" in proc.stderr and "Traceback" not in proc.stderr
+    fcs = DATA / "gatingml/data1.fcs"
+    code, err = _main(["gate", fcs, "--gatingml", bad, "--membership", tmp_path / "o.csv"], monkeypatch, capsys)
+    assert code == 2 and "bad.xml: refused" in err and "Traceback" not in err
     assert not (tmp_path / "o.csv").exists()
-    proc = subprocess.run(cmd[:4] + [str(DATA / "gatingml/data1.fcs")], capture_output=True, text=True)
-    assert proc.returncode == 2 and "exactly one of --gatingml" in proc.stderr
-    proc = subprocess.run(cmd[:4] + [str(tmp_path)], capture_output=True, text=True)
-    assert proc.returncode == 2 and "needs --out" in proc.stderr
+    code, err = _main(["gate", fcs], monkeypatch, capsys)
+    assert code == 2 and "exactly one of --gatingml" in err
+    code, err = _main(["gate", tmp_path], monkeypatch, capsys)
+    assert code == 2 and "needs --out" in err
+    code, err = _main(["gate", fcs, "--wsp", DATA / "flowjo/gating.wsp", "--sample", "nope.fcs"], monkeypatch, capsys)
+    assert code == 2 and "no sample 'nope.fcs'" in err
 
 
 def test_study_folder_delegates_to_gate_study(tmp_path, monkeypatch):

@@ -146,11 +146,16 @@ def _compmatrix():
     return names, np.array([[float(x) for x in row.split("\t")] for row in lines[3:3 + len(names)]])
 
 
-@pytest.mark.parametrize("name", ["060909.001", "060909.002"])
+@pytest.mark.parametrize("name", [f"060909.00{i}" for i in range(1, 6)])
 def test_compensation_files_scale_log_channels(name):
     """flowCore's column means after linearising and compensating (FCS 2.0, $PnE 4,0)."""
     expected = json.loads((DATA / "compensation" / "expected_column_means.json").read_text())[name]
-    f = read_fcs(DATA / "compensation" / name, dtype="float64", scale=True)
+    path = DATA / "compensation" / name
+    if not path.exists():  # .003-.005 are only in the shared data set
+        path = SHARED.parent / "compensation" / name
+        if not path.exists():
+            pytest.skip(f"{name} not available")
+    f = read_fcs(path, dtype="float64", scale=True)
     assert f.version == "2.0"
     logs = f.channels[f.channels.log_decades > 0]
     assert set(logs["name"]) == {"FL1-H", "FL2-H", "FL3-H", "FL4-H"}

@@ -128,3 +128,23 @@ def test_events_outside_gate_is_complement_within_parent(gated):
     nk = "Lymphocytes/Singlets/Singlets2/NK1_1+/NK cells"
     assert counts.loc[nk, "count"] == before["Lymphocytes/Singlets/Singlets2/NK1_1+"] - before[nk]
     assert list(counts.index) == list(before.index)
+
+
+def test_boolean_nodes(gated):
+    _, expected = gated
+    t = "Lymphocytes/Singlets/Singlets2/NK1_1-/T cells"
+    nodes = (f'<NotNode name="not ab" owningGroup="" count="-1"><Dependents><Dependent name="{t}/ab T cells" />'
+             f'</Dependents></NotNode><OrNode name="ab or gd" owningGroup="" count="-1"><Dependents>'
+             f'<Dependent name="{t}/ab T cells" /><Dependent name="{t}/gd T cells" /></Dependents></OrNode>')
+    text = (DATA / "gating.wsp").read_text()
+    at = text.index('<Population name="gd T cells"')
+    sample = parse_wsp(text[:at] + nodes + text[at:], "bool.wsp").sample()
+    f = read_fcs(DATA / "68983.fcs", dtype="float64", scale=True)
+    result = sample.gate(pd.DataFrame(f.events, columns=list(f.names)))
+    ab, gd = (result.membership(f"{t}/{n}") for n in ("ab T cells", "gd T cells"))
+    tcells = result.membership(t)
+    np.testing.assert_array_equal(result.membership(f"{t}/not ab"), tcells & ~ab)
+    np.testing.assert_array_equal(result.membership(f"{t}/ab or gd"), tcells & (ab | gd))
+    assert sample.flowjo_counts[f"{t}/not ab"] == -1
+    base = expected.set_index("gate_path")["count"]
+    assert int(result.membership(f"{t}/not ab").sum()) == base[t] - base[f"{t}/ab T cells"]

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from immunomon.errors import UserError
-from immunomon.gating.gates import Dimension, GatingStrategy, PolygonGate, QuadrantGate, RangeGate
+from immunomon.gating.gates import BooleanGate, Dimension, GatingStrategy, PolygonGate, QuadrantGate, RangeGate
 from immunomon.gating.gatingml import parse_gatingml, read_gatingml, to_gatingml, write_gatingml
 from immunomon.io.fcs import read_fcs
 from immunomon.preprocess.transforms import ArcsinhTransform, LogicleTransform
@@ -68,8 +68,10 @@ def test_export_of_built_strategy_with_arcsinh_and_logicle():
                     vertices=[[1, 0.1], [5, 0.1], [5, 0.5], [1, 0.5]]),
         QuadrantGate.cross("quad", Dimension("A", transform=asinh), Dimension("B", transform=logicle), 3.0, 0.3,
                            parent="pos"),
+        BooleanGate("pos not poly", [], "pos", operation="and", operands=["pos", "poly"], complement=[False, True]),
     ])
     text = to_gatingml(gs)
+    assert 'use-as-complement="true"' in text
     again = parse_gatingml(text)
     a, b = gs.apply(data), again.apply(data)
     for pid in gs.population_ids:
@@ -135,3 +137,26 @@ def test_missing_dimension_and_malformed(tmp_path, sample):
         parse_gatingml("<svg/>", "s.xml")
     with pytest.raises(UserError, match="cannot read Gating-ML file"):
         read_gatingml(tmp_path / "absent.xml")
+
+
+def test_spectral_matrix_unmixed_by_least_squares():
+    rng = np.random.default_rng(11)
+    spectra = np.array([[1.0, 0.4, 0.1], [0.05, 0.6, 1.0]])  # 2 fluorochromes over 3 detectors
+    true = rng.gamma(2.0, 400.0, (3000, 2))
+    data = pd.DataFrame(true @ spectra, columns=["D1", "D2", "D3"])
+    text = (DATA / "gates" / "gml_matrix_rect3_gate.xml").read_text()
+    start, end = text.index("<transforms:spectrumMatrix"), text.index("</transforms:spectrumMatrix>")
+    matrix = ('<transforms:spectrumMatrix transforms:id="MySpill"><transforms:fluorochromes>'
+              '<data-type:fcs-dimension data-type:name="FITC" /><data-type:fcs-dimension data-type:name="PE" />'
+              '</transforms:fluorochromes><transforms:detectors>'
+              + "".join(f'<data-type:fcs-dimension data-type:name="D{i}" />' for i in (1, 2, 3))
+              + "</transforms:detectors>"
+              + "".join("<transforms:spectrum>" + "".join(f'<transforms:coefficient transforms:value="{v}" />'
+                                                          for v in row) + "</transforms:spectrum>"
+                        for row in spectra))
+    gs = parse_gatingml(text[:start] + matrix + text[end:], "spectral.xml")
+    got = gs.apply(data).membership("Rectangle3")
+    np.testing.assert_array_equal(got, (true[:, 0] >= 5) & (true[:, 0] < 70) & (true[:, 1] >= 9) & (true[:, 1] < 208))
+    assert got.any()
+    again = parse_gatingml(to_gatingml(gs))
+    np.testing.assert_array_equal(again.apply(data).membership("Rectangle3"), got)

@@ -43,7 +43,7 @@ def test_robust_z_ignores_outliers():
 
 def test_margin_events_at_range():
     values = np.array([[10.0, 1023], [1023, 5], [1022, 0]])
-    assert margin_events(values, [1024, 1024]).tolist() == [True, True, False]
+    assert margin_events(values.T, [1024, 1024]).tolist() == [True, True, False]
 
 
 def test_doublets_by_area_height_ratio():
@@ -63,13 +63,13 @@ def test_time_anomalies_flags_signal_shift_and_rate_burst():
     signal = rng.normal(0, 1, (n, 3))
     shifted = (time > 40) & (time < 45)
     signal[shifted, 1] += 2.0
-    remove, info = time_anomalies(time, signal, segment_events=100, rate_bin_events=50)
+    remove, info = time_anomalies(time, signal.T, segment_events=100, rate_bin_events=50)
     assert remove[shifted].mean() > 0.8
     assert remove[~shifted].mean() < 0.05
     assert info["signal_anomalous"] >= 1
 
     burst = np.sort(np.concatenate([rng.uniform(0, 100, n), rng.uniform(70, 72, 1500)]))
-    remove, info = time_anomalies(burst, rng.normal(0, 1, (burst.size, 2)), segment_events=100, rate_bin_events=50)
+    remove, info = time_anomalies(burst, rng.normal(0, 1, (2, burst.size)), segment_events=100, rate_bin_events=50)
     in_burst = (burst >= 70) & (burst < 72)
     assert info["rate_anomalous"] >= 1 and remove[in_burst].mean() > 0.8
     assert remove[~in_burst].mean() < 0.05

@@ -118,7 +118,7 @@ def _stats(s, params, baseline):
                                       n_up=int((x > 0).sum()), fraction_up=float((x > 0).mean())))
                 for method in ("wilcoxon", "paired_t"):
                     row = dict(parameter=par, visit=visit, disease=disease, method=method,
-                               n=len(x), effect=float(np.mean(x)), effect_scale="log2 ratio")
+                               n=len(x), effect=float(2 ** np.mean(x)), effect_scale="fold change")
                     if len(x) < 3:
                         row.update(ci_low=np.nan, ci_high=np.nan, p=np.nan, status="not estimable",
                                    reason=f"{len(x)} paired patients (< 3)")
@@ -126,7 +126,7 @@ def _stats(s, params, baseline):
                         p = (stats.wilcoxon(x).pvalue if method == "wilcoxon"
                              else stats.ttest_1samp(x, 0).pvalue)
                         half = stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x))
-                        row.update(ci_low=row["effect"] - half, ci_high=row["effect"] + half,
+                        row.update(ci_low=2 ** (np.mean(x) - half), ci_high=2 ** (np.mean(x) + half),
                                    p=float(p), status="ok", reason="")
                     st_rows.append(row)
     st = pd.DataFrame(st_rows)

@@ -1,9 +1,11 @@
 """FlowJo 10 workspace (``.wsp``) import.
 
 A workspace holds, per sample, a spillover matrix (``transforms:spilloverMatrix`` with a
-``prefix`` such as ``Comp-``), one display transform per channel (``biex``, ``logicle``,
-``linear``, ``log``, ``fasinh``) and a tree of ``Population`` nodes, each with one Gating-ML
-gate whose coordinates are in compensated, *untransformed* data units. FlowJo draws and
+``prefix`` such as ``Comp-``; or a reference to a workspace-level matrix), one display
+transform per channel (``biex``, ``logicle``, ``hyperlog``, ``linear``, ``log``, ``fasinh``)
+and a tree of ``Population`` nodes (plus ``And``/``Or``/``NotNode`` boolean nodes), each
+with one Gating-ML rectangle or polygon gate whose coordinates are in compensated,
+*untransformed* data units (``eventsInside="0"`` = the complement). FlowJo draws and
 applies gates on the transformed (display) scale, so polygon vertices and rectangle
 bounds are mapped through the channel's transform and events are compared there.
 
@@ -199,11 +201,14 @@ def _parse_transform(el, source: str):
                                           max_value=_float(a("maxRange", "262144"), source, what))
         if kind == "logicle":
             return tr.LogicleTransform(*(_float(a(k), source, what) for k in ("T", "W", "M", "A")))
+        if kind == "hyperlog":
+            return tr.HyperlogTransform(*(_float(a(k), source, what) for k in ("T", "W", "M", "A")))
         if kind == "fasinh":
             return tr.AsinhTransform(*(_float(a(k), source, what) for k in ("T", "M", "A")))
     except UserError as err:
         raise UserError([f"{source}: {p}" for p in err.problems]) from None
-    raise UserError(f"{source}: FlowJo transform <{kind}> is not supported (linear, log, biex, logicle, fasinh)")
+    raise UserError(f"{source}: FlowJo transform <{kind}> is not supported "
+                    "(linear, log, biex, logicle, hyperlog, fasinh)")
 
 
 def _parse_sample(el, source: str, shared: dict) -> FlowJoSample:

@@ -178,10 +178,10 @@ class RectangleGate(Gate):
         for dim, (lo, hi) in zip(self.dimensions, self.bounds):
             x = dim.values(data)
             m = np.ones(x.shape, dtype=bool) if mask is None else mask
-            if lo is not None:
-                m = m & (x >= lo)
+            if lo is not None:  # np.float64 bounds: compared in float64 even for float32 data
+                m = m & (x >= np.float64(lo))
             if hi is not None:
-                m = m & (x < hi)
+                m = m & (x < np.float64(hi))
             mask = m
         return mask
 
@@ -193,13 +193,13 @@ def RangeGate(gate_id: str, dimension: Dimension | str, min: float | None = None
 
 
 def points_in_polygon(x: np.ndarray, y: np.ndarray, vertices: np.ndarray) -> np.ndarray:
-    """Even-odd point-in-polygon test: a numpy bounding-box prefilter, then a compiled
-    (numba) ray-casting loop over the remaining points.
+    """Even-odd point-in-polygon test with a bounding-box prefilter, in one compiled
+    (numba) pass over the events; coordinates are compared in float64.
 
     Parameters
     ----------
     x, y
-        Event coordinates, shape ``(n_events,)``.
+        Event coordinates, shape ``(n_events,)`` (float32 or float64).
     vertices
         Polygon vertices, shape ``(n_vertices, 2)``; the polygon is closed implicitly.
 
@@ -207,34 +207,33 @@ def points_in_polygon(x: np.ndarray, y: np.ndarray, vertices: np.ndarray) -> np.
     -------
     Bool array, shape ``(n_events,)``.
     """
-    x = np.asarray(x)
+    x = np.asarray(x)  # strided columns (DataFrame blocks) are read in place
     y = np.asarray(y)
+    if x.dtype not in (np.float32, np.float64):
+        x = x.astype(np.float64)
+    if y.dtype not in (np.float32, np.float64):
+        y = y.astype(np.float64)
     v = np.asarray(vertices, dtype=np.float64)
-    xmin, ymin = v.min(axis=0)
-    xmax, ymax = v.max(axis=0)
-    out = np.zeros(x.shape, dtype=bool)
-    idx = np.flatnonzero((x >= xmin) & (x <= xmax) & (y >= ymin) & (y <= ymax))
-    if idx.size == 0:
-        return out
-    px = np.asarray(x[idx], dtype=np.float64)
-    py = np.asarray(y[idx], dtype=np.float64)
-    out[idx] = _crossings(px, py, np.ascontiguousarray(v[:, 0]), np.ascontiguousarray(v[:, 1]))
-    return out
+    return _points_in_polygon(x, y, np.ascontiguousarray(v[:, 0]), np.ascontiguousarray(v[:, 1]))
 
 
 @numba.njit(cache=True, nogil=True)
-def _crossings(px, py, vx, vy):  # pragma: no cover - compiled
-    """Even-odd ray casting (ray towards +x) for each point over every polygon edge."""
-    n, m = px.size, vx.size
-    inside = np.zeros(n, dtype=np.bool_)
-    for i in range(n):
-        xi_, yi_ = px[i], py[i]
+def _points_in_polygon(x, y, vx, vy):  # pragma: no cover - compiled
+    """Bounding box, then even-odd ray casting (ray towards +x) over every edge."""
+    m = vx.size
+    xmin, xmax, ymin, ymax = vx.min(), vx.max(), vy.min(), vy.max()
+    inside = np.zeros(x.size, dtype=np.bool_)
+    for i in range(x.size):
+        px = np.float64(x[i])
+        py = np.float64(y[i])
+        if px < xmin or px > xmax or py < ymin or py > ymax:
+            continue
         c = False
         xj, yj = vx[m - 1], vy[m - 1]
         for k in range(m):
             xk, yk = vx[k], vy[k]
-            if yk != yj and ((yk > yi_) != (yj > yi_)):
-                if xi_ < (xj - xk) * (yi_ - yk) / (yj - yk) + xk:
+            if yk != yj and ((yk > py) != (yj > py)):
+                if px < (xj - xk) * (py - yk) / (yj - yk) + xk:
                     c = not c
             xj, yj = xk, yk
         inside[i] = c
@@ -544,7 +543,8 @@ class GatingStrategy:
             if comp is None:
                 if name not in data:
                     raise UserError(f"dimension {name!r} is not a channel of the data")
-                cols.append(np.asarray(data[name], dtype=np.float64))
+                col = np.asarray(data[name])
+                cols.append(col if col.dtype in (np.float32, np.float64) else col.astype(np.float64))
             else:
                 cols.append(self._compensated(name, comp, data, spillover, cache))
         x = dim.ratio(*cols) if isinstance(dim, RatioDimension) else cols[0]
@@ -557,7 +557,7 @@ class GatingStrategy:
 
     def _compensated(self, name: str, ref: str, data: Mapping[str, Any], spillover, cache) -> np.ndarray:
         """Column ``name`` compensated with matrix ``ref`` (rows = fluorochromes, columns =
-        detectors); channels outside the matrix, and everything when ``ref == "FCS"`` but the
+        detectors; a non-square matrix is unmixed by least squares); channels outside the matrix, and everything when ``ref == "FCS"`` but the
         file has no spillover, are returned uncompensated."""
         from immunomon.preprocess.compensation import compensate
 
@@ -573,7 +573,11 @@ class GatingStrategy:
             if missing:
                 raise UserError(f"compensation matrix {ref!r}: detector(s) {missing} are not channels of the data")
             block = np.column_stack([np.asarray(data[c], dtype=np.float64) for c in detectors])
-            comp = dict(zip(map(str, m.index), compensate(block, detectors, m, dtype=np.float64).T))
+            if m.shape[0] == m.shape[1]:
+                unmixed = compensate(block, detectors, m, dtype=np.float64)
+            else:  # more detectors than fluorochromes: least-squares unmixing
+                unmixed = block @ np.linalg.pinv(m.to_numpy(dtype=np.float64))
+            comp = dict(zip(map(str, m.index), unmixed.T))
             if cache is not None:
                 cache[ckey] = comp
         if name in comp:

@@ -187,10 +187,12 @@ def _parse_matrix(ctx: _Ctx, el) -> tuple[str, pd.DataFrame]:
             for s in el if s.tag == _T + "spectrum"]
     if len(rows) != len(fluor) or any(len(r) != len(det) for r in rows):
         raise ctx.err(f"{what}: expected {len(fluor)} spectra of {len(det)} coefficients")
-    if len(fluor) != len(det):
-        raise ctx.err(f"{what}: {len(fluor)} fluorochromes but {len(det)} detectors; only square matrices are supported")
+    if len(fluor) > len(det):
+        raise ctx.err(f"{what}: {len(fluor)} fluorochromes but only {len(det)} detectors")
     m = np.array(rows, dtype=np.float64)
     if str(_attr(el, "matrix-inverted-already", _T, default="false")).lower() == "true":
+        if len(fluor) != len(det):
+            raise ctx.err(f"{what}: an inverted matrix must be square")
         try:
             m = np.linalg.inv(m)
         except np.linalg.LinAlgError:

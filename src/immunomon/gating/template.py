@@ -56,7 +56,7 @@ import yaml
 from immunomon.errors import UserError
 from immunomon.gating.gates import BooleanGate, Gate, GatingStrategy, PolygonGate, RectangleGate
 from immunomon.gating.statistics import ParameterSpec
-from immunomon.preprocess.qc import MAD_SCALE, density_valley
+from immunomon.preprocess.qc import MAD_SCALE, PROBE_EVENTS, density_valley
 
 THRESHOLD_COLUMNS = ["sample_id", "population", "dimension", "bound", "value", "source"]
 GATE_TYPES = ("rectangle", "polygon", "singlets", "not")
@@ -386,6 +386,7 @@ class _Resolver:
         a, h = self.cols[x][idx].astype(np.float64), self.cols[y][idx].astype(np.float64)
         ok = h > 0
         ratio = a[ok] / h[ok]
+        ratio = ratio[:: max(1, ratio.size // PROBE_EVENTS)]
         k = float(spec.get("mad", 4.0))
         med = float(np.median(ratio)) if ratio.size else 1.0
         mad = MAD_SCALE * float(np.median(np.abs(ratio - med))) if ratio.size else 0.0

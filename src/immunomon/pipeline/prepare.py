@@ -81,6 +81,16 @@ def marker_names(names: list[str], labels: list[str], channels: dict) -> list[st
     return [m if seen[m] == 1 else f"{m} ({n})" for m, n in zip(out, names)]
 
 
+def _transform_column(transform: Any, x: np.ndarray) -> np.ndarray:
+    """``transform.transform(x)`` as float32; arcsinh is computed in float32 directly
+    (same function, twice as fast as the float64 path on large files)."""
+    from immunomon.preprocess.transforms import ArcsinhTransform
+
+    if isinstance(transform, ArcsinhTransform):
+        return np.arcsinh(x * np.float32(1.0 / transform.cofactor))
+    return np.asarray(transform.transform(x), dtype=np.float32)
+
+
 @functools.lru_cache(maxsize=1)
 def _blas_controller():
     """A threadpoolctl controller, created once (finding the libraries takes ~20 ms)."""
@@ -129,8 +139,10 @@ def prepare_events(
     else:
         events = raw.astype(np.float32)
     fluor = [j for j, n in enumerate(names) if is_fluorescence(n)]
-    if transform is not None and fluor:
-        events[:, fluor] = transform.transform(events[:, fluor]).astype(np.float32)
+    events = np.asfortranarray(events)  # one contiguous column per channel (pandas' layout)
+    if transform is not None:
+        for j in fluor:
+            events[:, j] = _transform_column(transform, events[:, j])
     frame = pd.DataFrame(events, columns=columns, copy=False)
     raw_frame = pd.DataFrame(raw, columns=columns, copy=False)
     rng = {c: float(r) for c, r in zip(columns, ranges)} if ranges is not None else None

@@ -84,8 +84,8 @@ class RunOptions:
     include_excluded
         Also analyse samples excluded in ``study.yaml`` or failing QC.
     stats
-        Options passed to :func:`immunomon.stats.analyze` (``options=``); changing
-        them re-runs only statistics and report.
+        Fields of :class:`immunomon.stats.StatsOptions` (e.g. ``{"alpha": 0.1}``);
+        changing them re-runs only statistics and report.
     """
 
     seed: int | None = None
@@ -407,8 +407,12 @@ def _run(study, out: Path, seed: int, options: RunOptions, cache: Cache, paralle
 def _stats(study, tables: dict, analysed: pd.DataFrame, seed: int, options: RunOptions,
            cache: Cache, code: str, stages: _Stages) -> dict[str, pd.DataFrame]:
     """``immunomon.stats.analyze`` over the analysed samples' tables, cached under ``stats``."""
-    from immunomon.stats import analyze
+    from immunomon.stats import StatsOptions, analyze
 
+    try:
+        stats_options = StatsOptions(**options.stats)
+    except TypeError as err:
+        raise UserError(f"statistics options {sorted(options.stats)}: {err}") from None
     ids = set(analysed["sample_id"])
     inputs = {
         "samples": analysed.reset_index(drop=True),
@@ -427,7 +431,7 @@ def _stats(study, tables: dict, analysed: pd.DataFrame, seed: int, options: RunO
     cached = result is not None
     if not cached:
         result = cache.put("stats", key, dict(analyze(inputs, baseline=study.config.baseline,
-                                                      visits=visits, options=dict(options.stats))))
+                                                      visits=visits, options=stats_options)))
     _advance(progress)
     stages.done("stats", samples=len(ids), tables=len(result), cached=int(cached),
                 rows=int(sum(len(t) for t in result.values())))

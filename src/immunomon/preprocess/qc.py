@@ -41,6 +41,10 @@ from scipy.signal import find_peaks
 QC_STEP_NAMES = ("margins", "time", "doublets", "debris", "dead")
 QC_STEPS_COLUMNS = ["sample_id", "step", "events_in", "events_removed", "reason"]
 MAD_SCALE = 1.4826  # MAD of a standard normal distribution is 1 / 1.4826
+#: Robust statistics that only set a threshold (median, MAD, quantiles of a range) are taken
+#: on an evenly strided subset of at most about this many events (deterministic, and cheap
+#: on files of 10^6 events).
+PROBE_EVENTS = 10_000
 
 
 def robust_z(x: np.ndarray, axis: int = 0) -> np.ndarray:
@@ -64,7 +68,7 @@ def density_valley(
     grid: int = 512,
     adjust: float = 0.5,
     min_prominence: float = 0.02,
-    max_events: int = 200_000,
+    max_events: int = 100_000,
 ) -> float:
     """Position of the deepest density minimum of ``x`` between two peaks, within ``bounds``.
 
@@ -98,19 +102,20 @@ def density_valley(
     lo, hi = float(bounds[0]), float(bounds[1])
     if not lo < hi:
         raise ValueError(f"density_valley: bounds must be increasing, got {bounds}")
-    x = np.asarray(x, dtype=np.float64)
-    x = x[np.isfinite(x)]
+    x = np.asarray(x)
     if x.size > max_events:
         x = x[:: int(np.ceil(x.size / max_events))]
+    x = x[np.isfinite(x)].astype(np.float64)
     if x.size < 10:
         return 0.5 * (lo + hi)
-    q_lo, q25, q75, q_hi = np.quantile(x, [0.001, 0.25, 0.75, 0.999])
+    probe = x[:: max(1, x.size // 4000)]  # range and spread from a strided subset
+    q_lo, q25, q75, q_hi = np.quantile(probe, [0.001, 0.25, 0.75, 0.999])
     start, stop = min(q_lo, lo), max(q_hi, hi)
     width = (stop - start) / grid
     inside_range = (x >= start) & (x <= stop)
     bins = np.minimum(((x[inside_range] - start) / width).astype(np.int64), grid - 1)
     counts = np.bincount(bins, minlength=grid).astype(np.float64)
-    sd = float(np.std(x))
+    sd = float(np.std(probe))
     iqr = q75 - q25
     spread = min(sd, iqr / 1.34) if iqr > 0 else sd
     bandwidth = adjust * 0.9 * spread * x.size ** -0.2
@@ -138,24 +143,27 @@ def density_valley(
 # --------------------------------------------------------------------------- steps
 
 
-def margin_events(values: np.ndarray, ranges: Sequence[float]) -> np.ndarray:
+def margin_events(columns: Sequence[np.ndarray], ranges: Sequence[float]) -> np.ndarray:
     """Events at or above ``range - 1`` in any channel (saturated detectors).
 
     Parameters
     ----------
-    values
-        ``(n_events, n_channels)`` raw (uncompensated, untransformed) values.
+    columns
+        One ``(n_events,)`` array of raw (uncompensated, untransformed) values per channel
+        (e.g. the columns of a table, or ``values.T`` of an ``(n_events, n_channels)`` array).
     ranges
-        ``$PnR`` of each channel, same order as the columns of ``values``.
+        ``$PnR`` of each channel, same order as ``columns``.
 
     Returns
     -------
     np.ndarray
         Boolean mask, ``(n_events,)``, True for events to remove.
     """
-    values = np.asarray(values)
-    top = np.asarray(ranges, dtype=np.float64) - 1.0
-    return (values >= top[None, :]).any(axis=1)
+    remove = None
+    for col, rng in zip(columns, ranges):
+        hit = np.asarray(col) >= float(rng) - 1.0
+        remove = hit if remove is None else remove | hit
+    return remove if remove is not None else np.zeros(0, dtype=bool)
 
 
 def _segments(n: int, per_segment: int, max_segments: int) -> np.ndarray:
@@ -166,7 +174,7 @@ def _segments(n: int, per_segment: int, max_segments: int) -> np.ndarray:
 
 def time_anomalies(
     time: np.ndarray,
-    signals: np.ndarray,
+    signals: Sequence[np.ndarray],
     *,
     rate_bin_events: int = 50,
     segment_events: int = 100,
@@ -191,7 +199,8 @@ def time_anomalies(
     time
         ``(n_events,)`` acquisition time (any unit), in file order.
     signals
-        ``(n_events, n_channels)`` values to monitor (transformed fluorescence, scatter).
+        One ``(n_events,)`` array per monitored channel (transformed fluorescence,
+        scatter), e.g. ``values.T`` of an ``(n_events, n_channels)`` array.
 
     Returns
     -------
@@ -219,15 +228,16 @@ def time_anomalies(
         remove |= bad[time_bin]
         info.update(rate_bins=n_bins, rate_anomalous=int(bad.sum()))
 
-    signals = np.asarray(signals, dtype=np.float32)
     seg = _segments(n, segment_events, max_segments)
     k = int(seg[-1]) + 1
     starts = np.searchsorted(seg, np.arange(k))
+    sizes = np.diff(np.append(starts, n))
     # mean of every segment: unlike the median, it moves smoothly with the mix of
     # populations in a segment, so bimodal markers do not make false alarms
-    means = np.add.reduceat(signals, starts, axis=0, dtype=np.float64) / np.diff(np.append(starts, n))[:, None]
+    means = np.column_stack([np.add.reduceat(c, starts, dtype=np.float64) / sizes for c in signals])
     centre = np.median(means, axis=0)
-    spread = MAD_SCALE * np.median(np.abs(signals - np.median(signals, axis=0)), axis=0)
+    probe = np.column_stack([c[:: max(1, n // PROBE_EVENTS)] for c in signals])  # robust SD, strided subset
+    spread = MAD_SCALE * np.median(np.abs(probe - np.median(probe, axis=0)), axis=0)
     shifted = np.abs(means - centre) > min_shift * spread
     bad_signal = ((np.abs(robust_z(means)) > signal_mad) & shifted).any(axis=1)
     remove |= bad_signal[seg]
@@ -247,6 +257,7 @@ def doublet_events(fsc_a: np.ndarray, fsc_h: np.ndarray, *, k: float = 4.0) -> t
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.where(fsc_h > 0, fsc_a / fsc_h, np.where(fsc_a > 0, np.inf, 1.0))
     finite = ratio[np.isfinite(ratio)]
+    finite = finite[:: max(1, finite.size // PROBE_EVENTS)]  # median and MAD from a strided subset
     if finite.size == 0:
         return np.zeros(ratio.size, dtype=bool), float("nan")
     med = np.median(finite)
@@ -405,7 +416,7 @@ class QualityControl:
         if not ranges:
             return np.zeros(len(ev), dtype=bool), float("nan"), "skipped: no channel ranges"
         names = [c for c in ranges if c in raw and c != self.time]
-        remove = margin_events(np.column_stack([raw[c] for c in names]), [float(ranges[c]) for c in names])
+        remove = margin_events([raw[c] for c in names], [ranges[c] for c in names])
         return remove, float("nan"), f"value >= $PnR - 1 in any of {len(names)} channels"
 
     def _time(self, ev: "_Columns", raw, ranges):
@@ -413,7 +424,7 @@ class QualityControl:
             return self._skipped(len(ev), [self.time])
         names = list(self.signal_channels or [c for c in ev.names if c != self.time])
         remove, info = time_anomalies(
-            ev[self.time], np.column_stack([ev[c] for c in names]),
+            ev[self.time], [ev[c] for c in names],
             rate_bin_events=self.rate_bin_events, segment_events=self.segment_events,
             max_segments=self.max_segments, rate_mad=self.rate_mad, signal_mad=self.signal_mad,
             min_shift=self.min_shift,

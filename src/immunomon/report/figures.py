@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,8 +22,8 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 from . import style
-from .prep import (FDR, colour_limit, effect_column, fold_change_matrix, paired_values,
-                   pooled_stats, sample_values)
+from .prep import (FDR, colour_limit, fold_change_matrix, paired_values, pooled_stats,
+                   sample_values)
 from .rundata import PRIMARY_PARAMETER, RunData
 
 log = logging.getLogger(__name__)
@@ -66,12 +67,17 @@ def plot_primary(paired: pd.DataFrame, visits: tuple[str, str], colours: dict[st
                 c = colours.get(str(row["disease"]), "#555")
                 ax.plot([gi - 0.18, gi + 0.18], [row[b], row[v]], color=c, lw=0.7, alpha=0.8,
                         marker="o", ms=3, mec="white", mew=0.3)
-        ax.set_xticks(range(len(groups)))
-        ax.set_xticklabels([f"{g}\n(n={len(paired) if i == 0 else (paired['disease'] == g).sum()})"
-                            for i, g in enumerate(groups)], rotation=45, ha="right")
+        ax.set_xticks([x for gi in range(len(groups)) for x in (gi - 0.18, gi + 0.18)])
+        ax.set_xticklabels([b, v] * len(groups), fontsize=6, color="#555")
+        ax.tick_params(axis="x", length=2, pad=1.5)
+        for gi, group in enumerate(groups):
+            n = len(paired) if gi == 0 else int((paired["disease"] == group).sum())
+            ax.annotate(f"{textwrap.fill(group, 13)}\n(n={n})", xy=(gi, 0),
+                        xycoords=("data", "axes fraction"), xytext=(0, -13),
+                        textcoords="offset points", ha="center", va="top", fontsize=7)
         ax.set_xlim(-0.6, len(groups) - 0.4)
         ax.set_ylabel(parameter)
-        ax.set_title(f"{parameter}: {b} (left) → {v} (right)")
+        ax.set_title(f"{parameter}, {b} → {v}, per patient")
         ax.axvline(0.5, color="#ccc", lw=0.6)
     return fig
 
@@ -111,23 +117,23 @@ def plot_volcano(pooled: pd.DataFrame, visits: Sequence[str], n_labels: int = 5)
     visits = [v for v in visits if v in set(pooled["visit"].astype(str))]
     ncol = min(3, len(visits))
     nrow = math.ceil(len(visits) / ncol)
-    eff = effect_column(pooled)
-    lim = np.nanmax(np.abs(pooled[eff].astype(float))) * 1.1 or 1.0
+    lim = float(np.nanmax(np.abs(pooled["x"]))) * 1.25 or 1.0
+    xlabel = " / ".join(pd.unique(pooled["x_label"]))
     ytop = float(pooled["mlog10p"].max()) * 1.12 + 0.2
     with mpl.rc_context(RC):
         fig = Figure(figsize=(2.9 * ncol, 2.6 * nrow + 0.3), layout="constrained")
         axes = fig.subplots(nrow, ncol, squeeze=False)
         for ax, visit in zip(axes.flat, visits):
             g = pooled[pooled["visit"].astype(str) == visit]
-            x = g[eff].astype(float).to_numpy()
+            x = g["x"].to_numpy()
             col = np.where(~g["sig"], style.NS, np.where(x > 0, style.UP, style.DOWN))
             ax.scatter(x, g["mlog10p"], c=list(col), s=10, lw=0.3, edgecolors="white")
             placed: list[float] = []
             for _, r in g[g["sig"]].nsmallest(n_labels, "p").iterrows():
                 dy = 7 * sum(abs(r["mlog10p"] - y) < 0.06 * ytop for y in placed)
                 placed.append(r["mlog10p"])
-                right = r[eff] < lim / 3
-                ax.annotate(str(r["parameter"]), (r[eff], r["mlog10p"]), fontsize=5.5,
+                right = r["x"] < lim / 3
+                ax.annotate(str(r["parameter"]), (r["x"], r["mlog10p"]), fontsize=5.5,
                             xytext=(4 if right else -4, 2 - dy), textcoords="offset points",
                             ha="left" if right else "right", va="top" if dy else "bottom",
                             arrowprops=dict(arrowstyle="-", lw=0.3, color="#888") if dy else None)
@@ -135,8 +141,7 @@ def plot_volcano(pooled: pd.DataFrame, visits: Sequence[str], n_labels: int = 5)
             ax.set_xlim(-lim, lim)
             ax.set_ylim(0, ytop)
             ax.set_title(visit)
-            ax.set_xlabel(f"effect ({g['effect_scale'].iloc[0]})" if "effect_scale" in g.columns
-                          and len(g) else "effect")
+            ax.set_xlabel(xlabel)
             ax.set_ylabel("−log10 p")
         for ax in list(axes.flat)[len(visits):]:
             ax.set_visible(False)

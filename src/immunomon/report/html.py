@@ -58,6 +58,15 @@ def _figures(run_dir: Path, run: RunData) -> list[Path]:
     except Exception as exc:  # noqa: BLE001 - the HTML report must still be written
         log.warning("publication figures failed: %r", exc)
         mine = []
+    emb, cl = run.get("embedding"), run.get("clusters")
+    if emb is not None and cl is not None:
+        try:
+            from .cluster_figures import draw_cluster_figures
+
+            draw_cluster_figures({"embedding": emb, "clusters": cl}, run_dir / "figures",
+                                 formats=("png", "pdf"))
+        except Exception as exc:  # noqa: BLE001 - optional figures of the clustering branch
+            log.warning("cluster figures failed: %r", exc)
     pngs = [p for p in mine if p.suffix == ".png"]
     others = sorted(p for p in (run_dir / "figures").glob("*.png") if p not in pngs)
     return pngs + others[:MAX_EXTRA_FIGURES]

@@ -13,7 +13,7 @@ from plotly.subplots import make_subplots
 from . import style
 from .htmltable import esc
 from .interactive import base_layout
-from .prep import FDR, colour_limit, effect_column
+from .prep import FDR, colour_limit
 
 #: At most this many cells per UMAP panel (a fixed, seeded subsample of the embedding table).
 UMAP_POINTS = 6000
@@ -40,11 +40,10 @@ def fig_volcano(pooled: pd.DataFrame, visits: Sequence[str], n_labels: int = 4) 
     fig = make_subplots(rows=rows, cols=cols, subplot_titles=[esc(v) for v in visits],
                         horizontal_spacing=0.07, vertical_spacing=0.14)
     owners = []
-    eff = effect_column(pooled)
     for m, method in enumerate(methods):
         for i, visit in enumerate(visits):
             g = pooled[(pooled["method"].astype(str) == method) & (pooled["visit"] == visit)]
-            x = g[eff].astype(float).to_numpy()
+            x = g["x"].to_numpy()
             colour = np.where(~g["sig"], style.NS, np.where(x > 0, style.UP, style.DOWN))
             top = g[g["sig"]].nsmallest(n_labels, "p").index
             text = [esc(p) if idx in top else "" for idx, p in zip(g.index, g["parameter"])]
@@ -54,13 +53,12 @@ def fig_volcano(pooled: pd.DataFrame, visits: Sequence[str], n_labels: int = 4) 
                 textfont=dict(size=9), visible=m == 0, showlegend=False,
                 customdata=np.column_stack([[esc(p) for p in g["parameter"]], q]),
                 marker=dict(color=colour, size=7, line=dict(width=0.4, color="white")),
-                hovertemplate="%{customdata[0]}<br>effect %{x:.3g}<br>−log10 p %{y:.2f}"
+                hovertemplate="%{customdata[0]}<br>%{x:.3g} (" + xt + ")<br>−log10 p %{y:.2f}"
                               "<br>q %{customdata[1]:.2g}<extra>" + esc(method) + "</extra>",
                 row=i // cols + 1, col=i % cols + 1)
             owners.append(m)
-    scale = pooled.get("effect_scale")
-    xt = f"effect ({esc(scale.iloc[0])})" if scale is not None and len(scale) else "effect"
-    lim = float(np.nanmax(np.abs(pooled[eff].astype(float)))) * 1.35 or 1.0
+    xt = " / ".join(esc(v) for v in pd.unique(pooled["x_label"]))
+    lim = float(np.nanmax(np.abs(pooled["x"]))) * 1.35 or 1.0
     fig.update_xaxes(title_text=xt, zeroline=True, zerolinecolor="#999", range=[-lim, lim])
     fig.update_yaxes(range=[0, float(pooled["mlog10p"].max()) * 1.15 + 0.3])
     fig.update_yaxes(title_text="−log10 p")

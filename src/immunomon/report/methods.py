@@ -15,20 +15,23 @@ from .rundata import RunData
 
 #: Plain-language names of statistical methods, matched on a lower-cased substring, in order.
 METHOD_NAMES = (
-    ("wilcoxon", "two-sided Wilcoxon signed-rank tests on paired values"),
-    ("paired_t", "paired t-tests on log2 fold changes"),
-    ("ttest", "paired t-tests on log2 fold changes"),
-    ("t-test", "paired t-tests on log2 fold changes"),
+    ("wilcoxon", "Wilcoxon signed-rank tests on per-patient log ratios (effect: Hodges–Lehmann "
+                 "fold change)"),
+    ("paired_t", "paired t-tests on per-patient log ratios (effect: ratio of geometric means)"),
+    ("ttest", "paired t-tests on per-patient log ratios"),
     ("glmm", "negative-binomial generalised linear mixed models with patient as random effect"),
-    ("lmm", "linear mixed models (value ~ visit + disease + (1 | patient))"),
-    ("mixed", "linear mixed models (value ~ visit + disease + (1 | patient))"),
-    ("edger", "negative-binomial GLMs (edgeR) with patient as blocking factor"),
+    ("lmm", "linear mixed models on log (logit for percentages) values with a random intercept "
+            "per patient (y ~ visit + disease + (1 | patient))"),
+    ("mixed", "linear mixed models with a random intercept per patient"),
+    ("edger", "negative-binomial GLMs with edgeR dispersions and likelihood-ratio tests "
+              "(design ~ patient + visit, offsets log cells per sample)"),
+    ("gee", "binomial generalised estimating equations (logit link, exchangeable correlation "
+            "within patient, bias-reduced sandwich errors)"),
     ("glm", "negative-binomial GLMs with patient as blocking factor"),
-    ("limma", "limma moderated t-tests with patient as blocking factor"),
+    ("limma", "limma-style moderated t-tests of per-sample cluster medians (design ~ patient + "
+              "visit, empirical Bayes variance moderation)"),
     ("spearman", "Spearman rank correlations"),
 )
-
-
 #: Versions named in the methods text (all versions are in the provenance section).
 KEY_PACKAGES = ("python", "numpy", "scipy", "pandas", "statsmodels", "scikit-learn", "umap-learn",
                 "inmoose", "flowutils")

@@ -98,14 +98,32 @@ def colour_limit(values: np.ndarray, floor: float = 1.0) -> float:
 
 
 def pooled_stats(stats: pd.DataFrame, baseline: str | None) -> pd.DataFrame:
-    """Pooled (``disease == "all"``), post-baseline, estimable rows with ``mlog10p`` and ``sig``."""
+    """Pooled (``disease == "all"``), post-baseline, estimable rows of a stats table.
+
+    Adds ``x`` (the effect on an additive scale: log2 of a fold change or odds ratio, the
+    effect itself otherwise), ``x_label`` (its name), ``mlog10p`` (−log10 p) and ``sig``
+    (q < :data:`FDR`).
+    """
     df = stats[(stats["disease"].astype(str) == POOLED) & (stats["visit"].astype(str) != baseline)]
     if "status" in df.columns:
         df = df[df["status"].astype(str) == "ok"]
-    df = df[np.isfinite(df["p"].astype(float)) & np.isfinite(df[effect_column(df)].astype(float))]
+    eff = df[effect_column(df)].astype(float)
+    scale = df["effect_scale"].astype(str) if "effect_scale" in df.columns else \
+        pd.Series("log2 fold change" if effect_column(df) == "log2fc" else "effect", df.index)
+    mult = scale.map(is_ratio_scale).astype(bool)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        x = np.where(mult, np.log2(eff.where(eff > 0)), eff)
+    df = df.assign(x=x, x_label=np.where(mult, "log2 " + scale, scale))
+    df = df[np.isfinite(df["p"].astype(float)) & np.isfinite(df["x"])]
     p = df["p"].astype(float).clip(lower=1e-300)
     q = df["q"].astype(float) if "q" in df.columns else pd.Series(np.nan, index=df.index)
     return df.assign(mlog10p=-np.log10(p), sig=(q < FDR).to_numpy())
+
+
+def is_ratio_scale(scale: str) -> bool:
+    """True for a multiplicative effect scale (``fold change``, ``odds ratio``), not a log one."""
+    s = str(scale).lower()
+    return ("fold" in s or "ratio" in s) and "log" not in s
 
 
 def effect_column(df: pd.DataFrame) -> str:

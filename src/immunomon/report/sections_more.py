@@ -121,7 +121,8 @@ def clinical(ctx: Context) -> Section:
         body.append(missing_note(run, "clinical_immune"))
     else:
         body.append(table_html(ci.assign(_p=ci["p"].astype(float).fillna(2.0)).sort_values("_p"),
-                               columns=["score", "parameter", "visit", "n", "rho", "p", "q"],
+                               columns=["score", "clinical_measure", "visit", "parameter",
+                                        "immune_visit", "n", "rho", "p", "q", "status", "reason"],
                                source="tables/clinical_immune.csv"))
     return Section("clinical", title, "".join(body))
 

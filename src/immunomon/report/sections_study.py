@@ -198,6 +198,6 @@ def headline(ctx: Context) -> str:
     if r.empty:
         return ""
     x = r.iloc[0]
-    scale = f" {x['effect_scale']}" if "effect_scale" in r.columns else ""
+    scale = f" ({x['effect_scale']})" if "effect_scale" in r.columns else ""
     return (f"{PRIMARY_PARAMETER}, {v} vs {ctx.run.baseline} (pooled, {x['method']}): "
             f"effect {fmt_num(x['effect'])}{scale}, p = {fmt_p(x['p'])}, q = {fmt_p(x['q'])}.")

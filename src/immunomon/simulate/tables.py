@@ -183,7 +183,7 @@ def simulate_tables(patients: int = 46, visits=VISITS, *, seed: int = 1,
     dict of DataFrames: ``samples``, ``parameters``, ``cluster_counts``, ``cluster_markers``,
     ``clinical``, ``adverse_events``, ``patients`` (inputs of :func:`immunomon.stats.analyze`),
     ``effects`` (parameter, visit, fold_change, log2_fold_change, kind: planted effects of the
-    typical patient, r = 1) and ``cluster_effects`` (cluster, label, visit, log2_fold_change).
+    typical patient, r = 1) and ``cluster_effects`` (cluster, label, visit, log2_fold_change, kind).
     """
     if effect not in ("planted", "none"):
         raise ValueError("effect must be 'planted' or 'none'")
@@ -288,13 +288,21 @@ def _effects_table(visits, size: float) -> pd.DataFrame:
 
 
 def _cluster_effects(clusters, visits, size: float) -> pd.DataFrame:
-    """Planted log2 abundance changes per cluster and visit for r = 1 (before renormalising)."""
+    """True log2 change of each cluster's proportion for r = 1 (after renormalising:
+    clusters that follow a planted state are ``planted``, the others shrink a little as the
+    planted ones grow, ``compositional``)."""
+    base = np.array([c[1] for c in clusters])
+    base = base / base.sum()
     rows = []
     for visit, day in visits[1:]:
+        lf = np.array([_log_fold(state, profile(day) * size, {"treg": 1.0, "nk": 1.0})[1]
+                       if state else 0.0 for _, _, state in clusters])
+        prop = base * np.exp(lf)
+        log2 = np.log2(prop / prop.sum() / base)
         for c, (label, _, state) in enumerate(clusters):
-            lf = _log_fold(state, profile(day) * size, {"treg": 1.0, "nk": 1.0})[1] if state else 0.0
-            rows.append((c + 1, label, visit, lf / np.log(2)))
-    return pd.DataFrame(rows, columns=["cluster", "label", "visit", "log2_fold_change"])
+            kind = "none" if abs(log2[c]) < 1e-9 else ("planted" if state else "compositional")
+            rows.append((c + 1, label, visit, float(log2[c]), kind))
+    return pd.DataFrame(rows, columns=["cluster", "label", "visit", "log2_fold_change", "kind"])
 
 
 def _clinical(pid, disease, visits, size, r_treg, rng, rows) -> None:

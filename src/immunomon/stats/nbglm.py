@@ -22,7 +22,7 @@ against R's edgeR 3.40 on ``tests/data/stats/counts.csv``) in a fraction of a se
 from __future__ import annotations
 
 import numpy as np
-from scipy import stats
+from scipy import sparse, stats
 from scipy.interpolate import CubicSpline
 from scipy.optimize import minimize_scalar
 from scipy.special import gammaln
@@ -66,10 +66,11 @@ def fit_nb(y: np.ndarray, X: np.ndarray, offset: np.ndarray, phi: np.ndarray,
     m, n = y.shape
     off = np.broadcast_to(offset, (m, n))
     ph = np.asarray(phi, float)[:, None]
+    outer = _outer(X)
     mu = y + 0.1
     w = mu / (1 + ph * mu)
     z = np.log(mu) - off + (y - mu) / mu
-    beta = _wls(X, w, z)
+    beta = _wls(X, w, z, outer)
     dev = np.full(m, np.inf)
     for _ in range(maxit):
         eta = np.clip(beta @ X.T + off, -50, 50)
@@ -90,17 +91,39 @@ def fit_nb(y: np.ndarray, X: np.ndarray, offset: np.ndarray, phi: np.ndarray,
         w = mu / (1 + ph * mu)
         z = (eta - off) + (y - mu) / mu
         old_beta = beta.copy()
-        beta = _wls(X, w, z)
+        beta = _wls(X, w, z, outer)
     mu = np.exp(np.clip(beta @ X.T + off, -50, 50))
     return beta, mu, nb_deviance(y, mu, ph)
 
 
-def _wls(X, w, z):
-    """Row-wise weighted least squares: solve (X' W_i X) b_i = X' W_i z_i for every row i."""
-    xtw = X.T[None, :, :] * w[:, None, :]  # (m, p, n)
-    xtwx = xtw @ X
-    xtwz = (w * z) @ X
+_OUTER_CACHE: dict = {}
+
+
+def _outer(X: np.ndarray) -> sparse.csc_matrix:
+    """Per-sample outer products x x' as a sparse (n, p*p) matrix (designs of dummies are
+    mostly zeros)."""
+    key = (X.shape, X.tobytes())
+    if key not in _OUTER_CACHE:
+        if len(_OUTER_CACHE) > 8:
+            _OUTER_CACHE.clear()
+        n, p = X.shape
+        _OUTER_CACHE[key] = sparse.csc_matrix((X[:, :, None] * X[:, None, :]).reshape(n, p * p))
+    return _OUTER_CACHE[key]
+
+
+def _xtwx(X: np.ndarray, w: np.ndarray, outer=None) -> np.ndarray:
+    """X' diag(w_i) X for every row i of w (m, n) -> (m, p, p), as one product with the
+    per-sample outer products."""
     p = X.shape[1]
+    outer = _outer(X) if outer is None else outer
+    return np.asarray((outer.T @ w.T).T).reshape(-1, p, p)
+
+
+def _wls(X, w, z, outer=None):
+    """Row-wise weighted least squares: solve (X' W_i X) b_i = X' W_i z_i for every row i."""
+    p = X.shape[1]
+    xtwx = _xtwx(X, w, outer)
+    xtwz = (w * z) @ X
     xtwx = xtwx + 1e-10 * np.eye(p)  # all-zero levels (e.g. a patient without cells)
     return np.linalg.solve(xtwx, xtwz[..., None])[..., 0]
 
@@ -109,7 +132,7 @@ def adjusted_profile_lik(y, X, offset, phi) -> np.ndarray:
     """Cox–Reid adjusted profile log likelihood of each row at dispersion ``phi`` (m,)."""
     _, mu, _ = fit_nb(y, X, offset, phi)
     w = mu / (1 + np.asarray(phi)[:, None] * mu)
-    xtwx = (X.T[None, :, :] * w[:, None, :]) @ X + 1e-10 * np.eye(X.shape[1])
+    xtwx = _xtwx(X, w) + 1e-10 * np.eye(X.shape[1])
     return nb_loglik(y, mu, np.asarray(phi)[:, None]) - 0.5 * np.linalg.slogdet(xtwx)[1]
 
 
