@@ -240,6 +240,13 @@ def test_claimed_sizes_are_checked_before_allocating(tmp_path):
     assert isinstance(err.value, UserError)
 
 
+def test_claimed_parameter_count_is_checked(tmp_path):
+    data = np.arange(4, dtype="<u2").tobytes()
+    pairs = [(k, b"999999999999" if k == b"$PAR" else v) for k, v in _basic(2, 2)]
+    with pytest.raises(FCSError, match=r"\$PAR claims 999999999999 parameters"):
+        read_fcs(build(tmp_path / "par.fcs", pairs, data))
+
+
 @pytest.mark.parametrize("cut", [0, 5, 40, 70, 200])
 def test_truncated_files(tmp_path, cut):
     ev = np.ones((100, 3), dtype=np.float32)

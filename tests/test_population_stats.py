@@ -11,6 +11,7 @@ from immunomon.gating.statistics import (
     PARAMETERS_COLUMNS,
     POPULATIONS_COLUMNS,
     ParameterSpec,
+    ancestor_table,
     marker_table,
     parameter_table,
     population_table,
@@ -39,6 +40,9 @@ def test_population_table_counts_and_frequencies():
     assert pops.set_index("population").loc["Lymphocytes", "freq_parent"] == pytest.approx(0.8)
     no_count = population_table(_memberships(), PARENTS, sample_id="S", lymphocytes_per_ul=float("nan"))
     assert no_count["abs_per_ul"].isna().all()
+    anc = ancestor_table(pops).set_index(["population", "ancestor"])["percent"]
+    assert anc[("Treg", "CD4")] == pytest.approx(10.0) and anc[("Treg", "Lymphocytes")] == pytest.approx(5.0)
+    assert len(anc) == 0 + 1 + 2 + 3 + 3  # one row per (population, ancestor)
 
 
 def test_marker_table_linear_median_generalised_geometric_mean_and_positive():

@@ -115,6 +115,8 @@ def test_qc_on_simulated_study_removes_artefacts_keeps_cells(prepared_small_stud
             total[a] = total.get(a, 0) + int(sel.sum())
         steps = prepared.qc_steps
         assert steps["events_removed"].sum() == prepared.events_total - prepared.events_after_qc
+        by = prepared.removed_by
+        assert np.bincount(by[by >= 0], minlength=len(steps)).tolist() == steps["events_removed"].tolist()
         assert prepared.qc_pass
     frac = {a: removed[a] / total[a] for a in total}
     print("\nfraction removed by QC per truth artefact:", {a: round(f, 4) for a, f in frac.items()}, total)

@@ -150,3 +150,10 @@ def test_gates_are_gate_objects(prepared_small_study):
     assert isinstance(gating.gates["Singlets"], PolygonGate)
     assert all(len(axes) == 2 for axes in gating.plots.values())
     assert set(gating.positivity) >= {"Ki67", "HLA-DR", "HELIOS", "CD45RA"}
+
+
+def test_tiny_sample_gates_without_error(prepared_small_study):
+    prepared, _ = next(iter(prepared_small_study.values()))
+    for n in (0, 5):
+        g = GatingTemplate.load("treg").apply(prepared.events.head(n), "tiny")
+        assert all(m.shape == (n,) for m in g.memberships.values())

@@ -37,7 +37,7 @@ class MarkerTable:
     thresholds: dict[str, float] = field(default_factory=dict)
     min_margin: float = 0.5
     full_margin: float = 2.0
-    min_fraction: float = 1.0
+    min_fraction: float = 0.8
     min_confidence: float = 0.2
 
 

@@ -100,6 +100,29 @@ def population_table(
     return df.astype({"count": "int64", "freq_parent": "float64", "freq_total": "float64", "abs_per_ul": "float64"})
 
 
+def ancestor_table(populations: pd.DataFrame) -> pd.DataFrame:
+    """Percentage of every population in each of its named ancestors.
+
+    Parameters
+    ----------
+    populations
+        Output of :func:`population_table` (any number of samples).
+
+    Returns
+    -------
+    pd.DataFrame
+        Columns ``sample_id, population, ancestor, percent`` (0–100), one row per sample ×
+        population × ancestor (parent included); ``<population> % of <ancestor>``.
+    """
+    rows = []
+    for sid, block in populations.groupby("sample_id", sort=False):
+        counts = dict(zip(block["population"], block["count"]))
+        for pop, path in zip(block["population"], block["path"]):
+            for anc in path.split("/")[:-1]:
+                rows.append((sid, pop, anc, _percent(counts[pop], counts[anc])))
+    return pd.DataFrame(rows, columns=["sample_id", "population", "ancestor", "percent"])
+
+
 def _linear(values: np.ndarray, transform: Any) -> np.ndarray:
     return np.asarray(transform.inverse_transform(values), dtype=np.float64) if transform is not None else values
 

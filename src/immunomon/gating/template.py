@@ -263,7 +263,7 @@ class GatingTemplate:
         resolver = _Resolver(cols, indices, sample_id, rows)
         for pop in self.populations:
             spec = _deep_merge(pop.gate, override[pop.name]) if pop.name in override else pop.gate
-            resolver.overridden = pop.name in override
+            resolver.override = override.get(pop.name, {})
             gate = resolver.gate(pop.name, pop.parent, spec)
             idx = indices[pop.parent]
             if isinstance(gate, BooleanGate):
@@ -278,10 +278,10 @@ class GatingTemplate:
         positivity = {}
         root = self.populations[0].name
         for marker, spec in self.positivity.items():
-            resolver.overridden = marker in override.get("positivity", {})
-            spec = override["positivity"][marker] if resolver.overridden else spec
+            changed = marker in override.get("positivity", {})
+            spec = override["positivity"][marker] if changed else spec
             on = spec.get("within", root) if isinstance(spec, Mapping) else root
-            positivity[marker] = resolver.value(spec, marker, on, "positivity", "min")
+            positivity[marker] = resolver.value(spec, marker, on, "positivity", "min", overridden=changed)
         parents = {p.name: p.parent for p in self.populations}
         plots = {p.name: p.plot or _default_plot(gates[p.name]) for p in self.populations}
         return TemplateGating(memberships, gates, parents, plots, positivity,
@@ -314,16 +314,17 @@ class _Resolver:
 
     def __init__(self, cols: dict[str, np.ndarray], indices: dict, sample_id: str, rows: list):
         self.cols, self.indices, self.sample_id, self.rows = cols, indices, sample_id, rows
-        self.overridden = False
+        self.override: Mapping = {}  # the current population's overrides
         self.cache: dict[tuple, float] = {}
 
     def value(self, spec: Any, dim: str, on: str | None, population: str, bound: str,
-              idx: np.ndarray | None = None) -> float | None:
+              idx: np.ndarray | None = None, overridden: bool = False) -> float | None:
         """Resolve one position; data-driven specs use the events of ``spec["within"]``, else
-        ``idx`` (row indices), else the events of population ``on``."""
+        ``idx`` (row indices), else the events of population ``on``. ``overridden`` marks
+        a position set by the sample's overrides (source ``override``)."""
         if spec is None:
             return None
-        source = "override" if self.overridden else None
+        source = "override" if overridden else None
         if isinstance(spec, (int, float)):
             value, source = float(spec), source or "fixed"
         elif isinstance(spec, Mapping) and ("valley" in spec or "mad" in spec):
@@ -366,8 +367,9 @@ class _Resolver:
             idx = None  # None: the parent's events
             bounds = []
             for d in dims:
-                lo = self.value(spec[d].get("min"), d, parent, name, "min", idx)
-                hi = self.value(spec[d].get("max"), d, parent, name, "max", idx)
+                changed = self.override.get(d) or {}
+                lo = self.value(spec[d].get("min"), d, parent, name, "min", idx, "min" in changed)
+                hi = self.value(spec[d].get("max"), d, parent, name, "max", idx, "max" in changed)
                 bounds.append((lo, hi))
                 if spec.get("sequential"):  # the next dimension is resolved inside this one's bounds
                     idx = self.indices[parent] if idx is None else idx
@@ -390,13 +392,13 @@ class _Resolver:
         k = float(spec.get("mad", 4.0))
         med = float(np.median(ratio)) if ratio.size else 1.0
         mad = MAD_SCALE * float(np.median(np.abs(ratio - med))) if ratio.size else 0.0
-        source = "override" if self.overridden else "mad"
         lo = float(spec["ratio_min"]) if "ratio_min" in spec else max(med - k * mad, 1e-3)
         hi = float(spec["ratio_max"]) if "ratio_max" in spec else med + k * mad
-        self.rows.append((self.sample_id, name, f"{x}/{y}", "min", lo, source if "ratio_min" not in spec else "fixed"))
-        self.rows.append((self.sample_id, name, f"{x}/{y}", "max", hi, source if "ratio_max" not in spec else "fixed"))
-        if self.overridden:
-            self.rows[-2:] = [r[:5] + ("override",) for r in self.rows[-2:]]
+        for bound, value in (("min", lo), ("max", hi)):
+            key = f"ratio_{bound}"
+            source = "override" if key in self.override or "mad" in self.override else (
+                "fixed" if key in spec else "mad")
+            self.rows.append((self.sample_id, name, f"{x}/{y}", bound, value, source))
         top = float(spec.get("extent", 1e7))
         vertices = [(0.0, 0.0), (top, top / hi), (top, top / lo)]
         return PolygonGate(name, [x, y], parent, vertices=vertices)

@@ -161,6 +161,9 @@ def _read(path: Path, dataset: int, out_dtype: np.dtype, scale: bool,
         par = int_keyword(kw, "$PAR", path, ds.header.text_begin)
         if par is None or par < 0:
             raise fcs_error(path, ds.header.text_begin, "TEXT has no valid $PAR keyword")
+        if par > len(kw):  # every parameter needs its own $PnB keyword
+            raise fcs_error(path, ds.header.text_begin, f"$PAR claims {par} parameters but "
+                                                        f"TEXT holds only {len(kw)} keywords")
         layouts = build_layouts(kw, par, path, ds.header.text_begin)
         tot = int_keyword(kw, "$TOT", path, ds.header.text_begin)
         begin, layout, span, tot = _locate_data(ds, layouts, tot, size, path)

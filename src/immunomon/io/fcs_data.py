@@ -149,14 +149,16 @@ def read_events(fh: BinaryIO, begin: int, tot: int, layout: Layout, dtype: np.dt
     if layout.delimited:
         fh.seek(begin)
         return _decode_delimited(fh.read(span or 0), tot, par, dtype, path, begin)
-    out = np.empty((tot, par), dtype=dtype)
     if tot == 0 or par == 0:
-        return out
+        return np.empty((tot, par), dtype=dtype)
     fh.seek(begin)
     ud = layout.uniform_dtype
-    if ud is not None and ud == dtype:  # stored exactly as the output: read straight into it
-        _readinto_exact(fh, memoryview(out).cast("B"), path, begin)
-        return out
+    if ud is not None and ud == dtype:  # stored exactly as the output: one read into it
+        flat = np.fromfile(fh, dtype=dtype, count=tot * par)
+        if flat.size != tot * par:
+            raise fcs_error(path, begin + flat.nbytes, "file ends inside the DATA segment")
+        return flat.reshape(tot, par)
+    out = np.empty((tot, par), dtype=dtype)
     rec_bits = layout.record_bits
     step = max(8, (CHUNK_BYTES * 8 // max(rec_bits, 1)) // 8 * 8)
     if layout.packed:

@@ -48,6 +48,12 @@ class PreparedSample:
     transforms
         Marker → transform object used for it (fluorescence markers only), e.g. to
         report intensities on the linear scale.
+    removed_by
+        ``(events_total,)`` int8: the row of ``qc_steps`` that removed each file event,
+        -1 if kept.
+    all_events
+        Every file event (same columns as ``events``) when asked for
+        (``keep_all_events=True``, e.g. to draw QC), else None.
     """
 
     sample_id: str
@@ -59,6 +65,8 @@ class PreparedSample:
     keep: np.ndarray
     panel: str = ""
     transforms: dict[str, Any] = field(default_factory=dict)
+    removed_by: np.ndarray | None = None
+    all_events: pd.DataFrame | None = None
 
     @property
     def fluorescence_markers(self) -> list[str]:
@@ -109,6 +117,7 @@ def prepare_events(
     ranges: list[float] | None = None,
     qc: QualityControl | None = None,
     sample_id: str = "",
+    keep_all_events: bool = False,
 ) -> PreparedSample:
     """Compensate, transform and QC one file's events (no study needed).
 
@@ -128,6 +137,8 @@ def prepare_events(
         ``$PnR`` of every channel, for the margin step of QC.
     qc
         Quality-control settings; default :class:`QualityControl()`.
+    keep_all_events
+        Also return every file event (``all_events``), not only the QC-passed ones.
     """
     from immunomon.preprocess.compensation import compensate
 
@@ -150,10 +161,12 @@ def prepare_events(
     kept = frame.loc[result.keep].reset_index(drop=True)
     transforms = {columns[j]: transform for j in fluor} if transform is not None else {}
     return PreparedSample(sample_id, kept, result.steps, result.events_total, result.events_after_qc,
-                          result.qc_pass, result.keep, transforms=transforms)
+                          result.qc_pass, result.keep, transforms=transforms, removed_by=result.removed_by,
+                          all_events=frame if keep_all_events else None)
 
 
-def prepare_sample(study, sample_id: str, *, qc: QualityControl | None = None) -> PreparedSample:
+def prepare_sample(study, sample_id: str, *, qc: QualityControl | None = None,
+                   keep_all_events: bool = False) -> PreparedSample:
     """Read, compensate (file's ``$SPILLOVER``), transform (panel's transform on
     fluorescence channels) and QC one sample of a study.
 
@@ -165,6 +178,8 @@ def prepare_sample(study, sample_id: str, *, qc: QualityControl | None = None) -
         A ``sample_id`` of ``study.samples``.
     qc
         Quality-control settings; default :class:`~immunomon.preprocess.qc.QualityControl()`.
+    keep_all_events
+        Also keep every file event in ``all_events`` (for QC plots).
     """
     from immunomon.io.fcs import read_fcs
     from immunomon.preprocess.transforms import from_spec
@@ -186,7 +201,7 @@ def prepare_sample(study, sample_id: str, *, qc: QualityControl | None = None) -
     prepared = prepare_events(
         f.events, list(f.names), marker_names(list(f.names), list(f.labels), channels),
         spillover=f.spillover, transform=transform, ranges=list(f.channels["range"].astype(float)),
-        qc=qc, sample_id=sample_id,
+        qc=qc, sample_id=sample_id, keep_all_events=keep_all_events,
     )
     prepared.panel = panel_name
     return prepared

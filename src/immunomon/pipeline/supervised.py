@@ -138,8 +138,9 @@ def plot_sample_gates(study_dir: str | Path, sample_id: str, path: str | Path) -
     from immunomon.report.gate_plots import write_gate_plots
 
     study = _load(str(Path(study_dir).resolve()))
-    prepared = prepare_sample(study, sample_id)
+    prepared = prepare_sample(study, sample_id, keep_all_events=True)
     gating = gate_prepared(prepared, panel_template(study, prepared.panel))
     qc = "passed" if prepared.qc_pass else "FAILED"
     title = (f"{sample_id} — {prepared.events_after_qc:,} of {prepared.events_total:,} events after QC ({qc})")
-    return write_gate_plots(path, prepared.events, gating, title=title)
+    return write_gate_plots(path, prepared.events, gating, title=title, qc_events=prepared.all_events,
+                            removed_by=prepared.removed_by, qc_steps=list(prepared.qc_steps["step"]))

@@ -304,11 +304,14 @@ class QCResult:
         ``threshold``, the data-driven threshold of the step, NaN where none).
     qc_pass
         False when the fraction removed exceeds ``max_loss``.
+    removed_by
+        ``(n_events,)`` int8: the row of ``steps`` that removed each event, -1 if kept.
     """
 
     keep: np.ndarray
     steps: pd.DataFrame
     qc_pass: bool
+    removed_by: np.ndarray
 
     @property
     def events_total(self) -> int:
@@ -393,6 +396,7 @@ class QualityControl:
         """
         n = len(events)
         keep = np.ones(n, dtype=bool)
+        removed_by = np.full(n, -1, dtype=np.int8)
         rows = []
         cols = _Columns(events)
         raw_cols = _Columns(raw) if raw is not None else cols
@@ -401,11 +405,12 @@ class QualityControl:
             cols.idx = raw_cols.idx = idx if idx.size < n else None
             remove, threshold, reason = getattr(self, f"_{step}")(cols, raw_cols, ranges)
             keep[idx[remove]] = False
+            removed_by[idx[remove]] = len(rows)
             rows.append((sample_id, step, idx.size, int(remove.sum()), reason, threshold))
         steps = pd.DataFrame(rows, columns=QC_STEPS_COLUMNS + ["threshold"])
         steps = steps.astype({"events_in": "int64", "events_removed": "int64", "threshold": "float64"})
         lost = 1.0 - keep.sum() / n if n else 1.0
-        return QCResult(keep=keep, steps=steps, qc_pass=bool(lost <= self.max_loss))
+        return QCResult(keep=keep, steps=steps, qc_pass=bool(lost <= self.max_loss), removed_by=removed_by)
 
     # Each step: (columns, raw columns, ranges) -> (mask over the current events, threshold, reason)
 

@@ -22,8 +22,8 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 from . import style
-from .prep import (FDR, colour_limit, fold_change_matrix, paired_values, pooled_stats,
-                   sample_values)
+from .prep import (FDR, colour_limit, fold_change_matrix, paired_values, pc_labels,
+                   pooled_stats, sample_values)
 from .rundata import PRIMARY_PARAMETER, RunData
 
 log = logging.getLogger(__name__)
@@ -183,8 +183,8 @@ def plot_fold_heatmap(matrix: pd.DataFrame, cols: pd.DataFrame, visit_colours: d
     return fig
 
 
-def plot_pca(pca: pd.DataFrame, visit_colours: dict[str, str],
-             disease_colours: dict[str, str]) -> Figure:
+def plot_pca(pca: pd.DataFrame, visit_colours: dict[str, str], disease_colours: dict[str, str],
+             axis_titles: tuple[str, str] = ("PC1", "PC2")) -> Figure:
     """PC1 × PC2 of samples coloured by visit and by disease (two panels)."""
     with mpl.rc_context(RC):
         fig = Figure(figsize=(7.4, 3.2), layout="constrained")
@@ -196,8 +196,8 @@ def plot_pca(pca: pd.DataFrame, visit_colours: dict[str, str],
                 if len(g):
                     ax.scatter(g["pc1"], g["pc2"], s=12, color=c, lw=0.3, edgecolors="white",
                                label=key)
-            ax.set_xlabel("PC1")
-            ax.set_ylabel("PC2")
+            ax.set_xlabel(axis_titles[0])
+            ax.set_ylabel(axis_titles[1])
             ax.set_title(f"by {col}")
             ax.legend(loc="upper left", bbox_to_anchor=(1, 1), fontsize=6, markerscale=1.2)
     return fig
@@ -242,5 +242,5 @@ def write_figures(run: RunData, out_dir: str | Path) -> list[Path]:
         written += save(plot_fold_heatmap(*fc, vc, dc), out_dir, "fold_change_heatmap")
     p = run.get("pca")
     if p is not None:
-        written += save(plot_pca(p, vc, dc), out_dir, "pca")
+        written += save(plot_pca(p, vc, dc, pc_labels(run)), out_dir, "pca")
     return written

@@ -12,7 +12,7 @@ This module only draws: it is handed the events and the gating result
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -95,8 +95,36 @@ def _draw_gate(ax, gate, axes: tuple[str, str], xlim, ylim, colour: str) -> tupl
     return None
 
 
+def _qc_panel(ax, events: pd.DataFrame, removed_by: np.ndarray, steps: list[str], axes: tuple[str, str],
+              max_points: int) -> None:
+    """Every file event on ``axes``: kept events grey, removed ones coloured by QC step."""
+    xname, yname = axes
+    idx = np.arange(len(events))
+    if idx.size > max_points:
+        idx = idx[:: int(np.ceil(idx.size / max_points))]
+    x, y, by = events[xname].to_numpy()[idx], events[yname].to_numpy()[idx], removed_by[idx]
+    xlim, ylim = _limits(x, []), _limits(y, [])
+    kept = by < 0
+    ax.scatter(x[kept], y[kept], s=2, c="#b0b0b0", linewidths=0, rasterized=True,
+               label=f"kept {100 * np.mean(removed_by < 0):.1f} %")
+    for k, step in enumerate(steps):
+        sel = by == k
+        n = int(np.count_nonzero(removed_by == k))
+        if n:
+            ax.scatter(x[sel], y[sel], s=5, c=_COLOURS[k % len(_COLOURS)], linewidths=0, rasterized=True,
+                       label=f"{step}: {n:,} ({100 * n / removed_by.size:.1f} %)")
+    ax.set_xlim(xlim)
+    ax.set_ylim(ylim)
+    ax.set_xlabel(xname)
+    ax.set_ylabel(yname)
+    ax.set_title(f"QC: all events (n = {removed_by.size:,})", fontsize=10)
+    ax.legend(fontsize=7, markerscale=2.5, loc="upper left", framealpha=0.8)
+    ax.ticklabel_format(axis="both", style="sci", scilimits=(-3, 4))
+
+
 def plot_gates(events: pd.DataFrame, gating, *, title: str | None = None, max_points: int = 20_000,
-               ncols: int = 4):
+               ncols: int = 4, qc_events: pd.DataFrame | None = None, removed_by: np.ndarray | None = None,
+               qc_steps: Sequence[str] | None = None, qc_axes: tuple[str, str] = ("FSC-A", "SSC-A")):
     """Figure with one panel per gated plot of a sample.
 
     Parameters
@@ -111,6 +139,9 @@ def plot_gates(events: pd.DataFrame, gating, *, title: str | None = None, max_po
         At most this many dots per panel (an evenly strided subset; deterministic).
     ncols
         Panels per row.
+    qc_events, removed_by, qc_steps
+        Optional first panel: every file event (``qc_events``), coloured by the QC step
+        that removed it (``removed_by``: index into ``qc_steps``, -1 = kept), on ``qc_axes``.
 
     Returns
     -------
@@ -128,10 +159,14 @@ def plot_gates(events: pd.DataFrame, gating, *, title: str | None = None, max_po
         if isinstance(gate, BooleanGate):
             complements.setdefault(gate.operands[0], []).append(pop)
 
-    nrows = int(np.ceil(len(panels) / ncols))
+    with_qc = qc_events is not None and removed_by is not None
+    nrows = int(np.ceil((len(panels) + with_qc) / ncols))
     fig, axs = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 4.0 * nrows), squeeze=False)
+    flat = list(axs.flat)
+    if with_qc:
+        _qc_panel(flat.pop(0), qc_events, np.asarray(removed_by), list(qc_steps or []), qc_axes, max_points)
     n_all = len(events)
-    for ax, (parent, (xname, yname), pops) in zip(axs.flat, panels):
+    for ax, (parent, (xname, yname), pops) in zip(flat, panels):
         mask = gating.memberships[parent] if parent is not None else np.ones(n_all, dtype=bool)
         idx = np.flatnonzero(mask)
         if idx.size > max_points:
@@ -164,7 +199,7 @@ def plot_gates(events: pd.DataFrame, gating, *, title: str | None = None, max_po
         ax.set_ylabel(yname)
         ax.set_title(f"{parent or 'all events'} (n = {n_parent:,})", fontsize=10)
         ax.ticklabel_format(axis="both", style="sci", scilimits=(-3, 4))
-    for ax in list(axs.flat)[len(panels):]:
+    for ax in flat[len(panels):]:
         ax.axis("off")
     if title:
         fig.suptitle(title, fontsize=13)

@@ -63,13 +63,25 @@ def _figures(run_dir: Path, run: RunData) -> list[Path]:
         try:
             from .cluster_figures import draw_cluster_figures
 
-            draw_cluster_figures({"embedding": emb, "clusters": cl}, run_dir / "figures",
-                                 formats=("png", "pdf"))
+            draw_cluster_figures({"embedding": _annotated(run, emb, cl), "clusters": cl},
+                                 run_dir / "figures", formats=("png",))
         except Exception as exc:  # noqa: BLE001 - optional figures of the clustering branch
             log.warning("cluster figures failed: %r", exc)
     pngs = [p for p in mine if p.suffix == ".png"]
     others = sorted(p for p in (run_dir / "figures").glob("*.png") if p not in pngs)
     return pngs + others[:MAX_EXTRA_FIGURES]
+
+
+def _annotated(run: RunData, emb, cl):
+    """``embedding`` with each cell's cluster ``label`` and its sample's visit and disease."""
+    keys = ["panel", "cluster"] if "panel" in emb.columns and "panel" in cl.columns else ["cluster"]
+    if "label" not in emb.columns:
+        emb = emb.merge(cl[keys + ["label"]].drop_duplicates(keys), on=keys, how="left")
+    s = run.get("samples")
+    extra = [c for c in ("visit", "disease") if c not in emb.columns]
+    if s is not None and extra:
+        emb = emb.merge(s[["sample_id", *extra]].astype(str), on="sample_id", how="left")
+    return emb
 
 
 def build_html(run: RunData, figures: list[Path]) -> str:

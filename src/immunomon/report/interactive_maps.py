@@ -40,6 +40,7 @@ def fig_volcano(pooled: pd.DataFrame, visits: Sequence[str], n_labels: int = 4) 
     fig = make_subplots(rows=rows, cols=cols, subplot_titles=[esc(v) for v in visits],
                         horizontal_spacing=0.07, vertical_spacing=0.14)
     owners = []
+    xt = " / ".join(esc(v) for v in pd.unique(pooled["x_label"]))
     for m, method in enumerate(methods):
         for i, visit in enumerate(visits):
             g = pooled[(pooled["method"].astype(str) == method) & (pooled["visit"] == visit)]
@@ -57,7 +58,6 @@ def fig_volcano(pooled: pd.DataFrame, visits: Sequence[str], n_labels: int = 4) 
                               "<br>q %{customdata[1]:.2g}<extra>" + esc(method) + "</extra>",
                 row=i // cols + 1, col=i % cols + 1)
             owners.append(m)
-    xt = " / ".join(esc(v) for v in pd.unique(pooled["x_label"]))
     lim = float(np.nanmax(np.abs(pooled["x"]))) * 1.35 or 1.0
     fig.update_xaxes(title_text=xt, zeroline=True, zerolinecolor="#999", range=[-lim, lim])
     fig.update_yaxes(range=[0, float(pooled["mlog10p"].max()) * 1.15 + 0.3])
@@ -112,8 +112,8 @@ def fig_fold_heatmap(matrix: pd.DataFrame, cols: pd.DataFrame, visit_colours: di
                        legend=dict(x=1.08, y=1, groupclick="toggleitem"))
 
 
-def fig_pca(pca: pd.DataFrame, visit_colours: dict[str, str],
-            disease_colours: dict[str, str]) -> go.Figure:
+def fig_pca(pca: pd.DataFrame, visit_colours: dict[str, str], disease_colours: dict[str, str],
+            axis_titles: tuple[str, str] = ("PC1", "PC2")) -> go.Figure:
     """PC1 × PC2 of samples, coloured by visit (left) and disease (right)."""
     fig = make_subplots(rows=1, cols=2, subplot_titles=["by visit", "by disease"],
                         horizontal_spacing=0.08)
@@ -129,8 +129,8 @@ def fig_pca(pca: pd.DataFrame, visit_colours: dict[str, str],
                                         line=dict(width=0.4, color="white")),
                             hovertemplate="%{text}<extra>" + esc(key) + "</extra>",
                             row=1, col=c + 1)
-    fig.update_xaxes(title_text="PC1")
-    fig.update_yaxes(title_text="PC2")
+    fig.update_xaxes(title_text=axis_titles[0])
+    fig.update_yaxes(title_text=axis_titles[1])
     return base_layout(fig, height=460, legend=dict(groupclick="toggleitem"))
 
 

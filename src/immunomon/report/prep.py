@@ -68,6 +68,9 @@ def cluster_order(matrix: np.ndarray) -> np.ndarray:
 def fold_change_matrix(run: RunData) -> tuple[pd.DataFrame, pd.DataFrame] | None:
     """Parameters × patient-visits matrix of ``fold_changes.log2fc``, rows and columns clustered.
 
+    The order is the table's ``parameter_order`` / ``column_order`` when it has them (the
+    clustering of :mod:`immunomon.stats`), else average-linkage clustering done here for display.
+
     Returns
     -------
     (matrix, columns) or None
@@ -84,8 +87,14 @@ def fold_change_matrix(run: RunData) -> tuple[pd.DataFrame, pd.DataFrame] | None
     wide = wide.loc[wide.notna().any(axis=1)]
     if wide.empty:
         return None
-    wide = wide.iloc[cluster_order(wide.to_numpy())]
-    wide = wide.iloc[:, cluster_order(wide.to_numpy().T)]
+    if {"parameter_order", "column_order"} <= set(fc.columns):   # the order stats computed
+        rows = fc.groupby("parameter")["parameter_order"].min()
+        cols = fc.groupby(["visit", "disease", "patient_id"])["column_order"].min()
+        wide = wide.iloc[np.argsort(rows.reindex(wide.index).to_numpy(), kind="stable")]
+        wide = wide.iloc[:, np.argsort(cols.reindex(wide.columns).to_numpy(), kind="stable")]
+    else:
+        wide = wide.iloc[cluster_order(wide.to_numpy())]
+        wide = wide.iloc[:, cluster_order(wide.to_numpy().T)]
     cols = wide.columns.to_frame(index=False)[["patient_id", "disease", "visit"]]
     return wide, cols
 
@@ -133,7 +142,7 @@ def effect_column(df: pd.DataFrame) -> str:
 
 def marker_matrix(clusters: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     """Cluster × marker medians of ``clusters`` (rows clustered) and the row labels."""
-    keys = {"cluster", "label", "confidence", "n_cells", "panel"}
+    keys = {"cluster", "label", "confidence", "n_cells", "panel", "label_rank"}
     markers = [c for c in clusters.columns
                if c not in keys and pd.api.types.is_numeric_dtype(clusters[c])]
     m = clusters.set_index("cluster")[markers].astype(float)
@@ -153,3 +162,17 @@ def _scaled(m: pd.DataFrame) -> pd.DataFrame:
 def scaled_markers(m: pd.DataFrame) -> pd.DataFrame:
     """Each marker column rescaled to 0–1 over clusters (display scale of the heatmap)."""
     return _scaled(m)
+
+
+def pc_labels(run: RunData) -> tuple[str, str]:
+    """Axis titles of PC1 and PC2, with the explained variance when ``pca_variance`` has it."""
+    var = run.get("pca_variance")
+    out = []
+    for pc in ("pc1", "pc2"):
+        label = pc.upper()
+        if var is not None and {"component", "explained_variance_ratio"} <= set(var.columns):
+            r = var.loc[var["component"].astype(str).str.lower() == pc, "explained_variance_ratio"]
+            if len(r):
+                label += f" ({100 * float(r.iloc[0]):.1f} % of variance)"
+        out.append(label)
+    return out[0], out[1]

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import base64
+import io
 import re
 from collections.abc import Mapping
 from pathlib import Path
 
 import pandas as pd
+from PIL import Image
 
 from . import interactive as ip
 from . import interactive_maps as im
@@ -18,6 +20,8 @@ from .privacy import safe_keywords
 from .section import Context, Section, missing_note, para
 
 
+#: Width (pixels) of the figures shown inline; the full-resolution files are in figures/.
+GALLERY_WIDTH = 1400
 #: FCS keywords shown per input file (all on the privacy allow-list).
 INPUT_KEYWORDS = {"$CYT": "instrument", "$CYTSN": "serial", "$DATE": "acquired", "$TOT": "events"}
 
@@ -115,6 +119,17 @@ def clinical(ctx: Context) -> Section:
         body.append(ip.plotly_div(ip.fig_trajectories(
             cc.astype({"score": str}), scores, "score", "value", run.visits,
             ctx.disease_colours, title="score"), ctx.plot_id()))
+    cs = run.get("clinical_summary")
+    if cs is not None:
+        pooled = cs[cs["disease"].astype(str) == POOLED] if "disease" in cs.columns else cs
+        order = {v: i for i, v in enumerate(run.visits)}
+        pooled = pooled.assign(_v=pooled["visit"].astype(str).map(order)).sort_values(
+            ["score", "_v"], kind="stable")
+        body.append("<h3>Scores per visit (all diseases)</h3>")
+        body.append(table_html(pooled, columns=["score", "visit", "n", "median", "q1", "q3",
+                                                "n_change", "median_change", "mean_change"],
+                               labels={"q1": "Q1", "q3": "Q3", "n_change": "n (change)"},
+                               source="tables/clinical_summary.csv"))
     ci = run.get("clinical_immune")
     body.append("<h3>Clinical score × immune parameter correlations</h3>")
     if ci is None:
@@ -215,13 +230,25 @@ def provenance(ctx: Context) -> Section:
     return Section("provenance", "Provenance", "".join(body))
 
 
+def _downsized_png(path: Path, width: int = GALLERY_WIDTH) -> bytes:
+    """The PNG at ``path``, resized to at most ``width`` pixels wide (keeps the report light)."""
+    with Image.open(path) as im:
+        if im.width <= width:
+            return path.read_bytes()
+        small = im.convert("RGBA").resize((width, round(im.height * width / im.width)),
+                                          Image.Resampling.LANCZOS)
+    buf = io.BytesIO()
+    small.save(buf, format="PNG", optimize=True)
+    return buf.getvalue()
+
+
 def gallery(ctx: Context, figures: list[Path]) -> Section:
     """The publication figures (PNG, also under figures/ with PDFs), inline as base64."""
     items = []
     for f in figures:
         if f.suffix.lower() != ".png" or not f.is_file():
             continue
-        data = base64.b64encode(f.read_bytes()).decode("ascii")
+        data = base64.b64encode(_downsized_png(f)).decode("ascii")
         items.append(f'<figure><img alt="{esc(f.stem)}" src="data:image/png;base64,{data}">'
                      f"<figcaption>figures/{esc(f.name)}</figcaption></figure>")
     if not items:

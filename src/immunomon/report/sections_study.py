@@ -8,7 +8,8 @@ import pandas as pd
 from . import interactive as ip
 from . import interactive_maps as im
 from .htmltable import esc, fmt_num, fmt_p, table_html
-from .prep import FDR, POOLED, fold_change_matrix, paired_values, pooled_stats, sample_values
+from .prep import (FDR, POOLED, fold_change_matrix, paired_values, pc_labels, pooled_stats,
+                   sample_values)
 from .rundata import PRIMARY_PARAMETER
 from .section import Context, Section, missing_note, para
 
@@ -161,7 +162,7 @@ def pca(ctx: Context) -> Section:
     if p is None:
         return Section("pca", title, missing_note(run, "pca"))
     body = para(f"{len(p)} samples on the first two principal components of their parameters.")
-    fig = im.fig_pca(p, ctx.visit_colours, ctx.disease_colours)
+    fig = im.fig_pca(p, ctx.visit_colours, ctx.disease_colours, pc_labels(run))
     return Section("pca", title, body + ip.plotly_div(fig, ctx.plot_id()))
 
 

@@ -45,6 +45,13 @@ def effector_parameters(parameters) -> list[str]:
     return sorted(p for p in set(parameters) if pat.match(p))
 
 
+def _median_fold(effects: pd.Series) -> str:
+    """Median of fold changes (on the log scale) as text, e.g. ``×1.92``."""
+    e = effects.to_numpy(float)
+    e = e[np.isfinite(e) & (e > 0)]
+    return f"×{np.exp(np.median(np.log(e))):.2f}" if e.size else "n/a"
+
+
 def selectivity(sup: pd.DataFrame, param_pop: pd.DataFrame, visits: list[str],
                 options: StatsOptions) -> pd.DataFrame:
     """``selectivity``: one row per visit × stratum with the counts and one sentence."""
@@ -63,8 +70,7 @@ def selectivity(sup: pd.DataFrame, param_pop: pd.DataFrame, visits: list[str],
             kt = int(((gt["q"] < a) & (gt["status"] == OK)).sum())
             ke = int(((ge["q"] < a) & (ge["status"] == OK)).sum())
             n = int(max(gt["n"].max() if mt else 0, ge["n"].max() if me else 0))
-            fc_t = np.exp(np.log(gt["effect"]).median()) if mt else np.nan
-            fc_e = np.exp(np.log(ge["effect"]).median()) if me else np.nan
+            fc_t, fc_e = _median_fold(gt["effect"]), _median_fold(ge["effect"])
             where = f"At {visit} ({'pooled' if d == ALL else d}, n = {n} patients)"
             if not (mt and me):
                 status, reason = NOT_ESTIMABLE, (f"no Treg parameter" if not mt else "no effector activation parameter")
@@ -74,14 +80,14 @@ def selectivity(sup: pd.DataFrame, param_pop: pd.DataFrame, visits: list[str],
                 status = NOT_ESTIMABLE
                 reason = f"fewer than {options.min_patients} patients: too few to test"
                 tc = ec = None
-                summary = (f"{where}: too few patients to test; median fold change ×{fc_t:.2f} over "
-                           f"{mt} Treg parameters and ×{fc_e:.2f} over {me} effector activation parameters.")
+                summary = (f"{where}: too few patients to test; median fold change {fc_t} over "
+                           f"{mt} Treg parameters and {fc_e} over {me} effector activation parameters.")
             else:
                 status, reason = OK, ""
                 tc, ec = kt > thr_t, ke > thr_e
                 summary = (f"{where}: {kt} of {mt} Treg parameters changed (q < {a:g}; median fold "
-                           f"change ×{fc_t:.2f}) and {ke} of {me} effector activation parameters "
-                           f"did (median ×{fc_e:.2f}; up to {thr_e} expected by chance) — "
+                           f"change {fc_t}) and {ke} of {me} effector activation parameters "
+                           f"did (median {fc_e}; up to {thr_e} expected by chance) — "
                            + ("Treg-selective." if tc and not ec else
                               "not selective: effector activation changed too." if tc and ec else
                               "no Treg change." if not ec else "effector change without Treg change."))

@@ -75,14 +75,17 @@ def observations(samples: pd.DataFrame, parameters: pd.DataFrame,
     return df.dropna(subset=["log", "model"]).reset_index(drop=True)
 
 
-def _log_ratios(obs_p: pd.DataFrame, visits: list[str]):
-    """Per patient log ratios to baseline: (diseases (n,), D (n, len(visits) - 1)), NaN where
-    the patient lacks the visit or the baseline."""
-    wide = obs_p.pivot_table(index="patient_id", columns="visit", values="log", aggfunc="mean")
-    wide = wide.reindex(columns=visits)
-    dis = obs_p.drop_duplicates("patient_id").set_index("patient_id")["disease"].reindex(wide.index)
-    m = wide.to_numpy()
-    return dis.to_numpy(), m[:, 1:] - m[:, :1]
+def log_ratios(obs: pd.DataFrame, visits: list[str]) -> dict:
+    """Per parameter, per patient log ratios to baseline: parameter -> (diseases (n,),
+    D (n, len(visits) - 1)), NaN where the patient lacks the visit or the baseline."""
+    wide = obs.pivot_table(index=["parameter", "patient_id"], columns="visit", values="log",
+                           aggfunc="mean").reindex(columns=visits)
+    dis = obs.drop_duplicates("patient_id").set_index("patient_id")["disease"]
+    out = {}
+    for name, w in wide.groupby(level=0, sort=True):
+        m = w.to_numpy()
+        out[name] = (dis.reindex(w.index.get_level_values(1)).to_numpy(), m[:, 1:] - m[:, :1])
+    return out
 
 
 @lru_cache(maxsize=None)
@@ -147,7 +150,7 @@ def _paired_row(d: np.ndarray, method: str, testable: bool, why: str) -> dict:
         mean = float(d.mean())
         row["effect"] = np.exp(mean)
         if n < 2:
-            return {**row, "status": NOT_ESTIMABLE, "reason": "1 complete pair: no variance"}
+            return {**row, "status": NOT_ESTIMABLE, "reason": why or "1 complete pair: no variance"}
         se = float(d.std(ddof=1) / np.sqrt(n))
         if se == 0:
             return {**row, "status": NOT_ESTIMABLE, "reason": "log ratios have no variation"}
@@ -171,9 +174,9 @@ def paired_tests(obs: pd.DataFrame, visits: list[str], strata: list[str],
                  options: StatsOptions, methods=("paired_t", "wilcoxon")) -> pd.DataFrame:
     """Paired t and Wilcoxon rows of ``stats_supervised`` (q not yet added)."""
     rows = []
-    for name, g in obs.groupby("parameter", sort=True):
-        note = g["note"].iloc[0]
-        dis, D = _log_ratios(g, visits)
+    notes = obs.drop_duplicates("parameter").set_index("parameter")["note"]
+    for name, (dis, D) in log_ratios(obs, visits).items():
+        note = notes[name]
         for j, visit in enumerate(visits[1:]):
             col = D[:, j]
             for s in strata:
@@ -193,8 +196,7 @@ def responders(obs: pd.DataFrame, visits: list[str], strata: list[str]) -> pd.Da
     """``responders``: per parameter, visit and stratum, complete pairs and how many went up
     (visit/baseline ratio > 1)."""
     rows = []
-    for name, g in obs.groupby("parameter", sort=True):
-        dis, D = _log_ratios(g, visits)
+    for name, (dis, D) in log_ratios(obs, visits).items():
         for j, visit in enumerate(visits[1:]):
             col = D[:, j]
             for s in strata:
