@@ -8,9 +8,14 @@ CD3 (``$PnS``) are clustered on a 10×10 grid into k = 10 metaclusters, for seed
 (the manual gating) are left out of the scores: adjusted Rand index and mean F1 of
 Hungarian-matched populations.
 
+The same comparison on the simulated study of the tests' ``small_study`` fixture
+(``simulate_study(patients=6, visits=(D1, D8), events=5000, seed=1)``, prepared with
+:func:`immunomon.pipeline.prepare.prepare_sample`, the panel's 14 clustering markers,
+k = 20) against the simulator's per-event truth (most specific population).
+
 Writes ``tests/data/clustering/flowsom_reference.json`` (the per-seed and median
-scores of ``flowsom``; the test asserts immunomon's median against them) and prints
-the side-by-side table. Run from the repository root::
+scores of ``flowsom``; the tests assert immunomon's medians against them) and prints
+the side-by-side tables. Run from the repository root::
 
     python benchmarks/flowsom_quality_reference.py
 """
@@ -50,49 +55,73 @@ def load_68983(data_dir: Path = DATA) -> tuple[np.ndarray, np.ndarray]:
     return X, truth
 
 
+def load_small_study() -> tuple[np.ndarray, np.ndarray]:
+    """Clustering markers of every QC-passed event of the tests' small study, and truth."""
+    import tempfile
+
+    from immunomon.io.study import load_study
+    from immunomon.pipeline.prepare import prepare_sample
+    from immunomon.simulate import simulate_study
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = simulate_study(Path(tmp) / "study", patients=6, visits=("D1", "D8"), events=5_000, seed=1)
+        study = load_study(root)
+        markers = list(study.config.panels["treg"].clustering.markers)
+        X, truth = [], []
+        for sid in study.samples["sample_id"]:
+            p = prepare_sample(study, sid)
+            X.append(p.events[markers].to_numpy(np.float64))
+            pop = pd.read_parquet(root / "truth" / "events" / f"{sid}.parquet")["population"]
+            truth.append(pop.to_numpy().astype(str)[p.keep])
+    return np.vstack(X), np.concatenate(truth)
+
+
 def scores(truth: np.ndarray, clusters: np.ndarray) -> tuple[float, float]:
     """(ARI, mean F1) over the events with a manual-gating label."""
     keep = truth != "Unlabeled"
     return adjusted_rand_score(truth[keep], clusters[keep]), mean_f1(truth[keep], clusters[keep])
 
 
-def run_flowsom(X: np.ndarray, seed: int) -> np.ndarray:
+def run_flowsom(X: np.ndarray, seed: int, k: int = K) -> np.ndarray:
     """Metacluster of every event by the ``flowsom`` package."""
     import flowsom
 
-    model = flowsom.models.FlowSOMEstimator(xdim=GRID[0], ydim=GRID[1], n_clusters=K, seed=seed)
+    model = flowsom.models.FlowSOMEstimator(xdim=GRID[0], ydim=GRID[1], n_clusters=k, seed=seed)
     return np.asarray(model.fit_predict(X))
 
 
-def run_immunomon(X: np.ndarray, seed: int, metaclustering: str = "consensus") -> np.ndarray:
+def run_immunomon(X: np.ndarray, seed: int, k: int = K) -> np.ndarray:
     """Metacluster of every event by immunomon."""
-    return FlowSOM(grid=GRID, n_metaclusters=K, metaclustering=metaclustering, random_state=seed).fit_predict(X)
+    return FlowSOM(grid=GRID, n_metaclusters=k, random_state=seed).fit_predict(X)
+
+
+def compare(X: np.ndarray, truth: np.ndarray, k: int, title: str) -> pd.DataFrame:
+    """Scores of both tools over the seeds; prints the table."""
+    rows = []
+    for seed in SEEDS:
+        for tool, fn in [("flowsom", run_flowsom), ("immunomon", run_immunomon)]:
+            ari, f1 = scores(truth, fn(X, seed, k))
+            rows.append({"tool": tool, "seed": seed, "ari": ari, "mean_f1": f1})
+    table = pd.DataFrame(rows)
+    print(f"\n## {title}\n")
+    print(table.pivot(index="seed", columns="tool", values=["ari", "mean_f1"]).round(4).to_string())
+    print("\nmedian over seeds\n" + table.groupby("tool")[["ari", "mean_f1"]].median().round(4).to_string())
+    return table[table.tool == "flowsom"]
 
 
 def main() -> None:
-    X, truth = load_68983()
-    rows = []
-    for seed in SEEDS:
-        for tool, fn in [("flowsom", run_flowsom),
-                         ("immunomon", run_immunomon),
-                         ("immunomon hierarchical", lambda X, s: run_immunomon(X, s, "hierarchical"))]:
-            ari, f1 = scores(truth, fn(X, seed))
-            rows.append({"tool": tool, "seed": seed, "ari": ari, "mean_f1": f1})
-    table = pd.DataFrame(rows)
-    summary = table.groupby("tool")[["ari", "mean_f1"]].median()
-    print(table.pivot(index="seed", columns="tool", values=["ari", "mean_f1"]).round(4).to_string())
-    print("\nmedian over seeds\n" + summary.round(4).to_string())
-    ref = table[table.tool == "flowsom"]
     import flowsom
 
-    out = {
-        "source": "benchmarks/flowsom_quality_reference.py",
-        "flowsom_version": flowsom.__version__,
-        "file": "68983.fcs", "markers": MARKERS, "grid": list(GRID), "k": K, "seeds": list(SEEDS),
-        "flowsom_ari": ref.ari.round(6).tolist(), "flowsom_mean_f1": ref.mean_f1.round(6).tolist(),
-        "flowsom_median_ari": round(float(ref.ari.median()), 6),
-        "flowsom_median_mean_f1": round(float(ref.mean_f1.median()), 6),
-    }
+    out = {"source": "benchmarks/flowsom_quality_reference.py", "flowsom_version": flowsom.__version__,
+           "grid": list(GRID), "seeds": list(SEEDS)}
+    for key, (X, truth), k, title in [
+        ("68983", load_68983(), K, "68983.fcs vs manual gating (k = 10)"),
+        ("small_study", load_small_study(), 20, "simulated small study vs truth (k = 20)"),
+    ]:
+        ref = compare(X, truth, k, title)
+        out[key] = {"k": k, "flowsom_ari": ref.ari.round(6).tolist(), "flowsom_mean_f1": ref.mean_f1.round(6).tolist(),
+                    "flowsom_median_ari": round(float(ref.ari.median()), 6),
+                    "flowsom_median_mean_f1": round(float(ref.mean_f1.median()), 6)}
     (DATA / "flowsom_reference.json").write_text(json.dumps(out, indent=1) + "\n")
     print(f"\nwrote {DATA / 'flowsom_reference.json'}", file=sys.stderr)
 

@@ -154,3 +154,26 @@ def test_bad_marker_table_is_a_user_error(tmp_path):
 
 def test_otsu_threshold_splits_two_groups():
     assert otsu_threshold(np.array([0.2, 0.3, 0.4, 4.0, 4.5])) == pytest.approx(2.2)
+
+
+def test_cluster_figures_draw_tables(tmp_path):
+    from matplotlib.figure import Figure
+
+    from immunomon.report.cluster_figures import draw_cluster_figures
+
+    rng = np.random.default_rng(0)
+    clusters = MEDIANS.reset_index()
+    clusters.insert(1, "label", annotate_clusters(MEDIANS, pd.Series(0.4, index=MEDIANS.columns))["label"].values)
+    clusters.insert(2, "n_cells", 10)
+    emb = pd.DataFrame({"sample_id": rng.choice(["s1", "s2"], 200), "cluster": rng.integers(1, 9, 200)})
+    emb["label"] = clusters.set_index("cluster").loc[emb.cluster, "label"].values
+    emb["umap_1"], emb["umap_2"] = rng.normal(size=(2, 200))
+    emb["CD3"] = rng.normal(size=200)
+    emb["visit"] = rng.choice(["D1", "D8"], 200)
+    emb["disease"] = "RA"
+    figs = draw_cluster_figures({"embedding": emb, "clusters": clusters}, tmp_path, formats=("png", "pdf"))
+    assert set(figs) == {"umap_clusters", "umap_panels", "cluster_heatmap"}
+    assert all(isinstance(f, Figure) for f in figs.values())
+    assert len(figs["umap_panels"].axes) >= 4  # cluster, visit, disease, CD3 (+ colour bar)
+    for name in figs:
+        assert (tmp_path / f"{name}.png").stat().st_size > 1000 and (tmp_path / f"{name}.pdf").exists()

@@ -1,5 +1,8 @@
 """Study-level clustering on the simulated study: Treg metacluster, streaming, workers, CLI."""
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -7,9 +10,11 @@ from typer.testing import CliRunner
 
 from immunomon.cli import app
 from immunomon.clustering import FlowSOM
+from immunomon.clustering.metrics import adjusted_rand_score, mean_f1
 from immunomon.io.fcs import write_fcs
 from immunomon.pipeline.unsupervised import cluster_study, map_sample, train, training_subsample
 
+DATA = Path(__file__).parent / "data" / "clustering"
 runner = CliRunner()
 TREG = ("Treg naive", "Treg memory")  # most specific truth labels of Tregs
 
@@ -44,6 +49,25 @@ def test_treg_metacluster_found_and_named(trained, small_study):
     assert np.isin(truth[np.isin(clusters, labels.index[labels == "Treg"])], TREG).mean() >= 0.8
 
 
+def test_quality_on_simulated_study_matches_flowsom_package(trained, small_study):
+    """ARI / mean F1 against the simulator's truth, median over seeds 0-9, versus the
+    ``flowsom`` package's medians stored by ``benchmarks/flowsom_quality_reference.py``."""
+    _, prepared = trained
+    ref = json.loads((DATA / "flowsom_reference.json").read_text())
+    markers = trained[0].markers
+    X = np.vstack([p.events[markers].to_numpy(np.float64) for p in prepared.values()])
+    truth = np.concatenate([
+        pd.read_parquet(small_study / "truth" / "events" / f"{sid}.parquet")["population"].to_numpy()[p.keep]
+        for sid, p in prepared.items()]).astype(str)
+    aris, f1s = [], []
+    for seed in ref["seeds"]:
+        clusters = FlowSOM(grid=(10, 10), n_metaclusters=ref["small_study"]["k"], random_state=seed).fit_predict(X)
+        aris.append(adjusted_rand_score(truth, clusters))
+        f1s.append(mean_f1(truth, clusters))
+    assert np.median(aris) >= ref["small_study"]["flowsom_median_ari"] - 0.01
+    assert np.median(f1s) >= ref["small_study"]["flowsom_median_mean_f1"] - 0.01
+
+
 def test_map_sample_streams_like_in_memory(trained):
     model, prepared = trained
     sid, p = next(iter(prepared.items()))
@@ -70,7 +94,7 @@ def test_training_subsample_is_balanced_and_seeded(trained):
 
 
 def test_study_cli_and_workers_give_identical_tables(small_study, tmp_path):
-    res = runner.invoke(app, ["cluster", str(small_study), "--out", str(tmp_path / "a")])
+    res = runner.invoke(app, ["cluster", str(small_study), "--out", str(tmp_path / "a"), "--embed-cells", "600"])
     assert res.exit_code == 0, res.output
     tables = cluster_study(small_study, tmp_path / "b", workers=2, embed_cells=600)
     for name in ("clusters", "cluster_counts", "cluster_markers"):

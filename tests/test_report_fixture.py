@@ -246,15 +246,19 @@ def build_run_dir(root: Path, *, n_patients: int = 8, n_visits: int = 4, n_cells
     ci = pd.DataFrame([dict(score="CGI-S", parameter=p, visit="D85", n=n_patients,
                             rho=float(rng.uniform(-0.5, 0.5)), p=float(rng.uniform(0, 1)))
                        for p in PARAMETERS])
-    ae = pd.DataFrame([
-        dict(aebodsys="General disorders and administration site conditions",
-             aedecod="Injection site reaction", grade=1, serious=False, related=True,
-             disease="all", patients=n_patients - 2, events=2 * n_patients, n_at_risk=n_patients),
-        dict(aebodsys="General disorders and administration site conditions",
-             aedecod="Influenza like illness", grade=1, serious=False, related=True,
-             disease="all", patients=3, events=4, n_at_risk=n_patients),
-        dict(aebodsys="ANY", aedecod="ANY", grade=2, serious=False, related=False,
-             disease="all", patients=1, events=1, n_at_risk=n_patients)])
+    soc = "General disorders and administration site conditions"
+    ae = pd.DataFrame(
+        [dict(aebodsys=b, aedecod=t, grade=g, serious="any", related=r, disease="all",
+              patients=n, events=2 * n, n_at_risk=n_patients)
+         for b, t, g, r, n in (
+             ("ANY", "ANY", "any", "any", n_patients - 1), ("ANY", "ANY", "1", "any", n_patients - 2),
+             ("ANY", "ANY", "2", "any", 1), ("ANY", "ANY", "any", "Y", n_patients - 2),
+             (soc, "ANY", "any", "any", n_patients - 2), (soc, "ANY", "1", "any", n_patients - 2),
+             (soc, "Injection site reaction", "any", "any", n_patients - 2),
+             (soc, "Injection site reaction", "1", "any", n_patients - 2),
+             (soc, "Injection site reaction", "any", "Y", n_patients - 2),
+             ("Nervous system disorders", "Headache", "2", "any", 1),
+             ("Nervous system disorders", "Headache", "any", "any", 1))])
     pops = params[params["measure"] == "% of parent"].rename(columns={"value": "freq_parent"})
     pops = pops.assign(path="/" + pops["population"], parent="", count=100,
                        freq_total=pops["freq_parent"] / 100, abs_per_ul=np.nan)

@@ -71,6 +71,10 @@ def cluster(
                                 "one metacluster id (1..k) per event in file order."),
     out: Path = typer.Option(None, "--out", help="STUDY mode: output folder (tables/ inside)."),
     workers: int = typer.Option(1, "--workers", help="STUDY mode: parallel sample workers."),
+    train_cells: int = typer.Option(500_000, "--train-cells", help="STUDY mode: events drawn for SOM "
+                                    "training, split evenly over the samples."),
+    embed_cells: int = typer.Option(20_000, "--embed-cells", help="STUDY mode: events drawn for the "
+                                    "UMAP map, split evenly over the samples."),
     markers: Path = typer.Option(None, "--marker-table", help="STUDY mode: marker table YAML naming "
                                  "the metaclusters (default: built-in)."),
 ) -> None:
@@ -85,8 +89,8 @@ def cluster(
             raise UserError(f"{target}: a study folder needs --out DIR")
         from immunomon.pipeline.unsupervised import cluster_study
 
-        tables = cluster_study(target, out, workers=workers, marker_table=markers,
-                               seed=seed)
+        tables = cluster_study(target, out, workers=workers, marker_table=markers, seed=seed,
+                               train_cells=train_cells, embed_cells=embed_cells)
         summary = tables["clusters"][["cluster", "label", "confidence", "n_cells"]]
         typer.echo(summary.to_string(index=False))
         typer.echo(f"tables written to {Path(out) / 'tables'}")

@@ -33,7 +33,7 @@ Every manual decision is written in the same file under ``overrides``::
 
     overrides:
       P07_D8:                       # sample_id
-        Treg: {CD25: {min: 2.6}}    # deep-merged into the Treg gate
+        Treg: {CD127: {max: 3.0}}  # deep-merged into the Treg gate
         positivity: {Ki67: 2.2}     # marker positivity threshold
 
 A template is applied with :meth:`GatingTemplate.apply`, which returns the memberships,

@@ -68,7 +68,7 @@ def density_valley(
     grid: int = 512,
     adjust: float = 0.5,
     min_prominence: float = 0.02,
-    max_events: int = 100_000,
+    max_events: int = 20_000,
 ) -> float:
     """Position of the deepest density minimum of ``x`` between two peaks, within ``bounds``.
 
@@ -340,7 +340,9 @@ class QualityControl:
     doublet_mad
         ``k`` of :func:`doublet_events`.
     debris_fsc_bounds, debris_ssc_floor
-        Search interval of the FSC-A valley and SSC-A floor (linear units).
+        Search interval of the FSC-A valley and SSC-A floor (linear units). ``None``:
+        4–23 % of FSC-A's ``$PnR`` when ranges are given (10,000–60,000 on a 262,144
+        scale), else 10,000–60,000.
     dead_bounds
         Search interval of the viability valley (transformed units).
     max_loss
@@ -361,7 +363,7 @@ class QualityControl:
     min_shift: float = 0.1
     signal_channels: tuple[str, ...] | None = None
     doublet_mad: float = 4.0
-    debris_fsc_bounds: tuple[float, float] = (10_000.0, 60_000.0)
+    debris_fsc_bounds: tuple[float, float] | None = None
     debris_ssc_floor: float = 0.0
     dead_bounds: tuple[float, float] = (1.0, 4.0)
     max_loss: float = 0.5
@@ -452,11 +454,15 @@ class QualityControl:
         missing = [c for c in (self.fsc_a, self.ssc_a) if c not in ev]
         if missing:
             return self._skipped(len(ev), missing)
-        remove, thr = debris_events(ev[self.fsc_a], ev[self.ssc_a], fsc_bounds=self.debris_fsc_bounds,
+        bounds = self.debris_fsc_bounds
+        if bounds is None:
+            top = float(ranges[self.fsc_a]) if ranges and self.fsc_a in ranges else 262_144.0
+            bounds = (0.04 * top, 0.23 * top)
+        remove, thr = debris_events(ev[self.fsc_a], ev[self.ssc_a], fsc_bounds=bounds,
                                     ssc_floor=self.debris_ssc_floor)
         return remove, thr, (
-            f"{self.fsc_a} < {thr:.4g} (density valley in [{self.debris_fsc_bounds[0]:g}, "
-            f"{self.debris_fsc_bounds[1]:g}]) or {self.ssc_a} < {self.debris_ssc_floor:g}"
+            f"{self.fsc_a} < {thr:.4g} (density valley in [{bounds[0]:.4g}, {bounds[1]:.4g}]) "
+            f"or {self.ssc_a} < {self.debris_ssc_floor:g}"
         )
 
     def _dead(self, ev: "_Columns", raw, ranges):

@@ -34,7 +34,9 @@ def _cluster_names(table: pd.DataFrame) -> pd.Series:
     return table["cluster"].astype(str) + " " + table["label"].astype(str)
 
 
-def _draw(ax, embedding: pd.DataFrame, color: str, point_size: float) -> None:
+def _draw(ax, embedding: pd.DataFrame, color: str, point_size: float | None) -> None:
+    if point_size is None:  # about constant ink whatever the number of cells
+        point_size = float(np.clip(4_000 / max(len(embedding), 1), 0.3, 8.0))
     x, y = embedding["umap_1"].to_numpy(), embedding["umap_2"].to_numpy()
     if color in ("cluster", "label"):
         values = _cluster_names(embedding) if color == "cluster" else embedding["label"]
@@ -63,7 +65,7 @@ def _draw(ax, embedding: pd.DataFrame, color: str, point_size: float) -> None:
 
 
 def umap_map(embedding: pd.DataFrame, color: str = "cluster", path: str | Path | None = None,
-             point_size: float = 2.0) -> Figure:
+             point_size: float | None = None) -> Figure:
     """One UMAP map coloured by ``color``: a marker column (continuous), or ``cluster``,
     ``label``, ``visit``, ``disease`` (categories)."""
     fig = Figure(figsize=(6, 5))
@@ -75,7 +77,7 @@ def umap_map(embedding: pd.DataFrame, color: str = "cluster", path: str | Path |
 
 
 def umap_panels(embedding: pd.DataFrame, colors: list[str] | None = None, path: str | Path | None = None,
-                ncols: int = 4, point_size: float = 1.0) -> Figure:
+                ncols: int = 4, point_size: float | None = None) -> Figure:
     """Small multiples of the UMAP map: by cluster, visit, disease, then every marker."""
     if colors is None:
         colors = [c for c in ("cluster", "visit", "disease") if c in embedding]

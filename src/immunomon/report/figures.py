@@ -22,8 +22,8 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 from . import style
-from .prep import (FDR, colour_limit, fold_change_matrix, paired_values, pc_labels,
-                   pooled_stats, sample_values)
+from .prep import (FDR, colour_limit, fold_change_matrix, label_points, paired_values,
+                   pc_labels, pooled_stats, sample_values)
 from .rundata import PRIMARY_PARAMETER, RunData
 
 log = logging.getLogger(__name__)
@@ -119,7 +119,6 @@ def plot_volcano(pooled: pd.DataFrame, visits: Sequence[str], n_labels: int = 5)
     nrow = math.ceil(len(visits) / ncol)
     lim = float(np.nanmax(np.abs(pooled["x"]))) * 1.25 or 1.0
     xlabel = " / ".join(pd.unique(pooled["x_label"]))
-    ytop = float(pooled["mlog10p"].max()) * 1.12 + 0.2
     with mpl.rc_context(RC):
         fig = Figure(figsize=(2.9 * ncol, 2.6 * nrow + 0.3), layout="constrained")
         axes = fig.subplots(nrow, ncol, squeeze=False)
@@ -128,18 +127,15 @@ def plot_volcano(pooled: pd.DataFrame, visits: Sequence[str], n_labels: int = 5)
             x = g["x"].to_numpy()
             col = np.where(~g["sig"], style.NS, np.where(x > 0, style.UP, style.DOWN))
             ax.scatter(x, g["mlog10p"], c=list(col), s=10, lw=0.3, edgecolors="white")
-            placed: list[float] = []
-            for _, r in g[g["sig"]].nsmallest(n_labels, "p").iterrows():
-                dy = 7 * sum(abs(r["mlog10p"] - y) < 0.06 * ytop for y in placed)
-                placed.append(r["mlog10p"])
-                right = r["x"] < lim / 3
+            for idx in label_points(g, n_labels):
+                r = g.loc[idx]
+                right = r["x"] >= 0
                 ax.annotate(str(r["parameter"]), (r["x"], r["mlog10p"]), fontsize=5.5,
-                            xytext=(4 if right else -4, 2 - dy), textcoords="offset points",
-                            ha="left" if right else "right", va="top" if dy else "bottom",
-                            arrowprops=dict(arrowstyle="-", lw=0.3, color="#888") if dy else None)
+                            xytext=(3 if right else -3, 0), textcoords="offset points",
+                            ha="left" if right else "right", va="center")
             ax.axvline(0, color="#999", lw=0.6)
             ax.set_xlim(-lim, lim)
-            ax.set_ylim(0, ytop)
+            ax.set_ylim(0, float(g["mlog10p"].max()) * 1.12 + 0.2 if len(g) else 1)
             ax.set_title(visit)
             ax.set_xlabel(xlabel)
             ax.set_ylabel("−log10 p")

@@ -13,7 +13,7 @@ from plotly.subplots import make_subplots
 from . import style
 from .htmltable import esc
 from .interactive import base_layout
-from .prep import FDR, colour_limit
+from .prep import FDR, colour_limit, label_points
 
 #: At most this many cells per UMAP panel (a fixed, seeded subsample of the embedding table).
 UMAP_POINTS = 6000
@@ -40,17 +40,19 @@ def fig_volcano(pooled: pd.DataFrame, visits: Sequence[str], n_labels: int = 4) 
     fig = make_subplots(rows=rows, cols=cols, subplot_titles=[esc(v) for v in visits],
                         horizontal_spacing=0.07, vertical_spacing=0.14)
     owners = []
+    lim = float(np.nanmax(np.abs(pooled["x"]))) * 1.35 or 1.0
     xt = " / ".join(esc(v) for v in pd.unique(pooled["x_label"]))
     for m, method in enumerate(methods):
         for i, visit in enumerate(visits):
             g = pooled[(pooled["method"].astype(str) == method) & (pooled["visit"] == visit)]
             x = g["x"].to_numpy()
             colour = np.where(~g["sig"], style.NS, np.where(x > 0, style.UP, style.DOWN))
-            top = g[g["sig"]].nsmallest(n_labels, "p").index
+            top = set(label_points(g, n_labels))
             text = [esc(p) if idx in top else "" for idx, p in zip(g.index, g["parameter"])]
             q = g["q"].astype(float) if "q" in g.columns else pd.Series(np.nan, index=g.index)
             fig.add_scatter(
-                x=x, y=g["mlog10p"], mode="markers+text", text=text, textposition="top center",
+                x=x, y=g["mlog10p"], mode="markers+text", text=text,
+                textposition=np.where(x < 0, "middle left", "middle right"),
                 textfont=dict(size=9), visible=m == 0, showlegend=False,
                 customdata=np.column_stack([[esc(p) for p in g["parameter"]], q]),
                 marker=dict(color=colour, size=7, line=dict(width=0.4, color="white")),
@@ -58,9 +60,8 @@ def fig_volcano(pooled: pd.DataFrame, visits: Sequence[str], n_labels: int = 4) 
                               "<br>q %{customdata[1]:.2g}<extra>" + esc(method) + "</extra>",
                 row=i // cols + 1, col=i % cols + 1)
             owners.append(m)
-    lim = float(np.nanmax(np.abs(pooled["x"]))) * 1.35 or 1.0
     fig.update_xaxes(title_text=xt, zeroline=True, zerolinecolor="#999", range=[-lim, lim])
-    fig.update_yaxes(range=[0, float(pooled["mlog10p"].max()) * 1.15 + 0.3])
+    fig.update_yaxes(rangemode="tozero")
     fig.update_yaxes(title_text="−log10 p")
     menus = []
     if len(methods) > 1:
@@ -187,7 +188,9 @@ def fig_da_heatmap(da: pd.DataFrame, visits: Sequence[str]) -> go.Figure:
     da = da.assign(name=prefix + da["cluster"].astype(str) + " · " + da["label"].astype(str))
     z = da.pivot_table(index="name", columns="visit", values="log2fc", aggfunc="first")
     q = da.pivot_table(index="name", columns="visit", values="q", aggfunc="first")
-    z = z.reindex(columns=[v for v in visits if v in z.columns])
+    rows = da.drop_duplicates("name").sort_values(
+        [c for c in ("panel", "cluster") if c in da.columns], kind="stable")["name"]
+    z = z.reindex(index=list(rows), columns=[v for v in visits if v in z.columns])
     q = q.reindex(index=z.index, columns=z.columns)
     lim = colour_limit(z.to_numpy())
     star = np.where(q.to_numpy() < FDR, "*", "")

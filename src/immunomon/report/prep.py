@@ -176,3 +176,21 @@ def pc_labels(run: RunData) -> tuple[str, str]:
                 label += f" ({100 * float(r.iloc[0]):.1f} % of variance)"
         out.append(label)
     return out[0], out[1]
+
+
+def label_points(g: pd.DataFrame, n: int) -> list:
+    """Index of at most ``n`` significant points of a volcano panel worth a text label.
+
+    Labels are written outwards (left of points with x < 0, right otherwise). Smallest p
+    first; a point is skipped when a label on the same side lies within 6 % of the panel's
+    y range, so labels do not pile up.
+    """
+    sig = g[g["sig"]].sort_values("p", kind="stable")
+    dy = max(float(g["mlog10p"].max()) if len(g) else 0.0, 1e-9) * 0.06
+    chosen: list[tuple] = []
+    for idx, x, y in zip(sig.index, sig["x"], sig["mlog10p"]):
+        if all((x < 0) != (cx < 0) or abs(y - cy) > dy for _, cx, cy in chosen):
+            chosen.append((idx, x, y))
+        if len(chosen) == n:
+            break
+    return [c[0] for c in chosen]

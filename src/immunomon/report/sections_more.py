@@ -8,6 +8,7 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from PIL import Image
 
@@ -143,23 +144,63 @@ def clinical(ctx: Context) -> Section:
 
 
 def adverse_events(ctx: Context) -> Section:
-    """Adverse events by system organ class, term and grade (all diseases pooled)."""
+    """Adverse events: patients (%) per system organ class, term and grade, all diseases."""
     run, title = ctx.run, "Adverse events"
     ae = run.get("adverse_events_summary")
     if ae is None:
         return Section("safety", title, missing_note(run, "adverse_events_summary"))
     pooled = ae[ae["disease"].astype(str) == POOLED] if "disease" in ae.columns else ae
-    pooled = pooled.assign(pct=100 * pooled["patients"].astype(float) /
-                           pooled["n_at_risk"].astype(float).where(pooled["n_at_risk"] > 0))
-    pooled = pooled.sort_values(["aebodsys", "aedecod", "grade"], kind="stable")
-    body = para("Patients with at least one event (and number of events) per system organ class, "
-                "preferred term and grade, all diseases pooled; the per-disease rows are in "
-                "tables/adverse_events_summary.csv.")
+    body = para("Patients with at least one event (% of patients at risk) per system organ class, "
+                "preferred term and grade, all diseases pooled (ANY = all terms); the per-disease "
+                "rows are in tables/adverse_events_summary.csv.")
+    if "serious" in pooled.columns and not pooled["serious"].astype(str).str.upper().isin(
+            ["Y", "YES", "TRUE", "1"]).any():
+        body += para("No serious adverse event is recorded.", "headline")
     return Section("safety", title, body + table_html(
-        pooled, columns=["aebodsys", "aedecod", "grade", "serious", "related", "patients",
-                         "events", "n_at_risk", "pct"],
-        labels={"aebodsys": "system organ class", "aedecod": "term", "n_at_risk": "at risk",
-                "pct": "% patients"}, source="tables/adverse_events_summary.csv"))
+        ae_grid(pooled), source="tables/adverse_events_summary.csv", max_rows=1000))
+
+
+def _is_any(col: pd.Series) -> pd.Series:
+    return col.astype(str).str.lower().isin(["any", "all"])
+
+
+def ae_grid(ae: pd.DataFrame) -> pd.DataFrame:
+    """One row per system organ class × term; a column per grade, plus treatment-related and
+    serious (any grade) when the table has those rows; cells "patients (x %)"."""
+    def cell(r) -> str:
+        pct = 100 * float(r["patients"]) / float(r["n_at_risk"]) if r["n_at_risk"] else np.nan
+        return f"{int(r['patients'])} ({pct:.0f} %)" if np.isfinite(pct) else str(r["patients"])
+
+    keys = ["aebodsys", "aedecod"]
+    flags = [c for c in ("serious", "related") if c in ae.columns and _is_any(ae[c]).any()]
+    main = ae
+    for c in flags:
+        main = main[_is_any(main[c])]
+    grid = main.assign(cell=main.apply(cell, axis=1), g=main["grade"].astype(str)).pivot_table(
+        index=keys, columns="g", values="cell", aggfunc="first", sort=False)
+    grades = sorted(grid.columns, key=lambda g: (g.lower() != "any", g))
+    grid = grid[grades].rename(columns=lambda g: "any grade" if g.lower() == "any" else
+                               f"grade {g}")
+    for c, label in (("related", "related"), ("serious", "serious")):
+        if c not in flags:
+            continue
+        other = [f for f in flags if f != c]
+        sub = ae[~_is_any(ae[c]) & _is_any(ae["grade"])]
+        for f in other:
+            sub = sub[_is_any(sub[f])]
+        sub = sub[sub[c].astype(str).str.upper().isin(["Y", "YES", "TRUE", "1"])]
+        if len(sub):
+            grid[label] = sub.assign(cell=sub.apply(cell, axis=1)).set_index(keys)["cell"]
+    out = grid.reset_index().fillna("—")
+    order = out["aebodsys"].astype(str).str.upper().ne("ANY").astype(int) * 2 + \
+        out["aedecod"].astype(str).str.upper().ne("ANY").astype(int)
+    out = out.assign(_o=order).sort_values(["_o", "aebodsys", "aedecod"], kind="stable")
+    out.loc[out["_o"] % 2 == 0, "aedecod"] = "(all terms)"
+    out.loc[out["_o"] == 0, "aebodsys"] = "Any adverse event"
+    out = out.assign(_s=np.where(out["_o"] == 0, "", out["aebodsys"]))
+    out = out.sort_values(["_s", "_o"], kind="stable")
+    return out.drop(columns=["_o", "_s"]).rename(
+        columns={"aebodsys": "system organ class", "aedecod": "term"})
 
 
 def methods(ctx: Context) -> Section:
@@ -238,7 +279,7 @@ def _downsized_png(path: Path, width: int = GALLERY_WIDTH) -> bytes:
         small = im.convert("RGBA").resize((width, round(im.height * width / im.width)),
                                           Image.Resampling.LANCZOS)
     buf = io.BytesIO()
-    small.save(buf, format="PNG", optimize=True)
+    small.save(buf, format="PNG")
     return buf.getvalue()
 
 

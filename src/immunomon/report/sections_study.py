@@ -135,6 +135,13 @@ def volcano(ctx: Context) -> Section:
     body.append(table_html(order[order["disease"].astype(str) == POOLED], columns=STATS_COLUMNS,
                            source="tables/stats_supervised.csv"))
     body.append("<h3>Per-disease results</h3>")
+    per = st[st["disease"].astype(str) != POOLED]
+    if "status" in per.columns and len(per):
+        bad = per[per["status"].astype(str) != "ok"]
+        if len(bad):
+            top = bad["reason"].astype(str).value_counts().index[0] if "reason" in bad else ""
+            body.append(para(f"{len(bad):,} of {len(per):,} per-disease rows are not estimable "
+                             f"(most often: {top}).", "note"))
     body.append(table_html(order[order["disease"].astype(str) != POOLED], columns=STATS_COLUMNS,
                            source="tables/stats_supervised.csv"))
     return Section("volcano", title, "".join(body))
@@ -147,10 +154,13 @@ def fold_changes(ctx: Context) -> Section:
     if m is None:
         return Section("foldchange", title, missing_note(run, "fold_changes"))
     matrix, cols = m
+    fc = run.get("fold_changes")
+    how = ("in the clustering order of the statistics (tables/fold_changes parameter_order and "
+           "column_order)" if {"parameter_order", "column_order"} <= set(fc.columns) else
+           "ordered by hierarchical clustering (average linkage, Euclidean distance)")
     body = para(f"log2 fold change from baseline of {matrix.shape[0]} parameters (rows) in "
-                f"{matrix.shape[1]} patient-visits (columns); rows and columns ordered by "
-                "hierarchical clustering (average linkage, Euclidean distance); the strips give "
-                "each column's visit and disease.")
+                f"{matrix.shape[1]} patient-visits (columns), rows and columns {how}; the "
+                "strips give each column's visit and disease.")
     fig = im.fig_fold_heatmap(matrix, cols, ctx.visit_colours, ctx.disease_colours)
     return Section("foldchange", title, body + ip.plotly_div(fig, ctx.plot_id()))
 
@@ -188,7 +198,7 @@ def selectivity(ctx: Context) -> Section:
 
 
 def headline(ctx: Context) -> str:
-    """One line for the page header: the pooled primary-end-point result, if present."""
+    """One line for the page header: the pooled primary-end-point result of every method."""
     st, v = ctx.run.get("stats_supervised"), ctx.run.primary_visit
     if st is None or v is None:
         return ""
@@ -198,7 +208,7 @@ def headline(ctx: Context) -> str:
         r = r[r["status"].astype(str) == "ok"]
     if r.empty:
         return ""
-    x = r.iloc[0]
-    scale = f" ({x['effect_scale']})" if "effect_scale" in r.columns else ""
-    return (f"{PRIMARY_PARAMETER}, {v} vs {ctx.run.baseline} (pooled, {x['method']}): "
-            f"effect {fmt_num(x['effect'])}{scale}, p = {fmt_p(x['p'])}, q = {fmt_p(x['q'])}.")
+    parts = [f"{x['method']}: {x.get('effect_scale', 'effect')} {fmt_num(x['effect'])}, "
+             f"q = {fmt_p(x['q'])}" for _, x in r.iterrows()]
+    return (f"Primary end point — {PRIMARY_PARAMETER}, {v} vs {ctx.run.baseline}, all patients: "
+            + "; ".join(parts) + ".")

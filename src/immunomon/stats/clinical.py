@@ -38,16 +38,20 @@ def clinical_summary(change: pd.DataFrame, visits: list[str]) -> tuple[pd.DataFr
     rows, cats = [], []
     for (score, visit), g in change.groupby(["score", "visit"], sort=True):
         for d, h in [(ALL, g)] + list(g.groupby("disease", sort=True)):
-            v, ch = h["value"].dropna(), h["change"].dropna()
-            rows.append(dict(score=score, visit=visit, disease=d, n=len(v), mean=v.mean(),
-                             sd=v.std(ddof=1) if len(v) > 1 else np.nan, median=v.median(),
-                             q1=v.quantile(0.25), q3=v.quantile(0.75), n_change=len(ch),
-                             mean_change=ch.mean() if len(ch) else np.nan,
-                             median_change=ch.median() if len(ch) else np.nan))
+            v = h["value"].to_numpy(float)
+            ch = h["change"].to_numpy(float)
+            v, ch = v[np.isfinite(v)], ch[np.isfinite(ch)]
+            q1, med, q3 = np.percentile(v, [25, 50, 75]) if v.size else (np.nan,) * 3
+            rows.append(dict(score=score, visit=visit, disease=d, n=v.size,
+                             mean=v.mean() if v.size else np.nan,
+                             sd=v.std(ddof=1) if v.size > 1 else np.nan, median=med, q1=q1,
+                             q3=q3, n_change=ch.size, mean_change=ch.mean() if ch.size else np.nan,
+                             median_change=np.median(ch) if ch.size else np.nan))
             if score.upper().startswith("CGI"):
-                for val, k in v.value_counts().sort_index().items():
+                vals, counts = np.unique(v, return_counts=True)
+                for val, k in zip(vals, counts):
                     cats.append(dict(score=score, visit=visit, disease=d, value=val,
-                                     patients=int(k), fraction=k / len(v)))
+                                     patients=int(k), fraction=k / v.size))
     summ = sort_rows(pd.DataFrame(rows), ["score", "visit", "disease"], visits)
     cat = pd.DataFrame(cats, columns=["score", "visit", "disease", "value", "patients", "fraction"])
     return summ, sort_rows(cat, ["score", "visit", "disease", "value"], visits)
@@ -60,20 +64,23 @@ def clinical_immune(change: pd.DataFrame, fold: pd.DataFrame, parameters: list[s
     response at each visit (change from baseline, or the value itself for scores without
     baseline such as CGI-E). BH q per score × visit."""
     imm = fold[(fold["visit"] == options.immune_visit) & fold["parameter"].isin(parameters)]
+    by_par = {p: dict(zip(g["patient_id"], g["log2fc"])) for p, g in imm.groupby("parameter")}
     rows = []
     for (score, visit), g in change.groupby(["score", "visit"], sort=True):
         if visit == visits[0]:
             continue
         use_change = g["change"].notna().any()
-        clin = g.set_index("patient_id")["change" if use_change else "value"].dropna()
+        col = g["change" if use_change else "value"]
+        clin = dict(zip(g.loc[col.notna(), "patient_id"], col[col.notna()]))
         for par in parameters:
-            x = imm[imm["parameter"] == par].set_index("patient_id")["log2fc"]
-            common = sorted(set(x.index) & set(clin.index))
+            x = by_par.get(par, {})
+            common = sorted(set(x) & set(clin))
             n = len(common)
             row = dict(score=score, parameter=par, visit=visit, immune_visit=options.immune_visit,
                        clinical_measure="change" if use_change else "value", n=n, rho=np.nan,
                        p=np.nan, status=NOT_ESTIMABLE, reason="")
-            a, b = x.loc[common].to_numpy(), clin.loc[common].to_numpy()
+            a = np.array([x[k] for k in common], float)
+            b = np.array([clin[k] for k in common], float)
             if n >= 3 and np.ptp(a) > 0 and np.ptp(b) > 0:
                 r = stats.spearmanr(a, b)
                 row["rho"] = float(r.statistic)

@@ -71,6 +71,7 @@ def fit_nb(y: np.ndarray, X: np.ndarray, offset: np.ndarray, phi: np.ndarray,
     w = mu / (1 + ph * mu)
     z = np.log(mu) - off + (y - mu) / mu
     beta = _wls(X, w, z, outer)
+    old_beta = beta.copy()
     dev = np.full(m, np.inf)
     for _ in range(maxit):
         eta = np.clip(beta @ X.T + off, -50, 50)
@@ -89,7 +90,7 @@ def fit_nb(y: np.ndarray, X: np.ndarray, offset: np.ndarray, phi: np.ndarray,
         if done.all():
             break
         w = mu / (1 + ph * mu)
-        z = (eta - off) + (y - mu) / mu
+        z = (np.log(mu) - off) + (y - mu) / mu  # log(mu): current after any halving
         old_beta = beta.copy()
         beta = _wls(X, w, z, outer)
     mu = np.exp(np.clip(beta @ X.T + off, -50, 50))

@@ -58,8 +58,10 @@ def adverse_events_summary(ae: pd.DataFrame, patients: pd.DataFrame) -> pd.DataF
     dis = dict(zip(patients["patient_id"], patients["disease"]))
     a["disease"] = a["patient_id"].map(dis).fillna("unknown")
     risk = patients.groupby("disease")["patient_id"].nunique().to_dict()
-    risk[ALL] = patients["patient_id"].nunique() + int((~a["patient_id"].isin(dis)).any()) * \
-        a.loc[~a["patient_id"].isin(dis), "patient_id"].nunique()
+    unknown = a.loc[~a["patient_id"].isin(dis), "patient_id"].nunique()
+    risk[ALL] = patients["patient_id"].nunique() + unknown
+    if unknown:
+        risk["unknown"] = unknown
     grade_rank = {"unknown": 0, "1": 1, "2": 2, "3": 3}
     rows = []
     strata = [ALL] + sorted(set(patients["disease"]) | set(a["disease"]))

@@ -73,7 +73,7 @@ def selectivity(sup: pd.DataFrame, param_pop: pd.DataFrame, visits: list[str],
             fc_t, fc_e = _median_fold(gt["effect"]), _median_fold(ge["effect"])
             where = f"At {visit} ({'pooled' if d == ALL else d}, n = {n} patients)"
             if not (mt and me):
-                status, reason = NOT_ESTIMABLE, (f"no Treg parameter" if not mt else "no effector activation parameter")
+                status, reason = NOT_ESTIMABLE, ("no Treg parameter" if not mt else "no effector activation parameter")
                 tc = ec = None
                 summary = f"{where}: selectivity not assessable ({reason})."
             elif not testable:
