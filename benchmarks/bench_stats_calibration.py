@@ -5,7 +5,7 @@
 
 Null trials (``simulate_tables(effect="none")``: 46 patients, 7 visits, patient random
 effects, dropouts, NB cluster counts) are analysed pooled (``disease = all``) with the paired
-t test, Wilcoxon, the LMM and the edgeR-like NB GLM (and limma DS). Reported:
+t test, Wilcoxon, the LMM, the edgeR-like NB GLM (QL F test and LRT) and limma DS. Reported:
 
 * KS test of uniformity of the p values. Criterion ("independent"): per trial one visit
   (rotating D8, D15, ... with the trial number) and only the mutually independent
@@ -42,7 +42,7 @@ from immunomon.simulate.tables import FRACTIONS, MEDIANS, VISITS, simulate_table
 from immunomon.stats import StatsOptions, analyze  # noqa: E402
 
 OPTIONS = StatsOptions(per_disease=False, supervised_methods=("paired_t", "wilcoxon", "lmm"),
-                       da_methods=("edger_lrt",))
+                       da_methods=("edger_ql", "edger_lrt"))
 INDEPENDENT = {v[0] for v in FRACTIONS.values()} | {v[0] for v in MEDIANS.values()}
 ALPHA = 0.05
 
@@ -112,7 +112,7 @@ def null_table(res: list[pd.DataFrame]) -> pd.DataFrame:
 
 def effect_tables(res: list[pd.DataFrame]) -> tuple[pd.DataFrame, pd.DataFrame]:
     allp = pd.concat(res, ignore_index=True)
-    d8 = allp[(allp["visit"] == "D8") & ~allp["null"] & allp["method"].isin(["paired_t", "lmm", "edger_lrt", "limma_ds"])]
+    d8 = allp[(allp["visit"] == "D8") & ~allp["null"] & allp["method"].isin(["paired_t", "lmm", "edger_ql", "limma_ds"])]
     power = (d8.assign(hit=d8["q"] < ALPHA)
              .pivot_table(index=["feature", "method"], columns="effect_size", values="hit", aggfunc="mean"))
     rows = []

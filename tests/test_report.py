@@ -16,8 +16,10 @@ from immunomon.report import render_report, safe_keywords
 from immunomon.report.html import SECTIONS, build_html
 from immunomon.report.htmltable import fmt_p, table_html
 from immunomon.report.methods import methods_paragraphs
+from immunomon.report.prep import label_points, sample_values
 from immunomon.report.privacy import scrub
 from immunomon.report.rundata import load_run
+from immunomon.report.sections_more import ae_grid
 
 KEY_FIGURES = ("primary_endpoint", "kinetics", "volcano", "fold_change_heatmap", "pca")
 
@@ -180,3 +182,37 @@ def test_table_formats_and_escapes():
 def test_fmt_p(value, text):
     assert fmt_p(value) == text
 
+
+
+def test_parameter_in_two_panels_gets_one_line_each(tmp_path):
+    run_dir = build_run_dir(tmp_path / "run", n_patients=4, n_visits=2, n_cells=200)
+    t = run_dir / "tables"
+    s, p = pd.read_parquet(t / "samples.parquet"), pd.read_parquet(t / "parameters.parquet")
+    s2 = s.assign(sample_id=s["sample_id"] + "-nk", panel="nk")
+    p2 = p.assign(sample_id=p["sample_id"] + "-nk")
+    pd.concat([s, s2]).to_parquet(t / "samples.parquet")
+    pd.concat([p, p2]).to_parquet(t / "parameters.parquet")
+    vals = sample_values(load_run(run_dir))
+    assert {"Treg % of CD4 T [treg]", "Treg % of CD4 T [nk]"} <= set(vals["parameter"])
+    assert not vals.duplicated(["patient_id", "visit", "parameter"]).any()
+
+
+def test_adverse_event_grid_from_summary_rows():
+    rows = [("ANY", "ANY", "any", "any", 10), ("ANY", "ANY", "1", "any", 8),
+            ("ANY", "ANY", "any", "Y", 9), ("SOC A", "ANY", "any", "any", 6),
+            ("SOC A", "Term a", "any", "any", 6), ("SOC A", "Term a", "2", "any", 1)]
+    ae = pd.DataFrame(rows, columns=["aebodsys", "aedecod", "grade", "related", "patients"])
+    ae = ae.assign(serious="any", disease="all", events=1, n_at_risk=20)
+    grid = ae_grid(ae)
+    assert list(grid.columns) == ["system organ class", "term", "any grade", "grade 1",
+                                  "grade 2", "related"]
+    first = grid.iloc[0]
+    assert first["system organ class"] == "Any adverse event" and first["any grade"] == "10 (50 %)"
+    assert first["related"] == "9 (45 %)"
+    assert grid.iloc[2]["term"] == "Term a" and grid.iloc[2]["grade 2"] == "1 (5 %)"
+
+
+def test_volcano_labels_do_not_pile_up():
+    g = pd.DataFrame({"x": [1.0, 1.1, -1.0, 0.5], "mlog10p": [10.0, 9.9, 9.95, 2.0],
+                      "p": [1e-10, 1.2e-10, 1.1e-10, 1e-2], "sig": [True, True, True, True]})
+    assert label_points(g, 5) == [0, 2, 3]        # 1 sits under 0's label; 2 is on the left

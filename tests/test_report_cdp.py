@@ -188,7 +188,8 @@ def open_page(chromium: str, page: Path, profile: Path, *, width: int = 1400,
     load = PageLoad()
     try:
         port = _devtools_port(profile, proc, deadline)
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as r:
+        direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # no proxy
+        with direct.open(f"http://127.0.0.1:{port}/json/list", timeout=10) as r:
             targets = [t for t in json.load(r) if t.get("type") == "page"]
         ws = WebSocket(targets[0]["webSocketDebuggerUrl"], timeout=max(5.0, timeout / 2))
         s = _Session(ws, load)

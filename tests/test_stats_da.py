@@ -69,7 +69,7 @@ def test_da_finds_planted_clusters_and_explains_rare(trial):
     da = differential_abundance(s, t["cluster_counts"], visits, ["all"], StatsOptions())
     d8 = da[da["visit"] == "D8"].set_index(["label", "method"])
     for label in ("Treg naive", "Treg memory", "NK CD56bright"):
-        for method in ("edger_lrt", "gee_binomial"):
+        for method in ("edger_ql", "edger_lrt", "gee_binomial"):
             assert d8.loc[(label, method), "p"] < 1e-4
             assert d8.loc[(label, method), "log2fc"] > 0.4
     rare = da[da["label"] == "Rare"]
@@ -81,7 +81,7 @@ def test_da_finds_planted_clusters_and_explains_rare(trial):
 def test_da_per_disease_small_strata(trial):
     t, s, visits = trial
     da = differential_abundance(s, t["cluster_counts"], visits, strata(s["disease"], True),
-                                StatsOptions(da_methods=("edger_lrt",)))
+                                StatsOptions(da_methods=("edger_ql", "edger_lrt")))
     per = da[(da["disease"] != "all") & (da["label"] == "Treg memory") & (da["visit"] == "D8")]
     assert (per["status"] == "not estimable").all()
     assert per["reason"].str.contains("too few patients").all()

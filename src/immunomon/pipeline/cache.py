@@ -16,7 +16,6 @@ import hashlib
 import json
 import os
 import pickle
-from functools import lru_cache
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
@@ -64,7 +63,6 @@ def make_key(*parts: Any) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-@lru_cache(maxsize=None)
 def code_fingerprint(*modules: str) -> str:
     """SHA-256 over the source files of the named modules/packages (``"immunomon.stats"``).
 

@@ -79,6 +79,7 @@ def phenotype_sample(prepared: PreparedSample, study, sample_id: str,
 
 @functools.lru_cache(maxsize=4)
 def _load(study_dir: str):
+    """The study, loaded once per process (worker processes gate many samples)."""
     from immunomon.io.study import load_study
 
     return load_study(study_dir)
@@ -121,6 +122,7 @@ def gate_study(study_dir: str | Path, out_dir: str | Path, workers: int = 1,
     from immunomon.pipeline.rundir import write_table
 
     study_dir = str(Path(study_dir).resolve())
+    _load.cache_clear()  # read study.yaml afresh: it may have been edited since the last call
     study = _load(study_dir)
     kept = study.samples.loc[study.samples["excluded_reason"].fillna("") == "", "sample_id"].tolist()
     results = map_samples(functools.partial(gate_sample, study_dir), kept, workers=workers, scheduler=scheduler)
@@ -137,7 +139,9 @@ def plot_sample_gates(study_dir: str | Path, sample_id: str, path: str | Path) -
     plot, see :func:`immunomon.report.gate_plots.plot_gates`); returns the PNG path."""
     from immunomon.report.gate_plots import write_gate_plots
 
-    study = _load(str(Path(study_dir).resolve()))
+    from immunomon.io.study import load_study
+
+    study = load_study(study_dir)
     prepared = prepare_sample(study, sample_id, keep_all_events=True)
     gating = gate_prepared(prepared, panel_template(study, prepared.panel))
     qc = "passed" if prepared.qc_pass else "FAILED"

@@ -105,23 +105,26 @@ def density_valley(
     x = np.asarray(x)
     if x.size > max_events:
         x = x[:: int(np.ceil(x.size / max_events))]
-    x = x[np.isfinite(x)].astype(np.float64)
+    finite = np.isfinite(x)
+    if not finite.all():
+        x = x[finite]
     if x.size < 10:
         return 0.5 * (lo + hi)
-    probe = x[:: max(1, x.size // 4000)]  # range and spread from a strided subset
-    q_lo, q25, q75, q_hi = np.quantile(probe, [0.001, 0.25, 0.75, 0.999])
+    probe = np.sort(x[:: max(1, x.size // 4000)])  # range and spread from a strided subset
+    q_lo, q25, q75, q_hi = probe[(np.array([0.001, 0.25, 0.75, 0.999]) * (probe.size - 1)).astype(np.int64)]
     start, stop = min(q_lo, lo), max(q_hi, hi)
     width = (stop - start) / grid
-    inside_range = (x >= start) & (x <= stop)
-    bins = np.minimum(((x[inside_range] - start) / width).astype(np.int64), grid - 1)
-    counts = np.bincount(bins, minlength=grid).astype(np.float64)
+    # bin index of every value; values outside [start, stop] go to two overflow bins
+    bins = np.clip(np.floor((x - start) * (1.0 / width)), -1, grid).astype(np.int64) + 1
+    bins[x == stop] = grid
+    counts = np.bincount(bins, minlength=grid + 2)[1:-1].astype(np.float64)
     sd = float(np.std(probe))
     iqr = q75 - q25
     spread = min(sd, iqr / 1.34) if iqr > 0 else sd
     bandwidth = adjust * 0.9 * spread * x.size ** -0.2
     density = gaussian_filter1d(counts, max(bandwidth / width, 1.0), mode="constant")
     centres = start + width * (np.arange(grid) + 0.5)
-    peaks, _ = find_peaks(np.pad(density, 1), prominence=min_prominence * density.max())
+    peaks, _ = find_peaks(np.concatenate(([0.0], density, [0.0])), prominence=min_prominence * density.max())
     peaks -= 1
     best, best_d = None, np.inf
     tol = 1e-3 * density.max()
@@ -234,12 +237,13 @@ def time_anomalies(
     sizes = np.diff(np.append(starts, n))
     # mean of every segment: unlike the median, it moves smoothly with the mix of
     # populations in a segment, so bimodal markers do not make false alarms
-    means = np.column_stack([np.add.reduceat(c, starts, dtype=np.float64) / sizes for c in signals])
-    centre = np.median(means, axis=0)
-    probe = np.column_stack([c[:: max(1, n // PROBE_EVENTS)] for c in signals])  # robust SD, strided subset
-    spread = MAD_SCALE * np.median(np.abs(probe - np.median(probe, axis=0)), axis=0)
+    # (channels, segments) and (channels, probe events): rows are contiguous for the medians
+    means = np.stack([np.add.reduceat(c, starts, dtype=np.float64) / sizes for c in signals])
+    centre = np.median(means, axis=1, keepdims=True)
+    probe = np.stack([c[:: max(1, n // PROBE_EVENTS)] for c in signals])  # robust SD, strided subset
+    spread = MAD_SCALE * np.median(np.abs(probe - np.median(probe, axis=1, keepdims=True)), axis=1, keepdims=True)
     shifted = np.abs(means - centre) > min_shift * spread
-    bad_signal = ((np.abs(robust_z(means)) > signal_mad) & shifted).any(axis=1)
+    bad_signal = ((np.abs(robust_z(means, axis=1)) > signal_mad) & shifted).any(axis=0)
     remove |= bad_signal[seg]
     info.update(segments=k, signal_anomalous=int(bad_signal.sum()))
     return remove, info

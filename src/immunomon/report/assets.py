@@ -10,8 +10,8 @@ header h1{margin:0 0 4px;font-size:26px;font-weight:600;letter-spacing:.2px}
 header p{margin:2px 0;color:#c9d3e6}
 header .headline{color:#fff;font-weight:500;margin-top:10px}
 nav{position:sticky;top:0;z-index:10;background:#fff;border-bottom:1px solid var(--line);
- padding:8px 40px;white-space:nowrap;overflow-x:auto}
-nav a{color:var(--accent);text-decoration:none;margin-right:18px;font-size:14px}
+ padding:6px 40px;display:flex;flex-wrap:wrap;gap:2px 18px}
+nav a{color:var(--accent);text-decoration:none;font-size:14px;white-space:nowrap}
 nav a:hover{text-decoration:underline}
 main{max-width:1440px;margin:0 auto;padding:10px 40px 40px}
 section{background:#fff;border:1px solid var(--line);border-radius:8px;margin:22px 0;

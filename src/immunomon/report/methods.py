@@ -103,8 +103,10 @@ def methods_paragraphs(run: RunData) -> list[str]:
         deps = [f"{'Python' if k == 'python' else k} {ver[k]}" for k in KEY_PACKAGES if k in ver]
         text += f" ({', '.join(deps)})." if deps else "."
         n_out = len(samples) - (len(analysed) if analysed is not None else len(samples))
-        text += (f" {n_out} samples were left out of the statistics (failed quality control or "
-                 "excluded in the study manifest; listed with reasons in the study overview).")
+        text += (" No sample was left out of the statistics." if n_out == 0 else
+                 f" {n_out} sample{'s were' if n_out > 1 else ' was'} left out of the statistics "
+                 "(failed quality control or excluded in the study manifest; listed with reasons "
+                 "in the study overview).")
         if {"events_total", "events_after_qc"} <= set(samples.columns) and analysed is not None:
             ev = analysed["events_after_qc"].astype(float)
             total = analysed["events_total"].astype(float).sum()
@@ -154,8 +156,8 @@ def methods_paragraphs(run: RunData) -> list[str]:
         st.append("A patient responds when a parameter's value at a visit exceeds its baseline "
                   "value (ratio > 1).")
     if run.get("clinical_immune") is not None:
-        st.append("Associations between clinical scores and immune parameters are rank "
-                  "correlations (Spearman's ρ).")
+        st.append("Associations between clinical scores and immune parameters are Spearman "
+                  "rank correlations (ρ) across patients.")
     seed = prov.get("seed", find(params, "seed"))
     if seed is not None:
         st.append(f"Every random step used seed {seed}; the same inputs and seed give "

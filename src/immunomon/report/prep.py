@@ -25,16 +25,23 @@ def sample_values(run: RunData, parameter: str | None = None) -> pd.DataFrame | 
     -------
     DataFrame or None
         Columns ``sample_id, patient_id, disease, visit, parameter, value`` (one row per analysed
-        sample × parameter, only ``parameter`` when given); ``None`` when a table is missing.
+        sample × parameter, only ``parameter`` when given; without ``parameter``, one measured
+        in several panels is named ``"<parameter> [<panel>]"``); ``None`` when a table is
+        missing.
     """
     params, samples = run.get("parameters"), run.analysed_samples
     if params is None or samples is None:
         return None
     if parameter is not None:
         params = params[params["parameter"] == parameter]
-    keys = samples[["sample_id", "patient_id", "disease", "visit"]].astype(str)
+    cols = ["sample_id", "patient_id", "disease", "visit"] + ["panel"] * ("panel" in samples)
     out = params[["sample_id", "parameter", "value"]].astype({"sample_id": str})
-    out = out.merge(keys, on="sample_id", how="inner")
+    out = out.merge(samples[cols].astype(str), on="sample_id", how="inner")
+    if "panel" in out.columns:
+        if parameter is None:       # a parameter measured in several panels: one line each
+            shared = out.groupby("parameter")["panel"].transform("nunique") > 1
+            out.loc[shared, "parameter"] = out["parameter"] + " [" + out["panel"] + "]"
+        out = out.drop(columns="panel")
     order = {v: i for i, v in enumerate(run.visits)}
     out = out.assign(_v=out["visit"].map(order)).sort_values(
         ["parameter", "disease", "patient_id", "_v"], kind="stable")

@@ -246,7 +246,7 @@ def provenance(ctx: Context) -> Section:
         return Section("provenance", "Provenance", para(
             run.problems.get("provenance", "provenance.json is empty"), "missing"))
     info = {k: prov[k] for k in ("study_id", "command", "started", "finished", "start_time",
-                                 "end_time", "host", "seed") if k in prov}
+                                 "end_time", "host", "seed") if prov.get(k) is not None}
     ver = versions(prov)
     params = flatten(prov["parameters"]) if isinstance(prov.get("parameters"), Mapping) else {}
     kv = [("run", k, v) for k, v in info.items()] + [("version", k, v) for k, v in ver.items()] \
@@ -255,7 +255,10 @@ def provenance(ctx: Context) -> Section:
                            max_rows=1000))
     steps = prov.get("steps") or prov.get("event_counts")
     if isinstance(steps, list) and steps and all(isinstance(x, Mapping) for x in steps):
-        body.append("<h3>Steps</h3>" + table_html(pd.DataFrame(steps).astype(str)))
+        frame = pd.DataFrame(steps)
+        first = [c for c in ("step", "wall_s", "main_cpu_s") if c in frame.columns]
+        frame = frame[first + [c for c in frame.columns if c not in first]]
+        body.append("<h3>Steps</h3>" + table_html(frame.fillna("")))
     inputs = _inputs(prov)
     body.append("<h3>Input files (SHA-256)</h3>")
     if inputs.empty:

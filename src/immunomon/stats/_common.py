@@ -37,7 +37,7 @@ class StatsOptions:
     supervised_methods
         Subset of ``("paired_t", "wilcoxon", "lmm")``.
     da_methods
-        Subset of ``("edger_lrt", "gee_binomial")``.
+        Subset of ``("edger_ql", "edger_lrt", "gee_binomial")``.
     min_cells, min_sample_fraction
         DA/DS: a cluster is tested in a stratum when it has >= ``min_cells`` cells in at
         least ``min_sample_fraction`` of the stratum's samples.
@@ -53,7 +53,7 @@ class StatsOptions:
     min_patients: int = 6
     per_disease: bool = True
     supervised_methods: tuple[str, ...] = ("paired_t", "wilcoxon", "lmm")
-    da_methods: tuple[str, ...] = ("edger_lrt", "gee_binomial")
+    da_methods: tuple[str, ...] = ("edger_ql", "edger_lrt", "gee_binomial")
     min_cells: int = 3
     min_sample_fraction: float = 0.5
     immune_visit: str = "D8"
