@@ -19,6 +19,7 @@ from .fcs_text import fcs_error, int_keyword
 
 CHUNK_BYTES = 1 << 25  # at most 32 MiB of raw DATA per decoding step
 _STD_WIDTHS = (1, 2, 4, 8)
+_SLACK = 8  # spare bytes after each chunk: odd-width fields are read as wider words
 
 
 @dataclass(frozen=True)
@@ -165,13 +166,12 @@ def read_events(fh: BinaryIO, begin: int, tot: int, layout: Layout, dtype: np.dt
     step = max(8, (chunk * 8 // max(rec_bits, 1)) // 8 * 8)
     if layout.packed:
         step = max(8, step // 8 // 8 * 8)
-    buf = np.empty((step * rec_bits + 7) // 8, dtype=np.uint8)
+    buf = np.zeros((step * rec_bits + 7) // 8 + _SLACK, dtype=np.uint8)
     for r0 in range(0, tot, step):
         rows = min(step, tot - r0)
         nbytes = (rows * rec_bits + 7) // 8
-        raw = buf[:nbytes]
-        _readinto_exact(fh, memoryview(raw), path, fh.tell())
-        _decode_chunk(raw, rows, layout, out[r0:r0 + rows], path, begin)
+        _readinto_exact(fh, memoryview(buf[:nbytes]), path, fh.tell())
+        _decode_chunk(buf[:nbytes + _SLACK], rows, layout, out[r0:r0 + rows], path, begin)
     return out
 
 
@@ -185,9 +185,11 @@ def _readinto_exact(fh: BinaryIO, view: memoryview, path: str | Path, where: int
         got += n
 
 
-def _decode_chunk(raw: np.ndarray, rows: int, layout: Layout, out: np.ndarray,
+def _decode_chunk(padded: np.ndarray, rows: int, layout: Layout, out: np.ndarray,
                   path: str | Path, begin: int) -> None:
+    """Decode ``rows`` events from ``padded`` (their bytes + ``_SLACK`` spare bytes)."""
     par = len(layout.kinds)
+    raw = padded[:len(padded) - _SLACK]
     if layout.packed:
         _decode_packed(raw, rows, layout, out)
         return
@@ -198,6 +200,7 @@ def _decode_chunk(raw: np.ndarray, rows: int, layout: Layout, out: np.ndarray,
             raise fcs_error(path, begin, f"$BYTEORD {order} does not match field widths "
                                          f"{sorted(set(layout.bits))}")
         raw = raw.reshape(-1, w)[:, np.argsort(order)].reshape(-1)
+        padded = np.concatenate([raw, np.zeros(_SLACK, dtype=np.uint8)])
         layout = Layout(layout.kinds, layout.bits, False, "<", layout.masks)
         order = "<"
     ud = layout.uniform_dtype
@@ -206,11 +209,13 @@ def _decode_chunk(raw: np.ndarray, rows: int, layout: Layout, out: np.ndarray,
         if ud.kind == "S":
             _ascii_into(arr, out, path, begin)
             return
-        if any(m is not None for m in layout.masks):
-            full = np.array([(1 << layout.bits[0]) - 1 if m is None else m
-                             for m in layout.masks], dtype=arr.dtype.newbyteorder("="))
-            arr = arr & full
-        out[...] = arr
+        out[...] = _masked(arr, layout)
+        return
+    nb = layout.bits[0] // 8
+    if set(layout.kinds) == {"I"} and len(set(layout.bits)) == 1 and nb * 8 == layout.bits[0]:
+        # e.g. all 24-bit: every field as a wider word, in one pass
+        out[...] = _masked(_odd_width(padded, rows, nb * par, 0, nb, order, stride=nb,
+                                      count=par), layout)
         return
     rec = raw.reshape(rows, -1)
     offsets = np.concatenate([[0], np.cumsum(layout.bits) // 8])
@@ -232,37 +237,37 @@ def _decode_chunk(raw: np.ndarray, rows: int, layout: Layout, out: np.ndarray,
         if nb in _STD_WIDTHS:
             col = fields[f"f{j}"]
         else:  # 3-, 5-, 6- or 7-byte integers
-            col = _odd_width(raw, rec, int(offsets[j]), nb, order)
+            col = _odd_width(padded, rows, rec.shape[1], int(offsets[j]), nb, order)
         if layout.masks[j] is not None:
             col = col & np.asarray(layout.masks[j], dtype=col.dtype.newbyteorder("="))
         out[:, j] = col
 
 
-def _odd_width(raw: np.ndarray, rec: np.ndarray, off: int, nb: int, order: str) -> np.ndarray:
-    """Unsigned integers of ``nb`` bytes at byte ``off`` of every record.
+def _masked(arr: np.ndarray, layout: Layout) -> np.ndarray:
+    """``arr`` (rows x channels integers) with each channel's ``$PnR`` bit mask applied."""
+    if all(m is None for m in layout.masks):
+        return arr
+    full = np.array([np.iinfo(arr.dtype).max if m is None else m for m in layout.masks],
+                    dtype=arr.dtype.newbyteorder("="))
+    return arr & full
 
-    Reads a 4- or 8-byte word that contains the field and lies inside the record
-    (overlapping its neighbour bytes), then shifts and masks the neighbours away.
+
+def _odd_width(padded: np.ndarray, rows: int, size: int, off: int, nb: int, order: str,
+               stride: int = 0, count: int = 0) -> np.ndarray:
+    """Unsigned integers of ``nb`` (3, 5, 6 or 7) bytes at byte ``off`` of each record of
+    ``size`` bytes: read as 4- or 8-byte words that start at the field (the spare bytes
+    after the chunk cover the last one), then the following bytes are shifted or masked
+    away. With ``count``, ``count`` fields ``stride`` bytes apart: a (rows, count) array.
     """
     width = 4 if nb < 4 else 8
-    size = rec.shape[1]
-    extra = width - nb
-    if off >= extra:  # word ends with the field
-        start, low_side = off - extra, order == "<"
-    elif off + width <= size:  # word starts with the field
-        start, low_side = off, order == ">"
-    else:  # record shorter than a word: copy into zero-padded words
-        padded = np.zeros((rec.shape[0], width), dtype=np.uint8)
-        padded[:, :nb] = rec[:, off:off + nb] if order == "<" else 0
-        if order == ">":
-            padded[:, extra:] = rec[:, off:off + nb]
-        return padded.view(f"{order}u{width}")[:, 0]
-    words = np.ndarray((rec.shape[0],), dtype=f"{order}u{width}", buffer=raw, offset=start,
-                       strides=(size,))
-    dtype = np.dtype(f"u{width}")
-    if low_side:  # the neighbour bytes are the word's least significant ones
-        return (words >> dtype.type(8 * extra)).astype(dtype)
-    return words & dtype.type((1 << (8 * nb)) - 1)
+    shape, strides = ((rows, count), (size, stride)) if count else ((rows,), (size,))
+    words = np.ndarray(shape, dtype=f"<u{width}", buffer=padded, offset=off, strides=strides)
+    kind = np.dtype(f"u{width}").type
+    vals = words & kind((1 << (8 * nb)) - 1)  # little-endian: the field's bytes are the low ones
+    if order == ">":  # reverse the bytes of each word, then drop the zero low bytes
+        vals.byteswap(inplace=True)
+        vals >>= kind(8 * (width - nb))
+    return vals
 
 
 def _decode_packed(raw: np.ndarray, rows: int, layout: Layout, out: np.ndarray) -> None:
