@@ -26,7 +26,7 @@ def datasets(draw):
     if "I" in kinds and version == "3.1" and draw(st.booleans()):
         widths = [draw(st.integers(1, 64)) for _ in range(par)]  # any $PnB, packed if odd
     else:
-        widths = [draw(st.sampled_from([8, 16, 24, 32, 64])) if k == "I" else
+        widths = [draw(st.sampled_from([8, 16, 24, 32, 40, 48, 56, 64])) if k == "I" else
                   (32 if k == "F" else 64) for k in kinds]
     if any(w % 8 for w in widths) and set(kinds) != {"I"}:
         widths = [32 if k == "F" else 64 if k == "D" else 32 for k in kinds]

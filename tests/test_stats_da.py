@@ -12,7 +12,7 @@ from immunomon.stats import StatsOptions
 from immunomon.stats._common import kept_samples, strata, visit_order
 from immunomon.stats.da import differential_abundance
 from immunomon.stats.ds import differential_state, fit_f_dist
-from immunomon.stats.nbglm import fit_nb, lrt
+from immunomon.stats.nbglm import fit_nb, lrt, ql_ftest
 
 DATA = Path(__file__).parent / "data" / "stats"
 
@@ -43,6 +43,20 @@ def test_nb_lrt_agrees_with_r_edger():
     assert stats.spearmanr(m["p"], m["PValue"]).statistic >= 0.99
     assert np.allclose(m["logFC_mine"], m["logFC"], atol=1e-3)
     assert np.allclose(m["disp"], m["dispersion"], rtol=0.02)
+
+
+def test_ql_ftest_agrees_with_r_edger():
+    """R edgeR 3.40 glmQLFit (common dispersion, no abundance trend) + glmQLFTest."""
+    counts, X, visits = _fixture_design()
+    ref = pd.read_csv(DATA / "edger_ql_reference.csv")
+    k = X.shape[1]
+    res = ql_ftest(counts.to_numpy(), counts.to_numpy().sum(axis=0), X, [k - 3, k - 2, k - 1])
+    mine = pd.DataFrame({"cluster": np.repeat(counts.index, 3), "visit": visits[1:] * len(counts),
+                         "p": res["p"].ravel(), "f": res["f"].ravel()})
+    m = mine.merge(ref, on=["cluster", "visit"])
+    assert len(m) == len(ref)
+    assert stats.spearmanr(m["p"], m["PValue"]).statistic >= 0.99
+    assert np.allclose(m["f"], m["F"], rtol=1e-3)
 
 
 def test_nb_fit_is_the_mle_of_a_poisson_limit():

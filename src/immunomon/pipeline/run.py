@@ -22,6 +22,7 @@ unless ``include_excluded=True``.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import math
@@ -95,6 +96,30 @@ class RunOptions:
     stats: dict[str, Any] = field(default_factory=dict)
 
 
+def _peak_rss_mb(reset: bool = False) -> float | None:
+    """Peak resident memory of this process in MiB (Linux ``VmHWM``); ``reset`` restarts it."""
+    try:
+        if reset:
+            Path("/proc/self/clear_refs").write_text("5")
+            return None
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def _measured(task):
+    """Decorate a per-sample task: add its CPU seconds and process peak memory to the result."""
+    @functools.wraps(task)
+    def wrapper(job):
+        t0 = time.process_time()
+        result = task(job)
+        return {**result, "cpu_s": time.process_time() - t0, "peak_mb": _peak_rss_mb()}
+    return wrapper
+
+
 # --------------------------------------------------------------------------- per-sample tasks
 @dataclass(frozen=True)
 class _SampleJob:
@@ -110,6 +135,7 @@ class _SampleJob:
     model: Any = None
 
 
+@_measured
 def _prepare_task(job: _SampleJob) -> dict:
     """prepare + phenotype + training subsample of one sample, cached under ``prepare``."""
     from immunomon.pipeline.prepare import prepare_sample
@@ -156,6 +182,7 @@ def _acquisition(study, sample_id: str) -> dict[str, str]:
     return {k: v for k, v in keywords.items() if k in _ACQUISITION_KEYWORDS}
 
 
+@_measured
 def _map_task(job: _SampleJob) -> dict:
     """Map one sample's QC-passed events onto its panel's clusters, cached under ``map``."""
     from immunomon.pipeline.prepare import prepare_sample
@@ -174,9 +201,14 @@ def _map_task(job: _SampleJob) -> dict:
 
 # --------------------------------------------------------------------------- the run
 class _Stages:
-    """Rich progress bars (one per stage, with counts and ETA) + the log + step records."""
+    """Rich progress bars (one per stage, with counts and ETA), the log and the step records.
 
-    def __init__(self, quiet: bool):
+    Each step records wall seconds, CPU seconds (this process, plus the worker tasks'
+    own CPU time when they run elsewhere) and peak resident memory in MiB (this
+    process since the stage started, and the largest worker's).
+    """
+
+    def __init__(self, quiet: bool, remote: bool):
         from rich.console import Console
         from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                    TimeElapsedColumn, TimeRemainingColumn)
@@ -185,9 +217,9 @@ class _Stages:
             TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn(),
             TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
             console=Console(stderr=True), disable=quiet, transient=False)
+        self.remote = remote
         self.steps: list[dict] = []
-        self._t0 = 0.0
-        self._cpu0 = 0.0
+        self._t0 = self._cpu0 = 0.0
 
     def __enter__(self):
         self.progress.__enter__()
@@ -199,16 +231,22 @@ class _Stages:
     def start(self, stage: str, total: int) -> tuple:
         """Open the bar of ``stage`` for ``total`` items; returns the ``progress`` pair."""
         log.info("%s: %d item(s)", stage, total)
+        _peak_rss_mb(reset=True)
         self._t0, self._cpu0 = time.perf_counter(), time.process_time()
         return self.progress, self.progress.add_task(stage, total=total)
 
-    def done(self, stage: str, **counts: Any) -> None:
-        """Record the step (counts, wall seconds, this process's CPU seconds) in the log."""
+    def done(self, stage: str, tasks: Sequence[dict] = (), **counts: Any) -> None:
+        """Record the step: ``counts``, wall/CPU seconds and peak memory of the stage."""
         wall = time.perf_counter() - self._t0
-        step = {"step": stage, **counts, "wall_s": round(wall, 2),
-                "main_cpu_s": round(time.process_time() - self._cpu0, 2)}
+        cpu = time.process_time() - self._cpu0
+        peak = _peak_rss_mb() or 0.0
+        if self.remote and tasks:
+            cpu += sum(t.get("cpu_s", 0.0) for t in tasks)
+            peak = max([peak, *(t.get("peak_mb") or 0.0 for t in tasks)])
+        step = {"step": stage, **counts, "wall_s": round(wall, 2), "cpu_s": round(cpu, 2),
+                "peak_mb": round(peak, 1)}
         self.steps.append(step)
-        log.info("%s done in %.1f s: %s", stage, wall,
+        log.info("%s done in %.1f s (cpu %.1f s, peak %.0f MiB): %s", stage, wall, cpu, peak,
                  ", ".join(f"{k}={v}" for k, v in counts.items()))
 
 
@@ -270,7 +308,8 @@ def run_study(
                    options.seed if options.seed is not None else study.config.seed)
         cache = Cache(Path(cache_dir).resolve() if cache_dir is not None else out / ".cache")
         parallel = {"workers": workers, "scheduler": scheduler}
-        with _Stages(quiet) as stages:
+        remote = scheduler is not None or workers > 1
+        with _Stages(quiet, remote) as stages:
             record = _run(study, out, seed, options, cache, parallel, stages, report)
         record.update(started=started, finished=utc_now())
         write_provenance(out / "provenance.json", record)
@@ -308,7 +347,7 @@ def _run(study, out: Path, seed: int, options: RunOptions, cache: Cache, paralle
                            **parallel)
     by_id = {r["sample_id"]: r for r in prepared}
     keys = {j.sample_id: j.key for j in jobs}
-    stages.done("prepare", samples=len(jobs), cached=sum(r["cached"] for r in prepared),
+    stages.done("prepare", prepared, samples=len(jobs), cached=sum(r["cached"] for r in prepared),
                 events_total=sum(r.get("events_total", 0) for r in prepared),
                 events_after_qc=sum(r.get("events_after_qc", 0) for r in prepared),
                 qc_failed=sum(not r.get("qc_pass", True) for r in prepared),
@@ -348,7 +387,7 @@ def _run(study, out: Path, seed: int, options: RunOptions, cache: Cache, paralle
                 for sid, p in zip(analysed["sample_id"], analysed["panel"].astype(str))]
     mapped = map_samples(_map_task, map_jobs, progress=stages.start("map", len(map_jobs)),
                          **parallel)
-    stages.done("map", samples=len(map_jobs), cached=sum(r["cached"] for r in mapped),
+    stages.done("map", mapped, samples=len(map_jobs), cached=sum(r["cached"] for r in mapped),
                 events_mapped=int(sum(by_id[r["sample_id"]]["events_after_qc"] for r in mapped)))
 
     # embed: clusters table (with cell counts) and the UMAP of the pooled embedding cells

@@ -25,3 +25,15 @@ for (v in grep("^visit", colnames(design), value = TRUE)) {
 write.csv(out, "tests/data/stats/edger_reference.csv", row.names = FALSE)
 cat("common dispersion", y$common.dispersion, "\n")
 cat("edgeR", as.character(packageVersion("edgeR")), "\n")
+
+# Quasi-likelihood F test with the common dispersion, no abundance trend, no Poisson bound
+# (what immunomon.stats.nbglm.ql_ftest implements).
+qfit <- glmQLFit(y, design, dispersion = y$common.dispersion, abundance.trend = FALSE)
+out <- NULL
+for (v in grep("^visit", colnames(design), value = TRUE)) {
+  res <- glmQLFTest(qfit, coef = v, poisson.bound = FALSE)$table
+  out <- rbind(out, data.frame(cluster = rownames(res), visit = sub("^visit", "", v),
+                               logFC = res$logFC, F = res$F, PValue = res$PValue))
+}
+write.csv(out, "tests/data/stats/edger_ql_reference.csv", row.names = FALSE)
+cat("QL prior df", qfit$df.prior, "\n")
