@@ -6,7 +6,8 @@ Methods (``method`` column of ``stats_supervised``):
   pairs); effect = exp(mean log ratio) = ratio of geometric means, with its t CI.
 * ``wilcoxon`` — Wilcoxon signed-rank test on the same log ratios (exact for n <= 50 without
   ties); effect = exp(Hodges–Lehmann estimate), CI from the Walsh averages.
-* ``lmm`` — linear mixed model (statsmodels MixedLM, REML) on log values (logit for
+* ``lmm`` — linear mixed model (REML; :func:`fit_random_intercept`, the same model and
+  estimates as statsmodels MixedLM, which is the fallback) on log values (logit for
   percentages/fractions) with a random intercept per patient and every available visit:
   pooled ``y ~ visit + disease + (1|patient)``; per disease ``y ~ disease + visit:disease +
   (1|patient)`` (one fit over all patients, a visit effect per disease). Effect = exp(coef):
@@ -71,7 +72,8 @@ def observations(samples: pd.DataFrame, parameters: pd.DataFrame,
     if per_sample:
         return df.sort_values(["parameter", "sample_id"], kind="mergesort").reset_index(drop=True)
     keys = ["parameter", "population", "scale", "note", "patient_id", "disease", "visit"]
-    df = df.groupby(keys, sort=True, as_index=False)[["log", "model"]].mean()
+    df["population"] = df["population"].fillna("").astype(str)
+    df = df.groupby(keys, sort=True, as_index=False, dropna=False)[["log", "model"]].mean()
     return df.dropna(subset=["log", "model"]).reset_index(drop=True)
 
 
