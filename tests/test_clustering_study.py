@@ -93,15 +93,36 @@ def test_training_subsample_is_balanced_and_seeded(trained):
     assert len(training_subsample(p, 10**9, seed=5)) == p.events_after_qc
 
 
-def test_study_cli_and_workers_give_identical_tables(small_study, tmp_path):
-    res = runner.invoke(app, ["cluster", str(small_study), "--out", str(tmp_path / "a"), "--embed-cells", "600"])
+def _first_two_pcs(X, random_state=0):
+    """Cheap stand-in for UMAP (whose numba compilation costs about a minute of CPU)."""
+    X = X - X.mean(axis=0)
+    return (X @ np.linalg.svd(X, full_matrices=False)[2][:2].T).astype(np.float32)
+
+
+@pytest.mark.slow
+def test_umap_embedding_is_seeded():
+    from immunomon.clustering.embedding import umap_embedding
+
+    rng = np.random.default_rng(0)
+    X = np.vstack([rng.normal(0, 0.3, (150, 4)), rng.normal(3, 0.3, (150, 4))])
+    a, b = umap_embedding(X, random_state=3), umap_embedding(X, random_state=3)
+    assert a.shape == (300, 2) and np.array_equal(a, b)
+    centre = a[:150].mean(axis=0), a[150:].mean(axis=0)
+    assert np.linalg.norm(centre[0] - centre[1]) > 3 * a[:150].std(axis=0).max()
+
+
+def test_study_cli_and_workers_give_identical_tables(small_study, tmp_path, monkeypatch):
+    monkeypatch.setattr("immunomon.pipeline.unsupervised.umap_embedding", _first_two_pcs)
+    res = runner.invoke(app, ["cluster", str(small_study), "--out", str(tmp_path / "a"), "--embed-cells", "300"])
     assert res.exit_code == 0, res.output
-    tables = cluster_study(small_study, tmp_path / "b", workers=2, embed_cells=600)
+    tables = cluster_study(small_study, tmp_path / "b", workers=2, embed_cells=0)
+    assert tables["embedding"].empty
     for name in ("clusters", "cluster_counts", "cluster_markers"):
         a = pd.read_parquet(tmp_path / "a" / "tables" / f"{name}.parquet")
         assert (tmp_path / "a" / "tables" / f"{name}.csv").exists()
         pd.testing.assert_frame_equal(a, tables[name])
-    emb = tables["embedding"]
+    emb = pd.read_parquet(tmp_path / "a" / "tables" / "embedding.parquet")
+    assert len(emb) == 300
     assert list(emb.columns[:5]) == ["sample_id", "cluster", "label", "umap_1", "umap_2"]
     assert {"visit", "disease", "panel"} <= set(emb.columns) and np.isfinite(emb[["umap_1", "umap_2"]]).all().all()
     clusters = tables["clusters"]

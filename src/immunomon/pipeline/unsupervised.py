@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from immunomon.clustering import FlowSOM
+from immunomon.errors import UserError
 from immunomon.clustering.annotate import MarkerTable, annotate_clusters, load_marker_table
 from immunomon.clustering.embedding import (
     cluster_medians,
@@ -194,6 +195,10 @@ def _panel_markers(study, panel: str, columns: list[str]) -> tuple[list[str], tu
     markers = list(_get(config, "markers", []))
     if not markers:
         markers = [c for c in columns if is_fluorescence(c) and c.lower() != "viability"]
+    missing = [m for m in markers if m not in columns]
+    if missing:
+        raise UserError(f"{study.root}/study.yaml: panel {panel!r}: clustering markers {missing} are not "
+                        f"markers of its files ({', '.join(columns)})")
     return markers, tuple(_get(config, "grid", (10, 10))), int(_get(config, "metaclusters", 20))
 
 
@@ -220,7 +225,8 @@ def cluster_study(
         Parallelism (:func:`immunomon.pipeline.executor.map_samples`); results do not
         depend on it.
     train_cells, embed_cells
-        Events (study total, split evenly over the samples) for SOM training and UMAP.
+        Events (study total, split evenly over the samples) for SOM training and UMAP
+        (``embed_cells=0``: no UMAP, an empty ``embedding`` table).
     marker_table
         Marker table naming the metaclusters (path or parsed); default built-in.
     seed
@@ -250,7 +256,7 @@ def cluster_study(
         markers, grid, k = _panel_markers(study, panel, [c for c in subsamples[0].columns if c != "sample_id"])
         model = train(subsamples, markers, grid=grid, k=k, seed=seed, marker_table=marker_table)
         del subsamples
-        embed_n = math.ceil(embed_cells / len(ids))
+        embed_n = math.ceil(max(embed_cells, 0) / len(ids))
         mapped = map_samples(functools.partial(_map_task, study_dir, model, embed_n, seed), ids,
                              workers=workers, scheduler=scheduler)
         counts = pd.concat([m["cluster_counts"] for m in mapped], ignore_index=True)
@@ -258,7 +264,8 @@ def cluster_study(
         clusters.insert(3, "n_cells", counts.groupby("cluster")["count"].sum().reindex(clusters["cluster"])
                         .to_numpy())
         embedding = pd.concat([m["embedding"] for m in mapped], ignore_index=True)
-        xy = umap_embedding(embedding[markers].to_numpy(), random_state=seed)
+        xy = (umap_embedding(embedding[markers].to_numpy(), random_state=seed) if len(embedding)
+              else np.empty((0, 2), dtype=np.float32))
         embedding.insert(3, "umap_1", xy[:, 0])
         embedding.insert(4, "umap_2", xy[:, 1])
         meta = rows.set_index("sample_id")[[c for c in ("patient_id", "visit", "disease") if c in rows]]
