@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 from scipy.cluster.hierarchy import cut_tree, linkage
-from scipy.spatial.distance import pdist, squareform
+from scipy.spatial.distance import squareform
 
 __all__ = [
     "consensus_matrix",

@@ -303,7 +303,7 @@ def run_study(
     handler = _open_log(out / "run.log")
     try:
         log.info("run %s -> %s (workers=%s, scheduler=%s)", study_dir, out, workers, scheduler)
-        study = load_study(study_dir)
+        study = load_study(Path(study_dir).resolve())
         seed = int(seed if seed is not None else
                    options.seed if options.seed is not None else study.config.seed)
         cache = Cache(Path(cache_dir).resolve() if cache_dir is not None else out / ".cache")

@@ -26,7 +26,6 @@ import numpy as np
 import pandas as pd
 
 from immunomon.clustering import FlowSOM
-from immunomon.errors import UserError
 from immunomon.clustering.annotate import MarkerTable, annotate_clusters, load_marker_table
 from immunomon.clustering.embedding import (
     cluster_medians,
@@ -34,6 +33,7 @@ from immunomon.clustering.embedding import (
     subsample_indices,
     umap_embedding,
 )
+from immunomon.errors import UserError
 from immunomon.pipeline.prepare import PreparedSample, is_fluorescence, prepare_sample
 
 __all__ = [
