@@ -8,6 +8,7 @@ option, and compare the tables byte for byte with the reference.
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -178,3 +179,38 @@ def test_dask_local_cluster_gives_identical_tables(study, reference, tmp_path):
         out = run_study(study, tmp_path / "run", scheduler=cluster.scheduler_address,
                         quiet=True, report=False, options=OPTIONS)
     assert _csvs(out) == _csvs(run_dir)
+
+
+def test_two_panels_and_a_sample_failing_qc(study, reference, tmp_path):
+    """A second panel (own gating and clustering) on copies of 6 files, one made of debris."""
+    from immunomon.io.fcs import read_fcs, write_fcs
+
+    root = tmp_path / "study"
+    shutil.copytree(study, root, ignore=shutil.ignore_patterns("truth"))
+    config = yaml.safe_load((root / "study.yaml").read_text())
+    config["panels"]["treg_b"] = config["panels"]["treg"]
+    (root / "study.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    manifest = pd.read_csv(root / "samples.csv")
+    extra = manifest[manifest["visit"].isin(["D1", "D8"])].head(6).copy()
+    extra["sample_id"] += "_B"
+    extra["panel"] = "treg_b"
+    extra["file"] = "fcs/" + extra["sample_id"] + ".fcs"
+    for src, dst in zip(manifest.loc[extra.index, "file"], extra["file"]):
+        shutil.copy(root / src, root / dst)
+    pd.concat([manifest, extra]).to_csv(root / "samples.csv", index=False)
+    debris = extra["sample_id"].iloc[0]
+    fcs = read_fcs(root / extra["file"].iloc[0])
+    events = fcs.events.copy()
+    events[: int(0.8 * len(events)), :3] *= 0.02  # scatter of debris in 80 % of the events
+    write_fcs(root / extra["file"].iloc[0], events, fcs.names, fcs.labels,
+              ranges=list(fcs.channels["range"]), spillover=fcs.spillover)
+
+    out = run_study(root, tmp_path / "run", quiet=True, report=False, options=OPTIONS)
+    tables = {n: pd.read_parquet(out / "tables" / f"{n}.parquet")
+              for n in ("samples", "clusters", "cluster_counts", "stats_supervised")}
+    row = tables["samples"].set_index("sample_id").loc[debris]
+    assert not row["qc_pass"] and row["excluded_reason"].startswith("failed QC")
+    assert set(tables["clusters"]["panel"]) == {"treg", "treg_b"}
+    counted = tables["cluster_counts"].groupby("panel")["sample_id"].agg(set)
+    assert counted["treg_b"] == set(extra["sample_id"]) - {debris}
+    assert set(tables["stats_supervised"]["panel"]) == {"treg", "treg_b"}

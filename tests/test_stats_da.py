@@ -12,7 +12,7 @@ from immunomon.stats import StatsOptions
 from immunomon.stats._common import kept_samples, strata, visit_order
 from immunomon.stats.da import differential_abundance
 from immunomon.stats.ds import differential_state, fit_f_dist
-from immunomon.stats.nbglm import fit_nb, lrt, ql_ftest
+from immunomon.stats.nbglm import fit_f_dist_trend, fit_nb, lrt, ql_ftest
 
 DATA = Path(__file__).parent / "data" / "stats"
 
@@ -45,12 +45,15 @@ def test_nb_lrt_agrees_with_r_edger():
     assert np.allclose(m["disp"], m["dispersion"], rtol=0.02)
 
 
-def test_ql_ftest_agrees_with_r_edger():
-    """R edgeR 3.40 glmQLFit (common dispersion, no abundance trend) + glmQLFTest."""
+@pytest.mark.parametrize("trend, reference", [(False, "edger_ql_reference.csv"),
+                                               (True, "edger_ql_trend_reference.csv")])
+def test_ql_ftest_agrees_with_r_edger(trend, reference):
+    """R edgeR 3.40 glmQLFit (common dispersion, abundance trend off / on) + glmQLFTest."""
     counts, X, visits = _fixture_design()
-    ref = pd.read_csv(DATA / "edger_ql_reference.csv")
+    ref = pd.read_csv(DATA / reference)
     k = X.shape[1]
-    res = ql_ftest(counts.to_numpy(), counts.to_numpy().sum(axis=0), X, [k - 3, k - 2, k - 1])
+    res = ql_ftest(counts.to_numpy(), counts.to_numpy().sum(axis=0), X, [k - 3, k - 2, k - 1],
+                   abundance_trend=trend)
     mine = pd.DataFrame({"cluster": np.repeat(counts.index, 3), "visit": visits[1:] * len(counts),
                          "p": res["p"].ravel(), "f": res["f"].ravel()})
     m = mine.merge(ref, on=["cluster", "visit"])
@@ -110,6 +113,19 @@ def test_fit_f_dist_recovers_prior():
     s0_hat, d0_hat = fit_f_dist(s2, np.full(4000, d, float))
     assert s0_hat == pytest.approx(s0, rel=0.1)
     assert d0_hat == pytest.approx(d0, rel=0.3)
+
+
+def test_fit_f_dist_trend_follows_the_covariate():
+    """A prior scale that grows with abundance is recovered; a flat prior is not fooled."""
+    rng = np.random.default_rng(4)
+    x = rng.uniform(4, 16, 2000)
+    s0 = 0.7 + 0.03 * x
+    s2 = s0 * rng.chisquare(20, x.size) / 20
+    s0_hat, d0_hat = fit_f_dist_trend(s2, 20.0, x)
+    assert np.allclose(s0_hat, s0, rtol=0.05)
+    assert d0_hat > 200  # no variability left once the trend is removed
+    _, d0_flat = fit_f_dist(s2, np.full(x.size, 20.0))
+    assert d0_flat < d0_hat
 
 
 def test_ds_detects_planted_markers_only(trial):

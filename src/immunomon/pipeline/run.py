@@ -300,7 +300,7 @@ def run_study(
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     options = options or RunOptions()
-    handler = _open_log(out / "run.log")
+    handler, level = _open_log(out / "run.log")
     try:
         log.info("run %s -> %s (workers=%s, scheduler=%s)", study_dir, out, workers, scheduler)
         study = load_study(Path(study_dir).resolve())
@@ -320,6 +320,7 @@ def run_study(
         raise
     finally:
         logging.getLogger("immunomon").removeHandler(handler)
+        logging.getLogger("immunomon").setLevel(level)
         handler.close()
 
 
@@ -332,6 +333,9 @@ def _run(study, out: Path, seed: int, options: RunOptions, cache: Cache, paralle
     hashes = map_samples(sha256_file, [p for _, p in inputs],
                          progress=stages.start("hash", len(inputs)), **parallel)
     sha = {rel: h for (rel, _), h in zip(inputs, hashes)}
+    root = Path(study.root).resolve()
+    file_sha = {s: sha[_relative(Path(study.path_of(s)).resolve(), root)]
+                for s in samples["sample_id"]}
     stages.done("hash", files=len(inputs), bytes=int(sum(p.stat().st_size for _, p in inputs)))
 
     # prepare: every sample not excluded in study.yaml (all with include_excluded)
@@ -341,7 +345,7 @@ def _run(study, out: Path, seed: int, options: RunOptions, cache: Cache, paralle
     jobs = []
     for sid, panel in zip(todo["sample_id"], todo["panel"]):
         n_train = math.ceil(options.train_cells / per_panel[panel])
-        key = _prepare_key(study, sid, sha, seed, n_train, code["prepare"])
+        key = _prepare_key(study, sid, file_sha[sid], sha, seed, n_train, code["prepare"])
         jobs.append(_SampleJob(study, sid, panel, key, _root(cache), seed, n_train))
     prepared = map_samples(_prepare_task, jobs, progress=stages.start("prepare", len(jobs)),
                            **parallel)
@@ -356,7 +360,7 @@ def _run(study, out: Path, seed: int, options: RunOptions, cache: Cache, paralle
     failed = [f"{r['sample_id']}: {r['error']}" for r in prepared if r["error"]]
     for line in failed:
         log.warning("sample left out: %s", line)
-    table = _samples_table(samples, sha, by_id)
+    table = _samples_table(samples, file_sha, by_id)
     usable = table["sample_id"].map(lambda s: s in by_id and not by_id[s]["error"])
     analysed = table.loc[usable & ((table["excluded_reason"] == "") | options.include_excluded)]
     if analysed.empty:
@@ -439,7 +443,6 @@ def _run(study, out: Path, seed: int, options: RunOptions, cache: Cache, paralle
         render_report(out)
         _advance(progress)
         stages.done("report", figures=len(list((out / "figures").glob("*"))))
-        record["steps"] = stages.steps
     return record
 
 
@@ -454,7 +457,8 @@ def _stats(study, tables: dict, analysed: pd.DataFrame, seed: int, options: RunO
         raise UserError(f"statistics options {sorted(options.stats)}: {err}") from None
     ids = set(analysed["sample_id"])
     inputs = {
-        "samples": analysed.reset_index(drop=True),
+        # the pipeline decides who is analysed (include_excluded): stats must not re-filter
+        "samples": analysed.drop(columns=["qc_pass", "excluded_reason"]).reset_index(drop=True),
         "parameters": _only(tables["parameters"], ids),
         "cluster_counts": _only(tables["cluster_counts"], ids),
         "cluster_markers": _only(tables["cluster_markers"], ids),
@@ -478,14 +482,16 @@ def _stats(study, tables: dict, analysed: pd.DataFrame, seed: int, options: RunO
 
 
 # --------------------------------------------------------------------------- helpers
-def _open_log(path: Path) -> logging.Handler:
-    """Append this run's log records (``immunomon.*`` loggers) to ``run.log``."""
+def _open_log(path: Path) -> tuple[logging.Handler, int]:
+    """Append this run's log records (``immunomon.*`` loggers, INFO and up) to ``run.log``;
+    returns the handler and the logger's previous level."""
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger("immunomon")
+    level = root.level
     root.addHandler(handler)
     root.setLevel(logging.INFO)
-    return handler
+    return handler, level
 
 
 def _advance(progress: tuple) -> None:
@@ -529,20 +535,22 @@ def _panel_config(study, panel: str) -> Any:
     return config.model_dump(mode="json") if hasattr(config, "model_dump") else config
 
 
-def _prepare_key(study, sample_id: str, sha: dict, seed: int, n_train: int, code: str) -> str:
-    """Cache key of a sample's prepare stage: file content, manifest row, panel, seed, code."""
+def _prepare_key(study, sample_id: str, file_sha: str, sha: dict, seed: int, n_train: int,
+                 code: str) -> str:
+    """Cache key of a sample's prepare stage: file content, manifest row, panel (and its
+    gating files), seed, training subsample size, code."""
     row = study.samples.loc[study.samples["sample_id"] == sample_id].iloc[0]
     root = Path(study.root).resolve()
-    file_sha = sha[_relative(Path(study.path_of(sample_id)).resolve(), root)]
     gating_files = [sha[_relative(p, root)] for p in _gating_files(study, row["panel"])]
-    return make_key("prepare", code, file_sha, row.to_dict(), _panel_config(study, row["panel"]),
+    manifest = row.drop(labels=["excluded_reason"], errors="ignore").to_dict()
+    return make_key("prepare", code, file_sha, manifest, _panel_config(study, row["panel"]),
                     gating_files, seed, n_train)
 
 
-def _samples_table(samples: pd.DataFrame, sha: dict, by_id: dict) -> pd.DataFrame:
+def _samples_table(samples: pd.DataFrame, file_sha: dict, by_id: dict) -> pd.DataFrame:
     """``tables/samples``: manifest columns + checksum, event counts, QC and exclusion reason."""
     table = samples.copy()
-    table["sha256"] = [sha.get(_file_key(f, sha), "") for f in table["file"]]
+    table["sha256"] = table["sample_id"].map(file_sha)
     results = [by_id.get(s, {}) for s in table["sample_id"]]
     table["events_total"] = pd.array([r.get("events_total") for r in results], dtype="Int64")
     table["events_after_qc"] = pd.array([r.get("events_after_qc") for r in results], dtype="Int64")
@@ -552,16 +560,12 @@ def _samples_table(samples: pd.DataFrame, sha: dict, by_id: dict) -> pd.DataFram
         if not reason and r.get("error"):
             reason = f"error: {r['error']}"
         elif not reason and r.get("qc_pass") is False:
-            reason = "failed QC"
+            reason = (f"failed QC ({r['events_after_qc']} of {r['events_total']} events kept; "
+                      "see qc_steps)")
         reasons.append(reason)
     table["excluded_reason"] = reasons
     extra = [c for c in table.columns if c not in SAMPLE_COLUMNS]
     return table[[c for c in SAMPLE_COLUMNS if c in table.columns] + extra]
-
-
-def _file_key(file: str, sha: dict) -> str:
-    file = Path(str(file)).as_posix()
-    return file if file in sha else next((k for k in sha if k.endswith("/" + file)), file)
 
 
 def _patients(samples: pd.DataFrame) -> pd.DataFrame:

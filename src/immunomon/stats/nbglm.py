@@ -227,18 +227,74 @@ def lrt(counts: np.ndarray, lib_size: np.ndarray, X: np.ndarray, coefs,
     return out
 
 
+def ave_log_cpm(counts: np.ndarray, lib_size: np.ndarray, phi: np.ndarray,
+                prior_count: float = 2.0) -> np.ndarray:
+    """edgeR ``aveLogCPM``: log2 counts per million of each row from an intercept-only NB fit
+    (dispersions ``phi``, shape (m,)) with prior counts scaled by library size, shape (m,)."""
+    y = np.asarray(counts, float)
+    lib = np.asarray(lib_size, float)
+    pc = prior_count * lib / lib.mean()
+    b, _, _ = fit_nb(y + pc, np.ones((y.shape[1], 1)), np.log(lib + 2 * pc), phi)
+    return (b[:, 0] + np.log(1e6)) / np.log(2)
+
+
+def _natural_spline(x: np.ndarray, df: int) -> np.ndarray:
+    """Basis (n, df) of the natural cubic splines with an intercept and ``df - 2`` interior
+    knots at quantiles of ``x`` (the space of R's ``splines::ns(x, df, intercept = TRUE)``)."""
+    knots = np.quantile(x, np.linspace(0, 1, df))
+    if df < 3 or np.ptp(x) == 0:
+        return np.column_stack([np.ones_like(x), x][:max(df, 1)])
+
+    def d(k):
+        return ((np.maximum(x - knots[k], 0) ** 3 - np.maximum(x - knots[-1], 0) ** 3)
+                / (knots[-1] - knots[k]))
+    return np.column_stack([np.ones_like(x), x] + [d(k) - d(df - 2) for k in range(df - 2)])
+
+
+def fit_f_dist_trend(s2: np.ndarray, df: float, covariate: np.ndarray) -> tuple[np.ndarray, float]:
+    """limma ``fitFDist`` with a covariate (as ``squeezeVar(covariate = AveLogCPM)`` in edgeR's
+    ``glmQLFit(abundance.trend = TRUE)``): prior scale s0² (m,) follows a natural spline in
+    the covariate (1 + [m >= 3] + [m >= 6] + [m >= 30] df), prior df d0 from the residual
+    spread of log s2 (``inf`` when there is no extra variability)."""
+    from scipy import special
+
+    from .ds import _trigamma_inverse
+
+    s2 = np.maximum(s2, 1e-5 * np.median(s2))
+    m = s2.size
+    spline_df = min(1 + (m >= 3) + (m >= 6) + (m >= 30), np.unique(covariate).size)
+    e = np.log(s2) - special.digamma(df / 2) + np.log(df / 2)
+    basis = _natural_spline(np.asarray(covariate, float), spline_df)
+    coef, *_ = np.linalg.lstsq(basis, e, rcond=None)
+    emean = basis @ coef
+    rank = np.linalg.matrix_rank(basis)
+    evar = ((e - emean) ** 2).sum() / (m - rank) - special.polygamma(1, df / 2)
+    if evar > 0:
+        d0 = 2 * _trigamma_inverse(evar)
+        return np.exp(emean + special.digamma(d0 / 2) - np.log(d0 / 2)), float(d0)
+    return np.exp(emean), np.inf
+
+
 def ql_ftest(counts: np.ndarray, lib_size: np.ndarray, X: np.ndarray, coefs,
-             prior_count: float = 0.125, dispersion: float | None = None):
-    """Quasi-likelihood F tests, edgeR ``glmQLFit`` + ``glmQLFTest`` style (no abundance
-    trend, no Poisson bound).
+             prior_count: float = 0.125, dispersion: float | None = None,
+             abundance_trend: bool = True):
+    """Quasi-likelihood F tests, edgeR ``glmQLFit`` + ``glmQLFTest`` style (no Poisson bound).
 
     NB GLMs with the common Cox–Reid dispersion; QL dispersion of each row = deviance /
-    residual df, squeezed towards a prior by limma's ``fitFDist`` (empirical Bayes); F =
-    LR / posterior QL dispersion on (1, d + d0) df, d0 capped so that d + d0 <= total
-    residual df. Better calibrated than the LRT with few samples per level (edgeR's
-    recommendation); ``dispersion`` fixes the common NB dispersion instead of estimating it.
+    residual df, squeezed by limma's empirical Bayes (``fitFDist``) towards a prior that
+    follows the row's average log CPM (``abundance_trend``, edgeR's default; a single
+    value otherwise); F = LR / posterior QL dispersion on (1, d + d0) df, capped at the
+    total residual df. ``dispersion`` fixes the common NB dispersion instead of
+    estimating it.
 
-    Returns dict with ``log2fc``, ``f``, ``p`` (m, len(coefs)) and ``ql_prior_df``.
+    The abundance trend matters for cluster counts: the clusters of a sample share its
+    total (the offset), so a large cluster varies less around its share than a small one
+    (e.g. effective NB dispersion 0.010 vs 0.016 when 20 % vs 0.1 % of the cells); one
+    common prior then under-estimates the variance of small clusters and the test is
+    liberal for them.
+
+    Returns dict with ``log2fc``, ``f``, ``p`` (m, len(coefs)), ``common_dispersion``,
+    ``ql_prior_df`` and ``ql_prior`` (m,).
     """
     from .ds import fit_f_dist
 
@@ -250,12 +306,14 @@ def ql_ftest(counts: np.ndarray, lib_size: np.ndarray, X: np.ndarray, coefs,
     _, _, dev1 = fit_nb(y, X, off, phi)
     d = X.shape[0] - X.shape[1]
     s2 = dev1 / d
-    s0, d0 = fit_f_dist(s2, np.full(len(s2), float(d)))
-    if not np.isfinite(s0):  # a single row: no moderation
-        s0, d0 = float(s2.mean()), 0.0
-    d0 = min(d0, d * (len(s2) - 1))  # edgeR: df.total <= sum of residual df
+    if abundance_trend and len(s2) >= 3:
+        s0, d0 = fit_f_dist_trend(s2, float(d), ave_log_cpm(y, lib, phi))
+    else:
+        s0, d0 = fit_f_dist(s2, np.full(len(s2), float(d)))
+        if not np.isfinite(s0):  # a single row: no moderation
+            s0, d0 = float(s2.mean()), 0.0
     s2_post = s0 if np.isinf(d0) else (d0 * s0 + d * s2) / (d0 + d)
-    df_total = d + d0
+    df_total = min(d + d0, d * len(s2))  # edgeR: df.total <= sum of residual df
     pc = prior_count * lib / lib.mean()
     b_pc, _, _ = fit_nb(y + pc, X, np.log(lib + 2 * pc), phi)
     out = {k: np.full((y.shape[0], len(coefs)), np.nan) for k in ("log2fc", "f", "p")}
@@ -266,4 +324,5 @@ def ql_ftest(counts: np.ndarray, lib_size: np.ndarray, X: np.ndarray, coefs,
         out["p"][:, j] = stats.f.sf(f, 1, df_total)
         out["log2fc"][:, j] = b_pc[:, c] / np.log(2)
     out["common_dispersion"], out["ql_prior_df"] = common, d0
+    out["ql_prior"] = np.broadcast_to(s0, s2.shape).copy()
     return out

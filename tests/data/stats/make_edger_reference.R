@@ -37,3 +37,16 @@ for (v in grep("^visit", colnames(design), value = TRUE)) {
 }
 write.csv(out, "tests/data/stats/edger_ql_reference.csv", row.names = FALSE)
 cat("QL prior df", qfit$df.prior, "\n")
+
+# The same with edgeR's default abundance trend of the QL prior (squeezeVar with covariate
+# AveLogCPM; what ql_ftest does by default).
+y$AveLogCPM <- aveLogCPM(y)
+qfit <- glmQLFit(y, design, dispersion = y$common.dispersion, abundance.trend = TRUE)
+out <- NULL
+for (v in grep("^visit", colnames(design), value = TRUE)) {
+  res <- glmQLFTest(qfit, coef = v, poisson.bound = FALSE)$table
+  out <- rbind(out, data.frame(cluster = rownames(res), visit = sub("^visit", "", v),
+                               logFC = res$logFC, F = res$F, PValue = res$PValue))
+}
+write.csv(out, "tests/data/stats/edger_ql_trend_reference.csv", row.names = FALSE)
+cat("QL prior df (abundance trend)", qfit$df.prior, "\n")
