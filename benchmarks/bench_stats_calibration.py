@@ -148,6 +148,7 @@ def main():
     ap.add_argument("--sizes", type=float, nargs="+", default=[0.25, 0.5, 1.0])
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--seed", type=int, default=1000)
+    ap.add_argument("--save", help="write every null-trial p and q value to this parquet file")
     a = ap.parse_args()
     pd.set_option("display.width", 200)
     pd.set_option("display.max_rows", 200)
@@ -157,6 +158,11 @@ def main():
     print(f"## Null trials: {a.null} ({t1 - t0:.0f} s, {(t1 - t0) / max(a.null, 1):.2f} s/trial "
           f"with {a.workers} workers)\n")
     print(markdown(null_table(null)))
+    if a.save:
+        pd.concat(null, ignore_index=True).to_parquet(a.save)
+    if not a.effect_trials:
+        print(f"\nTotal {time.perf_counter() - t0:.0f} s")
+        return
     eff = run([(a.seed + 100_000 + i, "planted", s) for s in a.sizes for i in range(a.effect_trials)],
               a.workers)
     t2 = time.perf_counter()

@@ -4,8 +4,9 @@ Sample-level models in the diffcyt style, per stratum (``all`` and each disease)
 
 * ``edger_ql`` — negative-binomial GLM, design ``~ patient + visit`` (patient as block,
   every visit at once), offsets log(cells of the sample), common Cox–Reid dispersion and
-  edgeR's quasi-likelihood F test per visit coefficient (:func:`.nbglm.ql_ftest`): the
-  default, better calibrated than the LRT (null family-wise FDR of BH 6.3 % vs 7.1 %,
+  edgeR's quasi-likelihood F test per visit coefficient with the QL prior trended on
+  abundance (:func:`.nbglm.ql_ftest`; clusters sharing a sample's total makes the spread
+  of a cluster depend on its size): the default (calibration in
   benchmarks/bench_stats_calibration.py).
 * ``edger_lrt`` — the same GLM with edgeR's tagwise dispersions and likelihood-ratio test
   (``glmFit`` + ``glmLRT``, :func:`.nbglm.lrt`; matches R's edgeR; slightly liberal with

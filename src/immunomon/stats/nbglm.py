@@ -13,8 +13,10 @@ uses, written for cluster-count tables (tens of clusters, hundreds of samples):
 * :func:`lrt` — likelihood-ratio test of one coefficient against the fit without it,
   chi-squared on 1 df (``glmLRT``); log2 fold changes from a fit with edgeR's prior count
   0.125 (``addPriorCount``).
-* :func:`ql_ftest` — quasi-likelihood F test (``glmQLFit`` + ``glmQLFTest``), the better
-  calibrated choice (the LRT is slightly liberal: see benchmarks/bench_stats_calibration.py).
+* :func:`ql_ftest` — quasi-likelihood F test (``glmQLFit`` + ``glmQLFTest``) with edgeR's
+  default abundance trend of the QL prior (:func:`fit_f_dist_trend` over
+  :func:`ave_log_cpm`), the better calibrated choice (the LRT treats the estimated
+  dispersions as known: see benchmarks/bench_stats_calibration.py).
 
 inmoose's ``edgepy`` implements the same algorithms but fits rows one by one in Python
 (~10 s per 20-cluster × 300-sample table); this module gives the same p values (tested
