@@ -1,5 +1,7 @@
 """map_samples: input order, determinism across backends, progress, errors."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -69,3 +71,17 @@ def test_errors_propagate(workers):
 def test_bad_workers_is_user_error():
     with pytest.raises(UserError, match="workers"):
         map_samples(abs, ITEMS, workers=0)
+
+
+
+def worker_pid(_) -> int:
+    return os.getpid()
+
+
+def test_worker_pool_is_reused_across_calls():
+    from immunomon.pipeline.executor import worker_pool
+
+    with worker_pool(2):
+        first = map_samples(worker_pid, ITEMS, workers=2)
+        second = map_samples(worker_pid, ITEMS, workers=2)
+    assert len(set(first) | set(second)) <= 2 and os.getpid() not in first

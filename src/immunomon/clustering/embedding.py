@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 import zlib
 
 import numpy as np
@@ -43,12 +44,19 @@ def umap_embedding(
     """
     import umap  # slow import (numba compilation): only when an embedding is asked for
 
+    from sklearn.neighbors import NearestNeighbors
+
     X = np.asarray(X, dtype=np.float32)
     if X.shape[0] < 3:
         return np.zeros((X.shape[0], 2), dtype=np.float32)
-    # nearest-neighbour descent at every size (umap-learn's exact small-data path
-    # computes all pairwise distances through a Python callback: minutes for 4,000 cells)
-    reducer = umap.UMAP(n_components=2, n_neighbors=min(n_neighbors, X.shape[0] - 1),
-                        min_dist=min_dist, random_state=random_state, n_jobs=1,
-                        force_approximation_algorithm=True)
-    return reducer.fit_transform(X).astype(np.float32)
+    k = min(n_neighbors, X.shape[0] - 1)
+    # Exact neighbours from scikit-learn, handed to UMAP as precomputed: umap-learn's own
+    # nearest-neighbour descent (pynndescent) costs ~60 s of numba compilation per process,
+    # the exact search on a few 10^4 cells a second or two.
+    dists, idx = NearestNeighbors(n_neighbors=k).fit(X).kneighbors(X)
+    reducer = umap.UMAP(n_components=2, n_neighbors=k, min_dist=min_dist,
+                        random_state=random_state, n_jobs=1,
+                        precomputed_knn=(idx, dists.astype(np.float32), None))
+    with warnings.catch_warnings():  # no search index: we never call reducer.transform
+        warnings.filterwarnings("ignore", message="precomputed_knn", category=UserWarning)
+        return reducer.fit_transform(X).astype(np.float32)

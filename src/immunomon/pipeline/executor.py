@@ -10,19 +10,40 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from contextlib import contextmanager
 from typing import Any
 
 from immunomon.errors import UserError
 
-__all__ = ["map_samples", "Progress"]
+__all__ = ["map_samples", "worker_pool", "Progress"]
 
 #: A progress sink: a callable invoked once per finished item (with no argument), or a
 #: ``(rich.progress.Progress, task_id)`` pair whose task is advanced by one per item.
 Progress = Callable[[], Any] | tuple[Any, Any] | None
 
 _THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
+
+#: Pools kept open by :func:`worker_pool`, by number of workers.
+_POOLS: dict[int, ProcessPoolExecutor] = {}
+
+
+@contextmanager
+def worker_pool(workers: int) -> Iterator[None]:
+    """Keep one pool of ``workers`` local processes for every :func:`map_samples` call with
+    that many workers inside the block (worker start-up and imports are paid once).
+
+    ``workers <= 1`` does nothing. Nested blocks with the same count share the pool.
+    """
+    if workers <= 1 or workers in _POOLS:
+        yield
+        return
+    _POOLS[workers] = _new_pool(workers)
+    try:
+        yield
+    finally:
+        _POOLS.pop(workers).shutdown(cancel_futures=True)
 
 
 def map_samples(
@@ -101,16 +122,22 @@ def _limit_threads(threads: int) -> None:
     threadpool_limits(limits=threads)
 
 
-def _map_processes(fn: Callable, items: Sequence, workers: int, advance: Callable) -> list:
-    """Local process pool; results reordered to input order."""
+def _new_pool(workers: int) -> ProcessPoolExecutor:
+    """A pool of ``workers`` processes (forkserver on POSIX, else spawn), threads capped."""
     method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    with ProcessPoolExecutor(
+    return ProcessPoolExecutor(
         max_workers=workers,
         mp_context=multiprocessing.get_context(method),
         initializer=_limit_threads,
-        initargs=(threads,),
-    ) as pool:
+        initargs=(max(1, (os.cpu_count() or 1) // workers),),
+    )
+
+
+def _map_processes(fn: Callable, items: Sequence, workers: int, advance: Callable) -> list:
+    """Local process pool (the :func:`worker_pool` one if open); results in input order."""
+    shared = _POOLS.get(workers)
+    pool = shared or _new_pool(workers)
+    try:
         futures = [pool.submit(fn, item) for item in items]
         index = {future: i for i, future in enumerate(futures)}
         pending = set(futures)
@@ -124,6 +151,9 @@ def _map_processes(fn: Callable, items: Sequence, workers: int, advance: Callabl
             for _ in done:
                 advance()
         return [future.result() for future in futures]
+    finally:
+        if shared is None:
+            pool.shutdown(cancel_futures=True)
 
 
 def _map_dask(fn: Callable, items: Sequence, scheduler: Any, advance: Callable) -> list:

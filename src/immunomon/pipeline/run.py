@@ -38,7 +38,7 @@ from immunomon.errors import UserError
 from immunomon.pipeline.unsupervised import EMBED_CELLS, TRAIN_CELLS
 
 from .cache import Cache, code_fingerprint, make_key, sha256_file
-from .executor import map_samples
+from .executor import map_samples, worker_pool
 from .provenance import safe_keywords, utc_now, write_provenance
 from .rundir import write_table
 
@@ -309,7 +309,7 @@ def run_study(
         cache = Cache(Path(cache_dir).resolve() if cache_dir is not None else out / ".cache")
         parallel = {"workers": workers, "scheduler": scheduler}
         remote = scheduler is not None or workers > 1
-        with _Stages(quiet, remote) as stages:
+        with _Stages(quiet, remote) as stages, worker_pool(workers if scheduler is None else 1):
             record = _run(study, out, seed, options, cache, parallel, stages, report)
         record.update(started=started, finished=utc_now())
         write_provenance(out / "provenance.json", record)
@@ -330,8 +330,8 @@ def _run(study, out: Path, seed: int, options: RunOptions, cache: Cache, paralle
     samples = study.samples.reset_index(drop=True)
     code = {stage: code_fingerprint(*mods) for stage, mods in _CODE.items()}
     inputs = _input_files(study)
-    hashes = map_samples(sha256_file, [p for _, p in inputs],
-                         progress=stages.start("hash", len(inputs)), **parallel)
+    hashes = map_samples(sha256_file, [p for _, p in inputs],  # I/O bound: in this process
+                         progress=stages.start("hash", len(inputs)))
     sha = {rel: h for (rel, _), h in zip(inputs, hashes)}
     root = Path(study.root).resolve()
     file_sha = {s: sha[_relative(Path(study.path_of(s)).resolve(), root)]
@@ -599,11 +599,11 @@ def _frame_digest(frame: Any) -> Any:
 def _train_panel(study, panel: str, ids: list[str], by_id: dict, seed: int):
     """Train the panel's clustering on the pooled training subsamples of ``ids`` (manifest order)."""
     from immunomon.clustering.annotate import load_marker_table
-    from immunomon.pipeline.unsupervised import _panel_markers, train
+    from immunomon.pipeline.unsupervised import panel_markers, train
 
     subsamples = [by_id[s]["training"] for s in ids]
     columns = [c for c in subsamples[0].columns if c != "sample_id"]
-    markers, grid, k = _panel_markers(study, panel, columns)
+    markers, grid, k = panel_markers(study, panel, columns)
     return train(subsamples, markers, grid=grid, k=k, seed=seed, marker_table=load_marker_table())
 
 

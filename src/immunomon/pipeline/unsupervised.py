@@ -188,7 +188,7 @@ def _map_task(study_dir: str, model: ClusterModel, embed_n: int, seed: int, samp
     return map_sample(model, prepare_sample(_load(study_dir), sample_id), embed_n=embed_n, seed=seed)
 
 
-def _panel_markers(study, panel: str, columns: list[str]) -> tuple[list[str], tuple[int, int], int]:
+def panel_markers(study, panel: str, columns: list[str]) -> tuple[list[str], tuple[int, int], int]:
     """Clustering markers, grid and k of a panel (defaults: fluorescence markers but
     Viability, 10×10, 20)."""
     config = _get(study.config.panels[panel], "clustering")
@@ -253,7 +253,7 @@ def cluster_study(
         n_train = math.ceil(train_cells / len(ids))
         subsamples = map_samples(functools.partial(_subsample_task, study_dir, n_train, seed), ids,
                                  workers=workers, scheduler=scheduler)
-        markers, grid, k = _panel_markers(study, panel, [c for c in subsamples[0].columns if c != "sample_id"])
+        markers, grid, k = panel_markers(study, panel, [c for c in subsamples[0].columns if c != "sample_id"])
         model = train(subsamples, markers, grid=grid, k=k, seed=seed, marker_table=marker_table)
         del subsamples
         embed_n = math.ceil(max(embed_cells, 0) / len(ids))
