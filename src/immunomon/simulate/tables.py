@@ -23,17 +23,15 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from immunomon.simulate.model import (DISEASES as _DISEASE_SHIFTS, EFFECTS, MAX_TREG,
+                                      VISIT_SD, _expit, _logit, profile)
+
 VISITS = (("D1", 1), ("D8", 8), ("D15", 15), ("D29", 29), ("D85", 85), ("D183", 183),
           ("D240", 240))
-DISEASES = ("RA", "AS", "SLE", "psoriasis", "Behcet", "GPA", "Takayasu", "Crohn", "UC", "AIH",
-            "SC")
+DISEASES = tuple(name for name, _ in _DISEASE_SHIFTS)
 #: log shift of the baseline Treg % of CD4 T per disease (as simulate.model).
-TREG_SHIFT = {"SLE": -0.35, "AIH": -0.25, "GPA": -0.15, "Crohn": -0.1}
-PROFILE = ((1, 0.0), (8, 1.0), (15, 0.55), (29, 0.45), (85, 0.45), (183, 0.45), (240, 0.08),
-           (300, 0.0))
-VISIT_SD = 0.12
+TREG_SHIFT = {name: shift for name, shift in _DISEASE_SHIFTS if shift}
 PATIENT_SD = 0.3
-MAX_TREG = 0.5
 NB_DISPERSION = VISIT_SD ** 2
 
 #: Binary fractions: state -> (parameter, population, baseline probability, patient sd).
@@ -61,15 +59,6 @@ MEDIANS = {
     "foxp3_treg": ("FOXP3 median in Treg", "Treg", 1500.0, 0.15),
     "cd25_tconv": ("CD25 median in CD4 Tconv", "CD4 Tconv", 300.0, 0.15),
 }
-#: Planted effects: state -> (scale, fold change at the peak, responder).
-EFFECTS = {
-    "treg": ("fraction", 2.0, "treg"),
-    "treg_mem": ("odds", 2.0, "treg"),
-    "ki67_treg": ("odds", 3.5, "treg"),
-    "hladr_treg": ("odds", 2.2, "treg"),
-    "cd25_treg": ("intensity", 1.5, "treg"),
-    "nk_bright": ("fraction", 1.6, "nk"),
-}
 #: Metaclusters: (label, baseline proportion, planted state whose effect it follows or None).
 CLUSTERS = (
     ("CD4 T naive", 0.20, None), ("CD4 T memory", 0.17, None), ("CD8 T naive", 0.08, None),
@@ -92,20 +81,6 @@ AE_TERMS = (  # (SOC, PT, probability per patient, serious, related)
     ("Infections and infestations", "Nasopharyngitis", 0.12, "N", "N"),
     ("Infections and infestations", "Appendicitis", 0.025, "Y", "N"),
 )
-
-
-def profile(day: float) -> float:
-    """Fraction of the peak effect at a study ``day``."""
-    days, values = zip(*PROFILE)
-    return float(np.interp(day, days, values, left=0.0, right=0.0))
-
-
-def _logit(p):
-    return np.log(p) - np.log1p(-p)
-
-
-def _expit(x):
-    return 1.0 / (1.0 + np.exp(-x))
 
 
 def _log_fold(state: str, k: float, r: dict) -> tuple[str, float]:
