@@ -31,6 +31,7 @@ from defusedxml import DefusedXmlException
 from immunomon.errors import UserError
 from immunomon.preprocess import transforms as tr
 
+from .xmlfile import read_xml_bytes
 from .gates import BooleanGate, Dimension, GatingResult, GatingStrategy, PolygonGate, RectangleGate
 
 __all__ = ["read_wsp", "parse_wsp", "FlowJoWorkspace", "FlowJoSample"]
@@ -119,13 +120,7 @@ class FlowJoWorkspace:
 def read_wsp(path: str | Path) -> FlowJoWorkspace:
     """Read a FlowJo 10 workspace (only this file is read; FCS files are not opened)."""
     path = Path(path)
-    try:
-        if path.stat().st_size > MAX_BYTES:
-            raise UserError(f"{path}: too large for a FlowJo workspace (limit {MAX_BYTES} bytes)")
-        data = path.read_bytes()
-    except OSError as err:
-        raise UserError(f"{path}: cannot read workspace ({err.strerror})") from None
-    return parse_wsp(data, source=str(path))
+    return parse_wsp(read_xml_bytes(path, MAX_BYTES, "FlowJo workspace"), source=str(path))
 
 
 def parse_wsp(data: bytes | str, source: str = "<workspace>") -> FlowJoWorkspace:

@@ -25,6 +25,7 @@ from defusedxml import DefusedXmlException
 from immunomon.errors import UserError
 from immunomon.preprocess import transforms as tr
 
+from .xmlfile import read_xml_bytes
 from .gates import (
     BooleanGate,
     Dimension,
@@ -91,14 +92,7 @@ def _num(ctx: _Ctx, el, name: str, what: str, *namespaces: str, required: bool =
 def read_gatingml(path: str | Path) -> GatingStrategy:
     """Read a Gating-ML 2.0 file (only that file is ever read)."""
     path = Path(path)
-    try:
-        size = path.stat().st_size
-        if size > MAX_BYTES:
-            raise UserError(f"{path}: {size} bytes is too large for a Gating-ML file (limit {MAX_BYTES})")
-        data = path.read_bytes()
-    except OSError as err:
-        raise UserError(f"{path}: cannot read Gating-ML file ({err.strerror})") from None
-    return parse_gatingml(data, source=str(path))
+    return parse_gatingml(read_xml_bytes(path, MAX_BYTES, "Gating-ML file"), source=str(path))
 
 
 def parse_gatingml(data: bytes | str, source: str = "<Gating-ML>") -> GatingStrategy:
