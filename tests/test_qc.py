@@ -123,3 +123,53 @@ def test_qc_on_simulated_study_removes_artefacts_keeps_cells(prepared_small_stud
     for artefact in ("doublet", "debris", "dead"):
         assert frac[artefact] >= 0.90
     assert frac["none"] <= 0.05
+
+
+def _valley_with_scipy(x, bounds, grid=512, adjust=0.5, min_prominence=0.02):
+    """The definition of :func:`density_valley` written with scipy's ``gaussian_filter1d``
+    and ``find_peaks`` (float64 input, at most 20,000 values): the compiled kernel must agree."""
+    from scipy.ndimage import gaussian_filter1d
+    from scipy.signal import find_peaks
+
+    lo, hi = bounds
+    x = x[np.isfinite(x)]
+    probe = np.sort(x[:: max(1, x.size // 4000)])
+    q_lo, q25, q75, q_hi = probe[(np.array([0.001, 0.25, 0.75, 0.999]) * (probe.size - 1)).astype(np.int64)]
+    start, stop = min(q_lo, lo), max(q_hi, hi)
+    width = (stop - start) / grid
+    bins = np.clip(np.floor((x - start) * (1.0 / width)), -1, grid).astype(np.int64) + 1
+    bins[x == stop] = grid
+    counts = np.bincount(bins, minlength=grid + 2)[1:-1].astype(np.float64)
+    iqr = q75 - q25
+    spread = min(np.std(probe), iqr / 1.34) if iqr > 0 else np.std(probe)
+    density = gaussian_filter1d(counts, max(adjust * 0.9 * spread * x.size ** -0.2 / width, 1.0), mode="constant")
+    centres = start + width * (np.arange(grid) + 0.5)
+    peaks = find_peaks(np.concatenate(([0.0], density, [0.0])), prominence=min_prominence * density.max())[0] - 1
+    best, best_d = None, np.inf
+    for a, b in zip(peaks[:-1], peaks[1:]):
+        seg = density[a : b + 1]
+        low = np.flatnonzero(seg <= seg.min() + 1e-3 * density.max())
+        run = low[low - low[0] == np.arange(low.size)]
+        v = a + run[run.size // 2]
+        if lo <= centres[v] <= hi and density[v] < best_d:
+            best, best_d = v, density[v]
+    if best is not None:
+        return float(centres[best])
+    inside = np.flatnonzero((centres >= lo) & (centres <= hi))
+    return lo if density[inside[0]] <= density[inside[-1]] else hi
+
+
+def test_density_valley_equals_its_scipy_definition():
+    rng = np.random.default_rng(7)
+    for case in range(120):
+        k = rng.integers(1, 4)
+        centres, sds = np.sort(rng.uniform(-1, 6, k)), rng.uniform(0.1, 1.0, k)
+        label = rng.choice(k, int(rng.integers(50, 20_000)), p=rng.dirichlet(np.ones(k)))
+        x = centres[label] + sds[label] * rng.standard_normal(label.size)
+        if case % 5 == 0:
+            x = np.round(x, 1)  # ties and plateaus
+        lo = float(rng.uniform(-1, 3))
+        bounds = (lo, lo + float(rng.uniform(0.2, 4)))
+        adjust = float(rng.choice([0.3, 0.5, 1.0]))
+        assert density_valley(x, bounds, adjust=adjust) == pytest.approx(
+            _valley_with_scipy(x, bounds, adjust=adjust), abs=1e-9), case

@@ -187,3 +187,31 @@ def test_cli_lists_every_problem_at_once(broken, capsys):
     assert any("file not found" in x for x in lines)
     assert any("unknown subject" in x for x in lines)
     assert any("unknown visit 'D99'" in x for x in lines)
+
+
+def test_panel_qc_settings_reach_prepare(broken):
+    """study.yaml's panel ``qc`` block sets the QC of every file of that panel."""
+    from immunomon.pipeline.prepare import prepare_sample
+
+    study = load_study(broken)
+    sid = study.samples["sample_id"].iloc[0]
+    default = prepare_sample(study, sid)
+    assert list(default.qc_steps["step"]) == ["margins", "time", "doublets", "debris", "dead"]
+
+    edit_yaml(broken / "study.yaml", lambda d: d["panels"]["treg"].update(
+        qc={"steps": ["doublets", "dead"], "doublet_mad": 1.0, "max_loss": 0.01}))
+    tuned = prepare_sample(load_study(broken), sid)
+    assert list(tuned.qc_steps["step"]) == ["doublets", "dead"]
+    assert "median + 1 MAD" in tuned.qc_steps["reason"].iloc[0]
+    doublets = lambda p: int(p.qc_steps.set_index("step").loc["doublets", "events_removed"])  # noqa: E731
+    assert doublets(tuned) > doublets(default)  # a tighter doublet gate removes more
+    assert not tuned.qc_pass  # more than 1 % lost
+
+
+def test_panel_qc_settings_are_validated(broken):
+    edit_yaml(broken / "study.yaml", lambda d: d["panels"]["treg"].update(
+        qc={"steps": ["doublets", "coffee"], "max_loss": 2, "dead_bound": [1, 4]}))
+    text = "\n".join(problems_of(broken))
+    assert "qc.steps.1" in text and "'margins', 'time', 'doublets', 'debris' or 'dead'" in text
+    assert "qc.max_loss" in text
+    assert "qc.dead_bound" in text  # misspelt key: unknown field

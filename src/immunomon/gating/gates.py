@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from immunomon.errors import UserError
+from immunomon.events import frame_columns
 
 __all__ = [
     "Dimension",
@@ -598,7 +599,11 @@ class GatingStrategy:
         spillover
             The file's own spillover matrix, used by ``compensation-ref="FCS"``.
         """
-        n = len(next(iter(data.values()))) if not isinstance(data, pd.DataFrame) else len(data)
+        if isinstance(data, pd.DataFrame):
+            n = len(data)
+            data = frame_columns(data)
+        else:
+            n = len(next(iter(data.values())))
         cache: dict = {}
         memberships: dict[str, np.ndarray] = {}
         done: set[str] = set()

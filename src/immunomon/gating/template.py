@@ -54,9 +54,10 @@ import pandas as pd
 import yaml
 
 from immunomon.errors import UserError
+from immunomon.events import frame_columns
 from immunomon.gating.gates import BooleanGate, Gate, GatingStrategy, PolygonGate, RectangleGate
 from immunomon.gating.statistics import ParameterSpec
-from immunomon.preprocess.qc import MAD_SCALE, PROBE_EVENTS, density_valley
+from immunomon.preprocess.qc import MAD_SCALE, PROBE_EVENTS, VALLEY_EVENTS, density_valley
 
 THRESHOLD_COLUMNS = ["sample_id", "population", "dimension", "bound", "value", "source"]
 GATE_TYPES = ("rectangle", "polygon", "singlets", "not")
@@ -253,7 +254,8 @@ class GatingTemplate:
         if missing:
             raise UserError(f"{self.source}: marker(s) {missing} used by the template are not in sample "
                             f"{sample_id!r} (columns: {list(events.columns)})")
-        cols = {m: events[m].to_numpy() for m in self.markers()}
+        columns = frame_columns(events)
+        cols = {m: columns[m] for m in self.markers()}
         n = len(events)
         override = self.overrides.get(sample_id, {})
         memberships: dict[str, np.ndarray] = {}
@@ -340,6 +342,9 @@ class _Resolver:
             if key in self.cache:
                 self.rows.append((self.sample_id, population, dim, bound, self.cache[key], source))
                 return self.cache[key]
+            if "valley" in spec and not spec.get("log") and idx.size > VALLEY_EVENTS:  # gather only what
+                # density_valley uses (the same evenly strided subset)
+                idx = idx[:: int(np.ceil(idx.size / VALLEY_EVENTS))]
             x = self.cols[dim][idx]
             if "valley" in spec:
                 lo, hi = (float(b) for b in spec["valley"])

@@ -350,10 +350,11 @@ def _channels(kw: dict[str, str], layout: Layout, path: Path) -> pd.DataFrame:
             g = 1.0
         gain.append(g)
     bits = [b // 8 if k == "A" else b for k, b in zip(layout.kinds, layout.bits)]
-    return pd.DataFrame({
-        "name": unique_names(names, path), "label": labels, "bits": bits, "range": rng,
-        "log_decades": dec, "log_offset": off, "gain": gain, "datatype": list(layout.kinds),
-    })
+    columns = {"name": unique_names(names, path), "label": labels, "bits": bits, "range": rng,
+               "log_decades": dec, "log_offset": off, "gain": gain, "datatype": list(layout.kinds)}
+    dtypes = {"name": object, "label": object, "bits": np.int64, "datatype": object}
+    return pd.DataFrame({k: np.array(v, dtype=dtypes.get(k, np.float64)) for k, v in columns.items()},
+                        copy=False)
 
 
 def _scale(events: np.ndarray, channels: pd.DataFrame) -> None:

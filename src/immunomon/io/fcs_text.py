@@ -96,6 +96,11 @@ def parse_text(raw: bytes, offset: int, path: str | Path) -> dict[str, str]:
     body = raw[1:]
     if body.endswith(delim):
         body = body[:-1]
+    if delim * 2 not in body and delim[0] < 0x80:
+        try:  # no escaped delimiters, valid UTF-8: split once (the usual file)
+            return _keywords(body.decode("utf-8").split(delim.decode("ascii")))
+        except UnicodeDecodeError:
+            pass
     segs = body.split(delim)
     tokens: list[bytes] = []
     cur: list[bytes] = [segs[0]]
@@ -124,12 +129,20 @@ def parse_text(raw: bytes, offset: int, path: str | Path) -> dict[str, str]:
         tokens.append(last)
     if len(tokens) % 2:
         tokens.append(b"")
+    return _keywords([_decode(t) for t in tokens])
+
+
+def _keywords(tokens: list[str]) -> dict[str, str]:
+    """``{KEYWORD: value}`` from alternating keyword and value tokens (a missing last value
+    is empty): keywords stripped of padding and upper-cased, values stripped, the first
+    occurrence of a repeated keyword kept, empty keywords dropped."""
+    if len(tokens) % 2:
+        tokens = [*tokens, ""]
     out: dict[str, str] = {}
-    for i in range(0, len(tokens), 2):
-        key = _decode(tokens[i]).strip(" \t\r\n\x00").upper()
-        if not key:
-            continue
-        out.setdefault(key, _decode(tokens[i + 1]).strip())
+    for key, value in zip(tokens[::2], tokens[1::2]):
+        key = key.strip(" \t\r\n\x00").upper()
+        if key and key not in out:
+            out[key] = value.strip()
     return out
 
 

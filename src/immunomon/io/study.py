@@ -33,6 +33,7 @@ with one line per problem, naming the file, the line (header = line 1) and the c
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -98,13 +99,44 @@ class Clustering(_Model):
     metaclusters: int = Field(20, ge=2)
 
 
+class QC(_Model):
+    """Quality-control settings of a panel's files: the parameters of
+    :class:`immunomon.preprocess.qc.QualityControl` (marker names for the columns); a field
+    left out keeps that class's default."""
+
+    steps: list[Literal["margins", "time", "doublets", "debris", "dead"]] | None = None
+    max_loss: float | None = Field(None, ge=0, le=1)
+    time: str | None = None
+    fsc_a: str | None = None
+    fsc_h: str | None = None
+    ssc_a: str | None = None
+    viability: str | None = None
+    rate_bin_events: int | None = Field(None, ge=1)
+    segment_events: int | None = Field(None, ge=1)
+    max_segments: int | None = Field(None, ge=1)
+    rate_mad: float | None = Field(None, gt=0)
+    signal_mad: float | None = Field(None, gt=0)
+    min_shift: float | None = Field(None, ge=0)
+    signal_channels: list[str] | None = None
+    doublet_mad: float | None = Field(None, gt=0)
+    debris_fsc_bounds: tuple[float, float] | None = None
+    debris_ssc_floor: float | None = None
+    dead_bounds: tuple[float, float] | None = None
+
+    def settings(self) -> dict:
+        """The fields that are set, as :class:`QualityControl` keyword arguments."""
+        return {k: tuple(v) if isinstance(v, (list, tuple)) else v
+                for k, v in self.model_dump(exclude_none=True).items()}
+
+
 class Panel(_Model):
-    """An antibody panel: channels, transform, gating and clustering."""
+    """An antibody panel: channels, transform, gating, clustering and quality control."""
 
     channels: dict[str, Channel] = Field(min_length=1)
     transform: Transform = Field(default_factory=Transform)
     gating: Gating | None = None
     clustering: Clustering | None = None
+    qc: QC | None = None
 
     def marker_of(self, channel: str) -> str:
         """The marker measured in ``channel`` ($PnN)."""
@@ -150,19 +182,30 @@ class Study:
     clinical: pd.DataFrame | None = None
     adverse_events: pd.DataFrame | None = None
 
+    _rows: tuple | None = dataclasses.field(default=None, init=False, repr=False, compare=False)
+
+    def sample(self, sample_id: str) -> dict:
+        """The ``samples.csv`` row of ``sample_id``, column → value (first row if repeated).
+
+        Raises ``KeyError`` for an unknown id. Rows are indexed once per ``samples`` table
+        (a lookup is a dict access, not a scan of the table)."""
+        if self._rows is None or self._rows[0] is not self.samples:
+            rows: dict[str, dict] = {}
+            for record in self.samples.to_dict("records"):
+                rows.setdefault(record["sample_id"], record)
+            self._rows = (self.samples, rows)
+        try:
+            return self._rows[1][sample_id]
+        except KeyError:
+            raise KeyError(f"unknown sample_id {sample_id!r}") from None
+
     def path_of(self, sample_id: str) -> Path:
         """Absolute path of the FCS file of ``sample_id``."""
-        row = self.samples.loc[self.samples["sample_id"] == sample_id]
-        if row.empty:
-            raise KeyError(f"unknown sample_id {sample_id!r}")
-        return (self.root / row["file"].iloc[0]).resolve()
+        return (self.root / self.sample(sample_id)["file"]).resolve()
 
     def panel_of(self, sample_id: str) -> Panel:
         """The panel configuration of ``sample_id``."""
-        row = self.samples.loc[self.samples["sample_id"] == sample_id]
-        if row.empty:
-            raise KeyError(f"unknown sample_id {sample_id!r}")
-        return self.config.panels[row["panel"].iloc[0]]
+        return self.config.panels[self.sample(sample_id)["panel"]]
 
     @property
     def kept(self) -> pd.DataFrame:

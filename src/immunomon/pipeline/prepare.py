@@ -6,7 +6,6 @@ unsupervised (clustering) branch of the pipeline.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -89,22 +88,13 @@ def marker_names(names: list[str], labels: list[str], channels: dict) -> list[st
     return [m if seen[m] == 1 else f"{m} ({n})" for m, n in zip(out, names)]
 
 
-def _transform_column(transform: Any, x: np.ndarray) -> np.ndarray:
-    """``transform.transform(x)`` as float32; arcsinh is computed in float32 directly
-    (same function, twice as fast as the float64 path on large files)."""
-    from immunomon.preprocess.transforms import ArcsinhTransform
-
-    if isinstance(transform, ArcsinhTransform):
-        return np.arcsinh(x * np.float32(1.0 / transform.cofactor))
-    return np.asarray(transform.transform(x), dtype=np.float32)
-
-
-@functools.lru_cache(maxsize=1)
-def _blas_controller():
-    """A threadpoolctl controller, created once (finding the libraries takes ~20 ms)."""
-    from threadpoolctl import ThreadpoolController
-
-    return ThreadpoolController()
+def select_events(events: np.ndarray, keep: np.ndarray, columns: list[str]) -> pd.DataFrame:
+    """The rows ``keep`` (bool mask) of a Fortran-ordered ``(n_events, n_channels)`` array as
+    a table with ``columns``, filled column by column (no pandas take, no index to reset)."""
+    out = np.empty((int(keep.sum()), events.shape[1]), dtype=events.dtype, order="F")
+    for j in range(events.shape[1]):
+        np.compress(keep, events[:, j], out=out[:, j])
+    return pd.DataFrame(out, columns=columns, copy=False)
 
 
 def prepare_events(
@@ -143,22 +133,20 @@ def prepare_events(
     from immunomon.preprocess.compensation import compensate
 
     raw = np.asarray(raw)
+    # one contiguous float32 column per channel (pandas' layout)
     if spillover is not None:
-        # one BLAS thread: the result must not depend on how many threads a worker has
-        with _blas_controller().limit(limits=1):
-            events = compensate(raw, names, spillover, dtype=np.float32)
+        events = compensate(raw, names, spillover, dtype=np.float32, order="F")
     else:
-        events = raw.astype(np.float32)
+        events = raw.astype(np.float32, order="F")
     fluor = [j for j, n in enumerate(names) if is_fluorescence(n)]
-    events = np.asfortranarray(events)  # one contiguous column per channel (pandas' layout)
     if transform is not None:
         for j in fluor:
-            events[:, j] = _transform_column(transform, events[:, j])
+            transform.transform_inplace(events[:, j])
     frame = pd.DataFrame(events, columns=columns, copy=False)
     raw_frame = pd.DataFrame(raw, columns=columns, copy=False)
     rng = {c: float(r) for c, r in zip(columns, ranges)} if ranges is not None else None
     result = (qc or QualityControl()).apply(frame, sample_id=sample_id, raw=raw_frame, ranges=rng)
-    kept = frame.loc[result.keep].reset_index(drop=True)
+    kept = frame if result.keep.all() else select_events(events, result.keep, columns)
     transforms = {columns[j]: transform for j in fluor} if transform is not None else {}
     return PreparedSample(sample_id, kept, result.steps, result.events_total, result.events_after_qc,
                           result.qc_pass, result.keep, transforms=transforms, removed_by=result.removed_by,
@@ -177,17 +165,18 @@ def prepare_sample(study, sample_id: str, *, qc: QualityControl | None = None,
     sample_id
         A ``sample_id`` of ``study.samples``.
     qc
-        Quality-control settings; default :class:`~immunomon.preprocess.qc.QualityControl()`.
+        Quality-control settings; default: the panel's ``qc`` settings in study.yaml (unset
+        ones: :class:`~immunomon.preprocess.qc.QualityControl`'s defaults).
     keep_all_events
         Also keep every file event in ``all_events`` (for QC plots).
     """
     from immunomon.io.fcs import read_fcs
     from immunomon.preprocess.transforms import from_spec
 
-    rows = study.samples.loc[study.samples["sample_id"] == sample_id]
-    if rows.empty:
-        raise UserError(f"{study.root}/samples.csv: no sample {sample_id!r}")
-    row = rows.iloc[0]
+    try:
+        row = study.sample(sample_id)
+    except KeyError:
+        raise UserError(f"{study.root}/samples.csv: no sample {sample_id!r}") from None
     panel_name = str(row.get("panel", ""))
     panels = study.config.panels
     if panel_name not in panels:
@@ -198,6 +187,8 @@ def prepare_sample(study, sample_id: str, *, qc: QualityControl | None = None,
     f = read_fcs(study.path_of(sample_id), dataset=dataset)
     channels = _as_dict(getattr(panel, "channels", {}) or {})
     transform = from_spec(transform_spec(getattr(panel, "transform", None)))
+    if qc is None and getattr(panel, "qc", None) is not None:
+        qc = QualityControl(**panel.qc.settings())
     prepared = prepare_events(
         f.events, list(f.names), marker_names(list(f.names), list(f.labels), channels),
         spillover=f.spillover, transform=transform, ranges=list(f.channels["range"].astype(float)),

@@ -61,7 +61,7 @@ def phenotype_sample(prepared: PreparedSample, study, sample_id: str,
         ``populations``, ``population_markers``, ``parameters``, ``gate_thresholds`` —
         this sample's rows, each with a ``panel`` column.
     """
-    row = study.samples.loc[study.samples["sample_id"] == sample_id].iloc[0]
+    row = study.sample(sample_id)
     template = template or panel_template(study, prepared.panel or str(row["panel"]))
     gating = gate_prepared(prepared, template)
     lymph = row.get("lymphocytes_per_ul", float("nan"))

@@ -238,10 +238,17 @@ def cluster_study(
         ``clusters``, ``cluster_counts``, ``cluster_markers``, ``embedding`` → DataFrame,
         every row carrying ``panel``.
     """
+    from immunomon.pipeline.executor import worker_pool
+
+    with worker_pool(workers if scheduler is None else 1):  # one pool for both passes of every panel
+        return _cluster_study(str(Path(study_dir).resolve()), out_dir, workers, scheduler, train_cells,
+                              embed_cells, marker_table, seed)
+
+
+def _cluster_study(study_dir, out_dir, workers, scheduler, train_cells, embed_cells, marker_table, seed):
     from immunomon.pipeline.executor import map_samples
     from immunomon.pipeline.rundir import write_table
 
-    study_dir = str(Path(study_dir).resolve())
     study = _load(study_dir)
     seed = int(_get(study.config, "seed", 0) if seed is None else seed)
     if not isinstance(marker_table, MarkerTable):

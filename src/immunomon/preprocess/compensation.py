@@ -148,7 +148,7 @@ def read_spillover(path: str | Path) -> pd.DataFrame:
 
 
 def compensate(events: np.ndarray, names: list[str], spillover: pd.DataFrame,
-               dtype: type = np.float32) -> np.ndarray:
+               dtype: type = np.float32, order: str = "C") -> np.ndarray:
     """Compensate events with a spillover matrix.
 
     Parameters
@@ -161,43 +161,70 @@ def compensate(events: np.ndarray, names: list[str], spillover: pd.DataFrame,
         Square matrix over a subset of ``names`` (index = columns = channel names).
     dtype
         ``np.float32`` (default, fast) or ``np.float64``.
+    order
+        Memory layout of the result: ``"C"`` (rows contiguous) or ``"F"`` (one contiguous
+        column per channel, pandas' layout); the values are the same.
 
     Returns
     -------
     New array, shape ``(n_events, n_channels)``, of ``dtype``: the spillover's channels
-    replaced by ``events[:, ch] @ inv(S)``, the others copied unchanged.
+    replaced by ``events[:, ch] @ inv(S)`` (accumulated in float64), the others copied
+    unchanged.
     """
     names = list(names)
     cols = [str(c) for c in spillover.columns]
     missing = [c for c in cols if c not in names]
     if missing:
         raise UserError(f"spillover matrix channel(s) {missing} are not in the data ({names})")
-    if set(map(str, spillover.index)) == set(cols):
-        s = spillover.loc[cols, cols].to_numpy(dtype=np.float64)
-    else:  # rows named by fluorochrome rather than detector: take them in order
-        s = spillover.to_numpy(dtype=np.float64)
+    s = spillover.to_numpy(dtype=np.float64)
+    rows = [str(r) for r in spillover.index]
+    if rows != cols and sorted(rows) == sorted(cols):  # same channels, rows in another order
+        s = s[[rows.index(c) for c in cols]]
+    # else: rows named by fluorochrome rather than detector: taken in order
     try:
         inv = np.linalg.inv(s)
     except np.linalg.LinAlgError:
         raise UserError(f"spillover matrix over {cols} is singular and cannot be inverted") from None
-    out = np.array(events, dtype=dtype, order="C", copy=True)
-    if out.ndim != 2 or out.shape[1] != len(names):
-        raise ValueError(f"events must have shape (n_events, {len(names)}), got {out.shape}")
-    _apply_inverse(out, np.array([names.index(c) for c in cols], dtype=np.int64), inv)
+    events = np.asarray(events)
+    if events.ndim != 2 or events.shape[1] != len(names):
+        raise ValueError(f"events must have shape (n_events, {len(names)}), got {events.shape}")
+    if order not in ("C", "F"):
+        raise ValueError(f"order must be 'C' or 'F', got {order!r}")
+    out = np.empty(events.shape, dtype=dtype, order=order)
+    _compensate_into(events, np.array([names.index(c) for c in cols], dtype=np.int64), inv, out)
     return out
 
 
 @numba.njit(cache=True, nogil=True)
-def _apply_inverse(out, idx, inv):  # pragma: no cover - compiled
-    """In place: ``out[:, idx] = out[:, idx] @ inv``, one fused pass over the rows
-    (float64 accumulation; no temporaries, no BLAS threads)."""
-    p = idx.size
-    row = np.empty(p, dtype=np.float64)
-    for i in range(out.shape[0]):
-        for q in range(p):
-            row[q] = out[i, idx[q]]
-        for j in range(p):
-            acc = 0.0
-            for q in range(p):
-                acc += row[q] * inv[q, j]
-            out[i, idx[j]] = acc
+def _compensate_into(raw, idx, inv, out):  # pragma: no cover - compiled
+    """``out[:] = raw`` with ``out[:, idx] = raw[:, idx] @ inv``, accumulated in float64 in a
+    fixed order (no BLAS: the result does not depend on threads). Rows are taken in blocks
+    transposed into a small buffer, so that the inner loops run over contiguous rows
+    (SIMD) whatever the layout of ``raw`` and ``out``."""
+    n, p = raw.shape
+    m = idx.size
+    compensated = np.zeros(p, dtype=np.bool_)
+    for q in range(m):
+        compensated[idx[q]] = True
+    block = 512
+    buf = np.empty((m, block), dtype=np.float64)
+    acc = np.empty(block, dtype=np.float64)
+    for r0 in range(0, n, block):
+        b = min(block, n - r0)
+        for c in range(p):
+            if not compensated[c]:
+                for r in range(b):
+                    out[r0 + r, c] = raw[r0 + r, c]
+        for q in range(m):
+            c = idx[q]
+            for r in range(b):
+                buf[q, r] = raw[r0 + r, c]
+        for j in range(m):
+            acc[:b] = 0.0
+            for q in range(m):
+                w = inv[q, j]
+                for r in range(b):
+                    acc[r] += buf[q, r] * w
+            c = idx[j]
+            for r in range(b):
+                out[r0 + r, c] = acc[r]

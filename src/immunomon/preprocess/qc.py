@@ -33,10 +33,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
+import numba
 import numpy as np
 import pandas as pd
-from scipy.ndimage import gaussian_filter1d
-from scipy.signal import find_peaks
+
+from immunomon.events import frame_columns
 
 QC_STEP_NAMES = ("margins", "time", "doublets", "debris", "dead")
 QC_STEPS_COLUMNS = ["sample_id", "step", "events_in", "events_removed", "reason"]
@@ -45,6 +46,11 @@ MAD_SCALE = 1.4826  # MAD of a standard normal distribution is 1 / 1.4826
 #: on an evenly strided subset of at most about this many events (deterministic, and cheap
 #: on files of 10^6 events).
 PROBE_EVENTS = 10_000
+#: The time step's per-channel robust SD (a guard, see :func:`time_anomalies`) uses at most about
+#: this many events.
+SPREAD_EVENTS = 2_000
+#: :func:`density_valley` estimates a density from at most this many events (evenly strided).
+VALLEY_EVENTS = 20_000
 
 
 def robust_z(x: np.ndarray, axis: int = 0) -> np.ndarray:
@@ -68,7 +74,7 @@ def density_valley(
     grid: int = 512,
     adjust: float = 0.5,
     min_prominence: float = 0.02,
-    max_events: int = 20_000,
+    max_events: int = VALLEY_EVENTS,
 ) -> float:
     """Position of the deepest density minimum of ``x`` between two peaks, within ``bounds``.
 
@@ -102,7 +108,7 @@ def density_valley(
     lo, hi = float(bounds[0]), float(bounds[1])
     if not lo < hi:
         raise ValueError(f"density_valley: bounds must be increasing, got {bounds}")
-    x = np.asarray(x)
+    x = np.asarray(x).ravel()
     if x.size > max_events:
         x = x[:: int(np.ceil(x.size / max_events))]
     finite = np.isfinite(x)
@@ -110,37 +116,110 @@ def density_valley(
         x = x[finite]
     if x.size < 10:
         return 0.5 * (lo + hi)
-    probe = np.sort(x[:: max(1, x.size // 4000)])  # range and spread from a strided subset
-    q_lo, q25, q75, q_hi = probe[(np.array([0.001, 0.25, 0.75, 0.999]) * (probe.size - 1)).astype(np.int64)]
+    probe = x[:: max(1, x.size // 4000)]  # range and spread from a strided subset
+    at = (np.array([0.001, 0.25, 0.75, 0.999]) * (probe.size - 1)).astype(np.int64)
+    quantiles = np.partition(probe, at)[at].astype(np.float64)
+    return float(_valley(x, probe, lo, hi, int(grid), float(adjust), float(min_prominence), quantiles))
+
+
+@numba.njit(cache=True, nogil=True)
+def _valley(v, probe, lo, hi, grid, adjust, min_prominence, quantiles):  # pragma: no cover - compiled
+    """:func:`density_valley` of the finite values ``v`` given the ``probe`` subset and its
+    0.1, 25, 75 and 99.9 % ``quantiles``, in one compiled pass: the probe's standard
+    deviation, the histogram, ``gaussian_filter1d``'s kernel (truncate 4, zero padding),
+    ``find_peaks``' local maxima and prominences, and the valley between neighbouring peaks."""
+    n = v.size
+    q_lo, q25, q75, q_hi = quantiles[0], quantiles[1], quantiles[2], quantiles[3]
+    mean = 0.0
+    for i in range(probe.size):
+        mean += probe[i]
+    mean /= probe.size
+    sd = 0.0
+    for i in range(probe.size):
+        sd += (probe[i] - mean) ** 2
+    sd = np.sqrt(sd / probe.size)
     start, stop = min(q_lo, lo), max(q_hi, hi)
     width = (stop - start) / grid
-    # bin index of every value; values outside [start, stop] go to two overflow bins
-    bins = np.clip(np.floor((x - start) * (1.0 / width)), -1, grid).astype(np.int64) + 1
-    bins[x == stop] = grid
-    counts = np.bincount(bins, minlength=grid + 2)[1:-1].astype(np.float64)
-    sd = float(np.std(probe))
+    inv_width = 1.0 / width
+    counts = np.zeros(grid, dtype=np.float64)
+    for i in range(n):  # values outside [start, stop] fall in no bin
+        b = np.floor((v[i] - start) * inv_width)
+        if v[i] == stop:
+            b = grid - 1
+        if 0 <= b < grid:
+            counts[int(b)] += 1.0
     iqr = q75 - q25
     spread = min(sd, iqr / 1.34) if iqr > 0 else sd
-    bandwidth = adjust * 0.9 * spread * x.size ** -0.2
-    density = gaussian_filter1d(counts, max(bandwidth / width, 1.0), mode="constant")
-    centres = start + width * (np.arange(grid) + 0.5)
-    peaks, _ = find_peaks(np.concatenate(([0.0], density, [0.0])), prominence=min_prominence * density.max())
-    peaks -= 1
-    best, best_d = None, np.inf
-    tol = 1e-3 * density.max()
-    for a, b in zip(peaks[:-1], peaks[1:]):
-        seg = density[a : b + 1]
-        low = np.flatnonzero(seg <= seg.min() + tol)
-        run = low[low - low[0] == np.arange(low.size)]  # the first contiguous run of minima
-        v = a + run[run.size // 2]
-        if lo <= centres[v] <= hi and density[v] < best_d:
-            best, best_d = v, density[v]
-    if best is not None:
-        return float(centres[best])
-    inside = np.flatnonzero((centres >= lo) & (centres <= hi))
-    if inside.size == 0:
+    sigma = max(adjust * 0.9 * spread * n ** -0.2 / width, 1.0)
+    radius = int(4.0 * sigma + 0.5)
+    kernel = np.exp(-0.5 / (sigma * sigma) * np.arange(-radius, radius + 1).astype(np.float64) ** 2)
+    kernel /= kernel.sum()
+    padded_counts = np.zeros(grid + 2 * radius, dtype=np.float64)
+    padded_counts[radius : radius + grid] = counts
+    density = np.empty(grid, dtype=np.float64)
+    for i in range(grid):  # scipy's symmetric-kernel order: centre, then pairs from the outside in
+        c = i + radius
+        acc = padded_counts[c] * kernel[radius]
+        for k in range(radius, 0, -1):
+            acc += (padded_counts[c - k] + padded_counts[c + k]) * kernel[radius + k]
+        density[i] = acc
+    top = density.max()
+    # local maxima of the density padded with a zero at both ends (plateaus: their middle),
+    # kept when their prominence is at least min_prominence * top
+    padded = np.zeros(grid + 2, dtype=np.float64)
+    padded[1:-1] = density
+    peaks = np.empty(grid, dtype=np.int64)
+    n_peaks = 0
+    i = 1
+    while i < grid + 1:
+        if padded[i - 1] < padded[i]:
+            ahead = i + 1
+            while ahead < grid + 1 and padded[ahead] == padded[i]:
+                ahead += 1
+            if padded[ahead] < padded[i]:
+                peak = (i + ahead - 1) // 2
+                left_min = padded[peak]
+                j = peak
+                while j >= 0 and padded[j] <= padded[peak]:
+                    left_min = min(left_min, padded[j])
+                    j -= 1
+                right_min = padded[peak]
+                j = peak
+                while j < grid + 2 and padded[j] <= padded[peak]:
+                    right_min = min(right_min, padded[j])
+                    j += 1
+                if padded[peak] - max(left_min, right_min) >= min_prominence * top:
+                    peaks[n_peaks] = peak - 1
+                    n_peaks += 1
+                i = ahead
+        i += 1
+    best, best_d = -1, np.inf
+    tol = 1e-3 * top
+    for p in range(n_peaks - 1):
+        a, b = peaks[p], peaks[p + 1]
+        floor = density[a : b + 1].min() + tol
+        first = a
+        while density[first] > floor:
+            first += 1
+        last_low = first
+        while last_low + 1 <= b and density[last_low + 1] <= floor:
+            last_low += 1
+        valley = first + (last_low - first + 1) // 2  # the middle of the first run of minima
+        centre = start + width * (valley + 0.5)
+        if lo <= centre <= hi and density[valley] < best_d:
+            best, best_d = valley, density[valley]
+    if best >= 0:
+        return start + width * (best + 0.5)
+    first_in, last_in = -1, -1
+    for i in range(grid):
+        centre = start + width * (i + 0.5)
+        if lo <= centre <= hi:
+            if first_in < 0:
+                first_in = i
+            last_in = i
+    if first_in < 0:
         return 0.5 * (lo + hi)
-    return lo if density[inside[0]] <= density[inside[-1]] else hi
+    return lo if density[first_in] <= density[last_in] else hi
 
 
 # --------------------------------------------------------------------------- steps
@@ -195,7 +274,8 @@ def time_anomalies(
     straddling two bins). Signal: the events are cut, in acquisition order, into segments
     of ``segment_events`` events (at most ``max_segments``); a segment whose mean in any
     channel lies more than ``signal_mad`` MADs from the median of the segment means,
-    and more than ``min_shift`` × the channel's robust SD of events, is anomalous.
+    and more than ``min_shift`` × the channel's robust SD of events (median and MAD of an
+    evenly strided subset of about :data:`SPREAD_EVENTS` events), is anomalous.
 
     Parameters
     ----------
@@ -240,7 +320,8 @@ def time_anomalies(
     # (channels, segments) and (channels, probe events): rows are contiguous for the medians
     means = np.stack([np.add.reduceat(c, starts, dtype=np.float64) / sizes for c in signals])
     centre = np.median(means, axis=1, keepdims=True)
-    probe = np.stack([c[:: max(1, n // PROBE_EVENTS)] for c in signals])  # robust SD, strided subset
+    # robust SD of events per channel: only scales the min_shift guard, a 2,000-event strided subset will do
+    probe = np.stack([c[:: max(1, n // SPREAD_EVENTS)] for c in signals])
     spread = MAD_SCALE * np.median(np.abs(probe - np.median(probe, axis=1, keepdims=True)), axis=1, keepdims=True)
     shifted = np.abs(means - centre) > min_shift * spread
     bad_signal = ((np.abs(robust_z(means, axis=1)) > signal_mad) & shifted).any(axis=0)
@@ -404,8 +485,8 @@ class QualityControl:
         keep = np.ones(n, dtype=bool)
         removed_by = np.full(n, -1, dtype=np.int8)
         rows = []
-        cols = _Columns(events)
-        raw_cols = _Columns(raw) if raw is not None else cols
+        cols = _Columns(events) if self.steps else None
+        raw_cols = _Columns(raw) if raw is not None and "margins" in self.steps else cols
         for step in self.steps:
             idx = np.flatnonzero(keep)
             cols.idx = raw_cols.idx = idx if idx.size < n else None
@@ -413,8 +494,12 @@ class QualityControl:
             keep[idx[remove]] = False
             removed_by[idx[remove]] = len(rows)
             rows.append((sample_id, step, idx.size, int(remove.sum()), reason, threshold))
-        steps = pd.DataFrame(rows, columns=QC_STEPS_COLUMNS + ["threshold"])
-        steps = steps.astype({"events_in": "int64", "events_removed": "int64", "threshold": "float64"})
+        columns = list(zip(*rows)) if rows else [()] * 6
+        steps = pd.DataFrame({
+            "sample_id": np.array(columns[0], dtype=object), "step": np.array(columns[1], dtype=object),
+            "events_in": np.array(columns[2], dtype=np.int64), "events_removed": np.array(columns[3], dtype=np.int64),
+            "reason": np.array(columns[4], dtype=object), "threshold": np.array(columns[5], dtype=np.float64),
+        }, copy=False)
         lost = 1.0 - keep.sum() / n if n else 1.0
         return QCResult(keep=keep, steps=steps, qc_pass=bool(lost <= self.max_loss), removed_by=removed_by)
 
@@ -482,8 +567,8 @@ class _Columns:
     """Column access to an events table restricted to the rows ``idx`` (None = all rows)."""
 
     def __init__(self, frame: pd.DataFrame):
-        self.names = list(frame.columns)
-        self._data = {c: frame[c].to_numpy() for c in self.names}
+        self._data = frame_columns(frame)
+        self.names = list(self._data)
         self._n = len(frame)
         self.idx: np.ndarray | None = None
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numba
 import numpy as np
 from flowutils import transforms as _fu
 from scipy.optimize import brentq
@@ -53,6 +54,11 @@ class Transform:
 
     def transform(self, x) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def transform_inplace(self, column: np.ndarray) -> None:
+        """Overwrite a 1-D float ``column`` (e.g. one channel of a Fortran-ordered float32
+        events array) with its transform, rounded to the column's dtype."""
+        column[:] = self.transform(column)
 
     def inverse_transform(self, y) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -140,8 +146,79 @@ class ArcsinhTransform(Transform):
     def transform(self, x):
         return np.arcsinh(_arr(x) / self.cofactor)
 
+    def transform_inplace(self, column: np.ndarray) -> None:
+        """In place; a contiguous float32 column goes through :func:`_asinh_scaled` (about 6×
+        numpy's float32 ``arcsinh`` on one core, within 4 float32 ulps of the exact value;
+        numpy's: 2), anything else through :meth:`transform`."""
+        if column.ndim != 1 or not column.flags.c_contiguous or column.dtype != np.float32:
+            return super().transform_inplace(column)
+        _asinh_scaled(column, np.float32(1.0 / self.cofactor))
+
     def inverse_transform(self, y):
         return np.sinh(_arr(y)) * self.cofactor
+
+
+# Float32 asinh(y) = sign(y) · log(t), t = 1 + u, u = |y| + y² / (1 + sqrt(y² + 1)) (no
+# cancellation for small y). log(t) = e · ln 2 + log(m) for t = 2^e · m, m in
+# [sqrt(1/2), sqrt(2)); log(m) = 2 atanh(s) with s = (m - 1) / (m + 1), or s = u / (2 + u)
+# when e = 0 (exact for small y), |s| <= 0.172, by its series to s^9 (truncation < 3e-9).
+# Exponent and mantissa are read from the float32 bits with integer operations, so every
+# loop is SIMD-vectorised (numpy's and libm's asinhf/logf are scalar calls): the arcsinh of
+# a 50,000-event file takes about 1.5 ms instead of 9 (benchmarks/bench_phenotype.py).
+_F = np.float32
+_MANTISSA = np.int32(0x007FFFFF)
+_EXPONENT_ONE = np.int32(0x3F800000)  # bits of 1.0
+_MAGIC = np.int32(0x4B000000)  # bits of 2^23: (bits | k) is the float 2^23 + k
+_EXPONENT_OFFSET = _F(2.0**23 + 127)
+_LN2, _SQRT2, _HUGE = _F(np.log(2.0)), _F(np.sqrt(2.0)), _F(1e18)  # |y| >= _HUGE: t = |y|, + ln 2
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _t_step(column, scale, t, u):  # pragma: no cover - compiled
+    for r in range(column.size):
+        a = abs(column[r] * scale)
+        u[r] = a + a * a / (_F(1.0) + np.sqrt(a * a + _F(1.0)))
+        t[r] = _F(1.0) + u[r] if a < _HUGE else a
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _split_step(t, mantissa, exponent):  # pragma: no cover - compiled
+    tb, mb, eb = t.view(np.int32), mantissa.view(np.int32), exponent.view(np.int32)
+    for r in range(t.size):
+        mb[r] = (tb[r] & _MANTISSA) | _EXPONENT_ONE
+        eb[r] = (tb[r] >> 23) | _MAGIC
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _log_step(column, scale, mantissa, exponent, u):  # pragma: no cover - compiled
+    for r in range(column.size):
+        y = column[r] * scale
+        e = exponent[r] - _EXPONENT_OFFSET
+        m = mantissa[r]
+        big = m > _SQRT2
+        m = m * _F(0.5) if big else m
+        e = e + _F(1.0) if big else e
+        s = u[r] / (_F(2.0) + u[r]) if e == _F(0.0) else (m - _F(1.0)) / (m + _F(1.0))
+        s2 = s * s
+        log_t = e * _LN2 + _F(2.0) * s * (_F(1.0) + s2 * (_F(1 / 3) + s2 * (_F(1 / 5) + s2 * (
+            _F(1 / 7) + s2 * _F(1 / 9)))))
+        log_t = log_t + _LN2 if abs(y) >= _HUGE else log_t
+        value = log_t if y >= _F(0.0) else -log_t
+        column[r] = value if abs(y) < _F(np.inf) else y  # inf and nan pass through
+
+
+@numba.njit(cache=True, nogil=True)
+def _asinh_scaled(column, scale):  # pragma: no cover - compiled
+    """In place: ``column[:] = asinh(column * scale)`` for a float32 column, in blocks of
+    2,048 values."""
+    block = 2048
+    t, u = np.empty(block, dtype=np.float32), np.empty(block, dtype=np.float32)
+    mantissa, exponent = np.empty(block, dtype=np.float32), np.empty(block, dtype=np.float32)
+    for r0 in range(0, column.size, block):
+        part = column[r0 : min(r0 + block, column.size)]
+        _t_step(part, scale, t, u)
+        _split_step(t[: part.size], mantissa, exponent)
+        _log_step(part, scale, mantissa, exponent, u)
 
 
 @dataclass(frozen=True)

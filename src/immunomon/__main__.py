@@ -1,0 +1,5 @@
+"""``python -m immunomon``: the command-line interface."""
+
+from immunomon.cli import main
+
+main()
