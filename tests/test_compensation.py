@@ -116,3 +116,18 @@ def test_errors_name_file_and_problem(tmp_path):
     singular = pd.DataFrame(np.ones((2, 2)), index=["A", "B"], columns=["A", "B"])
     with pytest.raises(UserError, match="singular"):
         compensate(np.ones((3, 2)), ["A", "B"], singular)
+
+
+def test_column_major_result_equals_row_major():
+    rng = np.random.default_rng(5)
+    names = ["FSC-A", "FL1", "FL2", "FL3", "Time"]
+    spill = pd.DataFrame([[1.0, 0.1, 0.02], [0.05, 1.0, 0.2], [0.0, 0.03, 1.0]],
+                         index=["FL3", "FL1", "FL2"], columns=["FL1", "FL2", "FL3"])  # rows in another order
+    events = (rng.random((3001, 5)) * 1e4).astype(np.float32)
+    c = compensate(events, names, spill)
+    f = compensate(events, names, spill, order="F")
+    assert f.flags.f_contiguous and c.flags.c_contiguous
+    np.testing.assert_array_equal(c, f)
+    expected = events[:, 1:4].astype(np.float64) @ np.linalg.inv(spill.loc[["FL1", "FL2", "FL3"]].to_numpy())
+    np.testing.assert_allclose(f[:, 1:4], expected, rtol=1e-6, atol=1e-3)
+    np.testing.assert_array_equal(f[:, [0, 4]], events[:, [0, 4]])

@@ -86,3 +86,39 @@ def test_from_spec_and_errors():
         tr.ArcsinhTransform(0)
     with pytest.raises(UserError, match="logicle transform: parameters out of range"):
         tr.LogicleTransform(W=3, M=4.5)
+
+
+def _ulps(a, b):
+    """Distance in float32 units in the last place (same sign assumed)."""
+    return np.abs(a.view(np.int32).astype(np.int64) - b.view(np.int32).astype(np.int64))
+
+
+def test_arcsinh_inplace_float32_within_4_ulps_of_exact():
+    rng = np.random.default_rng(3)
+    x = np.concatenate([rng.normal(0, 3000, 200_000), rng.uniform(-1e7, 1e7, 20_000),
+                        10.0 ** rng.uniform(-12, 38, 20_000), -(10.0 ** rng.uniform(-12, 38, 20_000)),
+                        [0.0, -0.0, 1e-45, 150.0, -150.0, 3.4e38, -3.4e38]]).astype(np.float32)
+    t = tr.ArcsinhTransform(150.0)
+    y = x.copy()
+    t.transform_inplace(y)  # the compiled kernel: contiguous float32
+    exact = np.arcsinh(x.astype(np.float64) / 150.0).astype(np.float32)
+    assert np.all(np.sign(y) == np.sign(exact))
+    nonzero = exact != 0
+    assert _ulps(y[nonzero], exact[nonzero]).max() <= 4
+    assert np.abs(y[~nonzero]).max() < 1e-30
+    special = np.array([np.inf, -np.inf, np.nan], dtype=np.float32)
+    t.transform_inplace(special)
+    assert special[0] == np.inf and special[1] == -np.inf and np.isnan(special[2])
+
+
+def test_arcsinh_inplace_other_layouts_use_the_exact_path():
+    t = tr.ArcsinhTransform(5.0)
+    x = np.random.default_rng(4).normal(0, 100, (1000, 3))
+    column = x[:, 1]  # strided float64: numpy's arcsinh
+    expected = np.arcsinh(column / 5.0)
+    t.transform_inplace(column)
+    np.testing.assert_array_equal(x[:, 1], expected)
+    f32 = np.asfortranarray(x.astype(np.float32))
+    t.transform_inplace(f32[:, 0])  # contiguous column of a Fortran array: the kernel, in place
+    assert _ulps(f32[:, 0], np.arcsinh(x[:, 0].astype(np.float32).astype(np.float64) / 5.0)
+                 .astype(np.float32)).max() <= 4
