@@ -208,6 +208,10 @@ def main() -> None:
 
     from threadpoolctl import threadpool_limits
 
+    from immunomon.pipeline.executor import tune_allocator
+
+    tune_allocator()  # as the CLI and its workers do (FlowKit runs in the same process)
+
     from immunomon.gating.template import GatingTemplate
     from immunomon.io.fcs import read_fcs, read_fcs_metadata
     from immunomon.io.study import load_study

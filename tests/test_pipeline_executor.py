@@ -85,3 +85,19 @@ def test_worker_pool_is_reused_across_calls():
         first = map_samples(worker_pid, ITEMS, workers=2)
         second = map_samples(worker_pid, ITEMS, workers=2)
     assert len(set(first) | set(second)) <= 2 and os.getpid() not in first
+
+
+def _tuned_in_worker(_):
+    from immunomon.pipeline.executor import tune_allocator
+
+    return tune_allocator()
+
+
+def test_allocator_tuned_on_glibc_in_process_and_workers():
+    import platform
+
+    from immunomon.pipeline.executor import tune_allocator
+
+    glibc = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+    assert tune_allocator() is glibc
+    assert map_samples(_tuned_in_worker, [0, 1], workers=2) == [glibc, glibc]

@@ -44,6 +44,22 @@ def test_robust_z_ignores_outliers():
 def test_margin_events_at_range():
     values = np.array([[10.0, 1023], [1023, 5], [1022, 0]])
     assert margin_events(values.T, [1024, 1024]).tolist() == [True, True, False]
+    assert margin_events(list(values.T), [1024, 1024]).tolist() == [True, True, False]  # column by column
+    assert margin_events(values.T, [np.nan, 1024]).tolist() == [True, False, False]  # NaN: not checked
+
+
+def test_margins_step_same_on_one_array_and_mixed_dtypes():
+    rng = np.random.default_rng(8)
+    raw = pd.DataFrame((rng.random((4000, 3)) * 1024).astype(np.float32), columns=["A", "B", "Time"])
+    raw.iloc[::97, 0] = 1023.5
+    raw.iloc[::89, 2] = 1023.5  # time is never a margin
+    ranges = {"A": 1024.0, "B": 1024.0, "Time": 1024.0}
+    qc = QualityControl(steps=("margins",))
+    one_block = qc.apply(raw, raw=raw, ranges=ranges)
+    mixed = raw.astype({"B": np.float64})  # two dtypes: the column-by-column path
+    assert np.array_equal(one_block.keep, qc.apply(mixed, raw=mixed, ranges=ranges).keep)
+    assert np.array_equal(~one_block.keep, ((raw["A"] >= 1023) | (raw["B"] >= 1023)).to_numpy())
+    assert (~one_block.keep).sum() >= len(range(0, 4000, 97))
 
 
 def test_doublets_by_area_height_ratio():
@@ -173,3 +189,15 @@ def test_density_valley_equals_its_scipy_definition():
         adjust = float(rng.choice([0.3, 0.5, 1.0]))
         assert density_valley(x, bounds, adjust=adjust) == pytest.approx(
             _valley_with_scipy(x, bounds, adjust=adjust), abs=1e-9), case
+
+
+def test_median_equals_numpy():
+    from immunomon.preprocess.qc import median
+
+    rng = np.random.default_rng(9)
+    for shape, axis in (((7,), 0), ((8,), 0), ((5, 6), 1), ((5, 6), 0), ((3, 1), 1)):
+        x = rng.normal(size=shape).astype(np.float32)
+        np.testing.assert_array_equal(median(x, axis=axis), np.median(x.astype(np.float64), axis=axis, keepdims=True))
+    x = rng.normal(size=(4, 9))
+    x[2, 3] = np.nan
+    np.testing.assert_array_equal(median(x, axis=1), np.median(x, axis=1, keepdims=True))

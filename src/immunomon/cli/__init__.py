@@ -15,6 +15,9 @@ from . import cluster, fcs, gate, run, study  # noqa: F401  (register the verbs)
 
 def main() -> None:
     """Entry point of the ``immunomon`` console script."""
+    from immunomon.pipeline.executor import tune_allocator
+
+    tune_allocator()
     try:
         app()
     except UserError as err:

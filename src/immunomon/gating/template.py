@@ -57,7 +57,7 @@ from immunomon.errors import UserError
 from immunomon.events import frame_columns
 from immunomon.gating.gates import BooleanGate, Gate, GatingStrategy, PolygonGate, RectangleGate
 from immunomon.gating.statistics import ParameterSpec
-from immunomon.preprocess.qc import MAD_SCALE, PROBE_EVENTS, VALLEY_EVENTS, density_valley
+from immunomon.preprocess.qc import MAD_SCALE, PROBE_EVENTS, VALLEY_EVENTS, density_valley, median
 
 THRESHOLD_COLUMNS = ["sample_id", "population", "dimension", "bound", "value", "source"]
 GATE_TYPES = ("rectangle", "polygon", "singlets", "not")
@@ -355,8 +355,8 @@ class _Resolver:
                 else:
                     value = density_valley(x, (lo, hi), adjust=adjust)
             else:
-                med = float(np.median(x)) if x.size else float("nan")
-                mad = MAD_SCALE * float(np.median(np.abs(x - med))) if x.size else float("nan")
+                med = float(median(x)[0]) if x.size else float("nan")
+                mad = MAD_SCALE * float(median(np.abs(x - med))[0]) if x.size else float("nan")
                 value = med + float(spec["mad"]) * mad
             if key is not None:
                 self.cache[key] = value
@@ -395,8 +395,8 @@ class _Resolver:
         ratio = a[ok] / h[ok]
         ratio = ratio[:: max(1, ratio.size // PROBE_EVENTS)]
         k = float(spec.get("mad", 4.0))
-        med = float(np.median(ratio)) if ratio.size else 1.0
-        mad = MAD_SCALE * float(np.median(np.abs(ratio - med))) if ratio.size else 0.0
+        med = float(median(ratio)[0]) if ratio.size else 1.0
+        mad = MAD_SCALE * float(median(np.abs(ratio - med))[0]) if ratio.size else 0.0
         lo = float(spec["ratio_min"]) if "ratio_min" in spec else max(med - k * mad, 1e-3)
         hi = float(spec["ratio_max"]) if "ratio_max" in spec else med + k * mad
         for bound, value in (("min", lo), ("max", hi)):

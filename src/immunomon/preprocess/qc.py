@@ -53,6 +53,24 @@ SPREAD_EVENTS = 2_000
 VALLEY_EVENTS = 20_000
 
 
+def median(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    """``np.median(x, axis, keepdims=True)`` (float64) by one ``np.partition``: numpy's median
+    partitions around two indices at once, several times slower on the arrays of QC and gating;
+    NaN anywhere along ``axis`` gives NaN, like np.median."""
+    x = np.asarray(x)
+    n = x.shape[axis]
+    if n == 0:
+        return np.median(x, axis=axis, keepdims=True)
+    half = n // 2
+    part = np.partition(x, half, axis=axis)  # one kth: several times faster than two
+    middle = np.take(part, [half], axis=axis).astype(np.float64)
+    if n % 2 == 0:  # the other middle value is the largest of the lower half
+        lower = np.take(part, np.arange(half), axis=axis).max(axis=axis, keepdims=True)
+        middle = (middle + lower.astype(np.float64)) / 2.0
+    nan = np.isnan(np.take(part, [n - 1], axis=axis))  # partition puts NaN last
+    return np.where(nan, np.nan, middle)
+
+
 def robust_z(x: np.ndarray, axis: int = 0) -> np.ndarray:
     """Robust z-scores ``(x - median) / (1.4826 · MAD)`` along ``axis``.
 
@@ -60,8 +78,8 @@ def robust_z(x: np.ndarray, axis: int = 0) -> np.ndarray:
     elsewhere.
     """
     x = np.asarray(x, dtype=np.float64)
-    med = np.median(x, axis=axis, keepdims=True)
-    mad = MAD_SCALE * np.median(np.abs(x - med), axis=axis, keepdims=True)
+    med = median(x, axis=axis)
+    mad = MAD_SCALE * median(np.abs(x - med), axis=axis)
     with np.errstate(divide="ignore", invalid="ignore"):
         z = (x - med) / mad
     return np.where(x == med, 0.0, z)
@@ -234,18 +252,33 @@ def margin_events(columns: Sequence[np.ndarray], ranges: Sequence[float]) -> np.
         One ``(n_events,)`` array of raw (uncompensated, untransformed) values per channel
         (e.g. the columns of a table, or ``values.T`` of an ``(n_events, n_channels)`` array).
     ranges
-        ``$PnR`` of each channel, same order as ``columns``.
+        ``$PnR`` of each channel, same order as ``columns``; NaN leaves a channel out.
 
     Returns
     -------
     np.ndarray
         Boolean mask, ``(n_events,)``, True for events to remove.
     """
+    if isinstance(columns, np.ndarray) and columns.ndim == 2:  # values.T: one pass over the rows
+        return _margin_rows(columns.T, np.asarray(ranges, dtype=np.float64) - 1.0)
     remove = None
     for col, rng in zip(columns, ranges):
         hit = np.asarray(col) >= float(rng) - 1.0
         remove = hit if remove is None else remove | hit
     return remove if remove is not None else np.zeros(0, dtype=bool)
+
+
+@numba.njit(cache=True, nogil=True)
+def _margin_rows(values, limits):  # pragma: no cover - compiled
+    """Rows of ``values`` with a value >= its column's limit (NaN limits never match)."""
+    n, p = values.shape
+    hit = np.zeros(n, dtype=np.bool_)
+    for i in range(n):
+        for j in range(p):
+            if values[i, j] >= limits[j]:
+                hit[i] = True
+                break
+    return hit
 
 
 def _segments(n: int, per_segment: int, max_segments: int) -> np.ndarray:
@@ -319,10 +352,10 @@ def time_anomalies(
     # populations in a segment, so bimodal markers do not make false alarms
     # (channels, segments) and (channels, probe events): rows are contiguous for the medians
     means = np.stack([np.add.reduceat(c, starts, dtype=np.float64) / sizes for c in signals])
-    centre = np.median(means, axis=1, keepdims=True)
+    centre = median(means, axis=1)
     # robust SD of events per channel: only scales the min_shift guard, a 2,000-event strided subset will do
     probe = np.stack([c[:: max(1, n // SPREAD_EVENTS)] for c in signals])
-    spread = MAD_SCALE * np.median(np.abs(probe - np.median(probe, axis=1, keepdims=True)), axis=1, keepdims=True)
+    spread = MAD_SCALE * median(np.abs(probe - median(probe, axis=1)), axis=1)
     shifted = np.abs(means - centre) > min_shift * spread
     bad_signal = ((np.abs(robust_z(means, axis=1)) > signal_mad) & shifted).any(axis=0)
     remove |= bad_signal[seg]
@@ -345,8 +378,8 @@ def doublet_events(fsc_a: np.ndarray, fsc_h: np.ndarray, *, k: float = 4.0) -> t
     finite = finite[:: max(1, finite.size // PROBE_EVENTS)]  # median and MAD from a strided subset
     if finite.size == 0:
         return np.zeros(ratio.size, dtype=bool), float("nan")
-    med = np.median(finite)
-    mad = MAD_SCALE * np.median(np.abs(finite - med))
+    med = float(median(finite)[0])
+    mad = MAD_SCALE * float(median(np.abs(finite - med))[0])
     threshold = float(med + k * mad)
     return ratio > threshold, threshold
 
@@ -512,7 +545,12 @@ class QualityControl:
         if not ranges:
             return np.zeros(len(ev), dtype=bool), float("nan"), "skipped: no channel ranges"
         names = [c for c in ranges if c in raw and c != self.time]
-        remove = margin_events([raw[c] for c in names], [ranges[c] for c in names])
+        values = raw.values()
+        if values is not None:  # one row-major pass, channels not checked get a NaN range
+            limits = [float(ranges[c]) if c in names else np.nan for c in raw.names]
+            remove = margin_events(values.T, limits)
+        else:
+            remove = margin_events([raw[c] for c in names], [ranges[c] for c in names])
         return remove, float("nan"), f"value >= $PnR - 1 in any of {len(names)} channels"
 
     def _time(self, ev: "_Columns", raw, ranges):
@@ -571,6 +609,15 @@ class _Columns:
         self.names = list(self._data)
         self._n = len(frame)
         self.idx: np.ndarray | None = None
+        unique = len(self.names) == frame.shape[1]
+        self._values = frame.to_numpy() if unique and len(set(frame.dtypes)) == 1 else None
+
+    def values(self) -> np.ndarray | None:
+        """The ``(rows, columns)`` array of a one-dtype table (columns in ``names`` order),
+        None otherwise."""
+        if self._values is None:
+            return None
+        return self._values if self.idx is None else self._values[self.idx]
 
     def __contains__(self, name: str) -> bool:
         return name in self._data
