@@ -267,14 +267,18 @@ class GatingTemplate:
             spec = _deep_merge(pop.gate, override[pop.name]) if pop.name in override else pop.gate
             resolver.override = override.get(pop.name, {})
             gate = resolver.gate(pop.name, pop.parent, spec)
-            idx = indices[pop.parent]
-            if isinstance(gate, BooleanGate):
-                inside = gate.evaluate({r: memberships[r][idx] for r in gate.operands})
-            else:
-                inside = gate.evaluate({d.name: cols[d.name][idx] for d in gate.dimensions})
-            indices[pop.name] = idx[inside]
-            mask = np.zeros(n, dtype=bool)
-            mask[indices[pop.name]] = True
+            parent = memberships.get(pop.parent)  # None: the root population
+            if isinstance(gate, (BooleanGate, RectangleGate)):  # cheap per event: on every event
+                data = memberships if isinstance(gate, BooleanGate) else cols
+                mask = gate.evaluate({k: data[k] for k in (gate.operands if isinstance(gate, BooleanGate)
+                                                           else [d.name for d in gate.dimensions])})
+                mask = mask & parent if parent is not None else mask
+                indices[pop.name] = np.flatnonzero(mask)
+            else:  # polygons: on the parent's events only
+                idx = indices[pop.parent]
+                indices[pop.name] = idx[gate.evaluate({d.name: cols[d.name][idx] for d in gate.dimensions})]
+                mask = np.zeros(n, dtype=bool)
+                mask[indices[pop.name]] = True
             memberships[pop.name] = mask
             gates[pop.name] = gate
         positivity = {}
