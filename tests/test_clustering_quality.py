@@ -7,32 +7,24 @@ The reference scores of ``flowsom`` (median over seeds 0-9) are computed by
 """
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
-from flowutils import transforms
 
 from immunomon.clustering import FlowSOM
 from immunomon.clustering.metrics import adjusted_rand_score, mean_f1
-from immunomon.io.fcs import read_fcs
 
 DATA = Path(__file__).parent / "data" / "clustering"
-MARKERS = ["CD8", "TCRyd", "TCRb", "NK1/1", "CD4", "CD19", "CD3"]
+sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+from flowsom_quality_reference import load_68983  # noqa: E402  (the data the reference was computed on)
 
 
 @pytest.fixture(scope="module")
 def data_68983():
     """Compensated, logicle-transformed (T=262144, W=0.5, M=4.5, A=0) lineage markers."""
-    fcs = read_fcs(DATA / "68983.fcs", dtype="float64")
-    names, labels = list(fcs.names), [s.strip() for s in fcs.labels]
-    cols = [names.index(c) for c in fcs.spillover.columns]
-    events = fcs.events.copy()
-    events[:, cols] = events[:, cols] @ np.linalg.inv(fcs.spillover.to_numpy())
-    events = transforms.logicle(events, cols, t=262144, m=4.5, w=0.5, a=0)
-    truth = pd.read_csv(DATA / "gatingResult.csv", header=None).iloc[:, 0].to_numpy()
-    return events[:, [labels.index(m) for m in MARKERS]], truth
+    return load_68983(DATA)
 
 
 def test_quality_matches_flowsom_package(data_68983):
