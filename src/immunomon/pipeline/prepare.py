@@ -143,9 +143,8 @@ def prepare_events(
         for j in fluor:
             transform.transform_inplace(events[:, j])
     frame = pd.DataFrame(events, columns=columns, copy=False)
-    raw_frame = pd.DataFrame(raw, columns=columns, copy=False)
     rng = {c: float(r) for c, r in zip(columns, ranges)} if ranges is not None else None
-    result = (qc or QualityControl()).apply(frame, sample_id=sample_id, raw=raw_frame, ranges=rng)
+    result = (qc or QualityControl()).apply(frame, sample_id=sample_id, raw=raw, ranges=rng)
     kept = frame if result.keep.all() else select_events(events, result.keep, columns)
     transforms = {columns[j]: transform for j in fluor} if transform is not None else {}
     return PreparedSample(sample_id, kept, result.steps, result.events_total, result.events_after_qc,

@@ -498,7 +498,7 @@ class QualityControl:
         events: pd.DataFrame,
         *,
         sample_id: str = "",
-        raw: pd.DataFrame | None = None,
+        raw: pd.DataFrame | np.ndarray | None = None,
         ranges: Mapping[str, float] | None = None,
     ) -> QCResult:
         """Run the steps on ``events`` (rows in acquisition order).
@@ -510,8 +510,9 @@ class QualityControl:
         sample_id
             Written in the ``sample_id`` column of the steps table.
         raw, ranges
-            Untransformed values (columns = marker names; default ``events``) and
-            ``$PnR`` per column, for the ``margins`` step; without ``ranges`` the step
+            Untransformed values (a table with marker-named columns, or an
+            ``(n_events, n_markers)`` array in the columns of ``events``; default ``events``)
+            and ``$PnR`` per column, for the ``margins`` step; without ``ranges`` the step
             is skipped.
         """
         n = len(events)
@@ -519,7 +520,11 @@ class QualityControl:
         removed_by = np.full(n, -1, dtype=np.int8)
         rows = []
         cols = _Columns(events) if self.steps else None
-        raw_cols = _Columns(raw) if raw is not None and "margins" in self.steps else cols
+        if raw is not None and "margins" in self.steps:
+            raw_cols = _Columns(raw if isinstance(raw, pd.DataFrame)
+                                else pd.DataFrame(raw, columns=events.columns, copy=False))
+        else:
+            raw_cols = cols
         for step in self.steps:
             idx = np.flatnonzero(keep)
             cols.idx = raw_cols.idx = idx if idx.size < n else None
