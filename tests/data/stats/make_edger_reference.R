@@ -26,27 +26,20 @@ write.csv(out, "tests/data/stats/edger_reference.csv", row.names = FALSE)
 cat("common dispersion", y$common.dispersion, "\n")
 cat("edgeR", as.character(packageVersion("edgeR")), "\n")
 
-# Quasi-likelihood F test with the common dispersion, no abundance trend, no Poisson bound
-# (what immunomon.stats.nbglm.ql_ftest implements).
-qfit <- glmQLFit(y, design, dispersion = y$common.dispersion, abundance.trend = FALSE)
-out <- NULL
-for (v in grep("^visit", colnames(design), value = TRUE)) {
-  res <- glmQLFTest(qfit, coef = v, poisson.bound = FALSE)$table
-  out <- rbind(out, data.frame(cluster = rownames(res), visit = sub("^visit", "", v),
-                               logFC = res$logFC, F = res$F, PValue = res$PValue))
+# Quasi-likelihood F tests with the common dispersion and no Poisson bound (what
+# immunomon.stats.nbglm.ql_ftest implements): without, then with edgeR's default abundance
+# trend of the QL prior (squeezeVar with covariate AveLogCPM; ql_ftest's default).
+ql_reference <- function(y, trend, path, label) {
+  qfit <- glmQLFit(y, design, dispersion = y$common.dispersion, abundance.trend = trend)
+  out <- NULL
+  for (v in grep("^visit", colnames(design), value = TRUE)) {
+    res <- glmQLFTest(qfit, coef = v, poisson.bound = FALSE)$table
+    out <- rbind(out, data.frame(cluster = rownames(res), visit = sub("^visit", "", v),
+                                 logFC = res$logFC, F = res$F, PValue = res$PValue))
+  }
+  write.csv(out, path, row.names = FALSE)
+  cat(label, qfit$df.prior, "\n")
 }
-write.csv(out, "tests/data/stats/edger_ql_reference.csv", row.names = FALSE)
-cat("QL prior df", qfit$df.prior, "\n")
-
-# The same with edgeR's default abundance trend of the QL prior (squeezeVar with covariate
-# AveLogCPM; what ql_ftest does by default).
+ql_reference(y, FALSE, "tests/data/stats/edger_ql_reference.csv", "QL prior df")
 y$AveLogCPM <- aveLogCPM(y)
-qfit <- glmQLFit(y, design, dispersion = y$common.dispersion, abundance.trend = TRUE)
-out <- NULL
-for (v in grep("^visit", colnames(design), value = TRUE)) {
-  res <- glmQLFTest(qfit, coef = v, poisson.bound = FALSE)$table
-  out <- rbind(out, data.frame(cluster = rownames(res), visit = sub("^visit", "", v),
-                               logFC = res$logFC, F = res$F, PValue = res$PValue))
-}
-write.csv(out, "tests/data/stats/edger_ql_trend_reference.csv", row.names = FALSE)
-cat("QL prior df (abundance trend)", qfit$df.prior, "\n")
+ql_reference(y, TRUE, "tests/data/stats/edger_ql_trend_reference.csv", "QL prior df (abundance trend)")
