@@ -176,8 +176,8 @@ def _acquisition(study, sample_id: str) -> dict[str, str]:
     """Instrument and acquisition keywords of a sample's FCS file (TEXT segment only)."""
     from immunomon.io.fcs import read_fcs_metadata
 
-    row = study.samples.loc[study.samples["sample_id"] == sample_id].iloc[0]
-    dataset = int(row["dataset"]) if pd.notna(row.get("dataset", 1)) else 1
+    dataset = study.sample(sample_id).get("dataset", 1)
+    dataset = int(dataset) if pd.notna(dataset) else 1
     keywords = safe_keywords(read_fcs_metadata(study.path_of(sample_id), dataset=dataset).keywords)
     return {k: v for k, v in keywords.items() if k in _ACQUISITION_KEYWORDS}
 
@@ -539,10 +539,10 @@ def _prepare_key(study, sample_id: str, file_sha: str, sha: dict, seed: int, n_t
                  code: str) -> str:
     """Cache key of a sample's prepare stage: file content, manifest row, panel (and its
     gating files), seed, training subsample size, code."""
-    row = study.samples.loc[study.samples["sample_id"] == sample_id].iloc[0]
+    row = study.sample(sample_id)
     root = Path(study.root).resolve()
     gating_files = [sha[_relative(p, root)] for p in _gating_files(study, row["panel"])]
-    manifest = row.drop(labels=["excluded_reason"], errors="ignore").to_dict()
+    manifest = {k: v for k, v in row.items() if k != "excluded_reason"}
     return make_key("prepare", code, file_sha, manifest, _panel_config(study, row["panel"]),
                     gating_files, seed, n_train)
 
