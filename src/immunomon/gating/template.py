@@ -269,9 +269,7 @@ class GatingTemplate:
             gate = resolver.gate(pop.name, pop.parent, spec)
             parent = memberships.get(pop.parent)  # None: the root population
             if isinstance(gate, (BooleanGate, RectangleGate)):  # cheap per event: on every event
-                data = memberships if isinstance(gate, BooleanGate) else cols
-                mask = gate.evaluate({k: data[k] for k in (gate.operands if isinstance(gate, BooleanGate)
-                                                           else [d.name for d in gate.dimensions])})
+                mask = gate.evaluate(memberships if isinstance(gate, BooleanGate) else cols)
                 mask = mask & parent if parent is not None else mask
                 indices[pop.name] = np.flatnonzero(mask)
             else:  # polygons: on the parent's events only

@@ -610,19 +610,20 @@ class _Columns:
     """Column access to an events table restricted to the rows ``idx`` (None = all rows)."""
 
     def __init__(self, frame: pd.DataFrame):
+        self._frame = frame
         self._data = frame_columns(frame)
         self.names = list(self._data)
         self._n = len(frame)
         self.idx: np.ndarray | None = None
-        unique = len(self.names) == frame.shape[1]
-        self._values = frame.to_numpy() if unique and len(set(frame.dtypes)) == 1 else None
 
     def values(self) -> np.ndarray | None:
-        """The ``(rows, columns)`` array of a one-dtype table (columns in ``names`` order),
-        None otherwise."""
-        if self._values is None:
+        """The ``(rows, columns)`` array of a one-dtype table with unique column names
+        (columns in ``names`` order), None otherwise; taken only when asked (margins)."""
+        frame = self._frame
+        if len(self.names) != frame.shape[1] or len(set(frame.dtypes)) != 1:
             return None
-        return self._values if self.idx is None else self._values[self.idx]
+        values = frame.to_numpy()
+        return values if self.idx is None else values[self.idx]
 
     def __contains__(self, name: str) -> bool:
         return name in self._data
