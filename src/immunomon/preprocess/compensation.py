@@ -178,9 +178,9 @@ def compensate(events: np.ndarray, names: list[str], spillover: pd.DataFrame,
     if missing:
         raise UserError(f"spillover matrix channel(s) {missing} are not in the data ({names})")
     s = spillover.to_numpy(dtype=np.float64)
-    rows = [str(r) for r in spillover.index]
-    if rows != cols and sorted(rows) == sorted(cols):  # same channels, rows in another order
-        s = s[[rows.index(c) for c in cols]]
+    row_names = [str(r) for r in spillover.index]
+    if row_names != cols and sorted(row_names) == sorted(cols):  # same channels, rows in another order
+        s = s[[row_names.index(c) for c in cols]]
     # else: rows named by fluorochrome rather than detector: taken in order
     try:
         inv = np.linalg.inv(s)
@@ -195,18 +195,14 @@ def compensate(events: np.ndarray, names: list[str], spillover: pd.DataFrame,
     kept = sorted(set(range(len(names))) - set(idx))
     out = np.empty(events.shape, dtype=dtype, order=order)
     inv = inv.astype(dtype)
+    channels = out.T  # (n_channels, n_events) view: contiguous rows when order="F"
+    span = slice(idx[0], idx[0] + len(idx))
     with _blas_controller().limit(limits=1, user_api="blas"):  # results independent of threads
-        if order == "F":  # the channels are the rows of out.T: inv.T @ events[:, idx].T, straight in
-            rows = out.T
-            span = slice(idx[0], idx[0] + len(idx))
-            if idx == list(range(span.start, span.stop)):  # adjacent channels: no gather, no temporary
-                np.matmul(inv.T, events[:, span].T.astype(dtype, copy=False), out=rows[span])
-            else:
-                rows[idx] = inv.T @ events[:, idx].T.astype(dtype, copy=False)
-            rows[kept] = events[:, kept].T
+        if idx == list(range(span.start, span.stop)):  # adjacent channels: no gather, no temporary
+            np.matmul(inv.T, events[:, span].T.astype(dtype, copy=False), out=channels[span])
         else:
-            out[:, idx] = events[:, idx].astype(dtype, copy=False) @ inv
-            out[:, kept] = events[:, kept]
+            channels[idx] = inv.T @ events[:, idx].T.astype(dtype, copy=False)
+    channels[kept] = events[:, kept].T
     return out
 
 
