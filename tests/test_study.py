@@ -215,3 +215,58 @@ def test_panel_qc_settings_are_validated(broken):
     assert "qc.steps.1" in text and "'margins', 'time', 'doublets', 'debris' or 'dead'" in text
     assert "qc.max_loss" in text
     assert "qc.dead_bound" in text  # misspelt key: unknown field
+
+
+# ------------------------------------------------------- study format shared by every stage
+def test_set_overrides_apply_before_validation(broken):
+    study = load_study(broken, overrides={"analysis.min_patients": "3",
+                                          "panels.treg.clustering.grid": "[4, 5]"})
+    assert study.config.analysis.min_patients == 3
+    assert study.config.panels["treg"].clustering.grid == (4, 5)
+    assert study.overrides == {"analysis.min_patients": "3",
+                               "panels.treg.clustering.grid": "[4, 5]"}
+    problems = validate_study(broken, overrides={"analysis.min_patients": "many",
+                                                 "visits.9.day": "3"})
+    assert any("visits.9.day" in p and "not one of its indexes" in p for p in problems)
+    problems = validate_study(broken, overrides={"analysis.min_patients": "many"})
+    assert any("analysis.min_patients" in p and "integer" in p for p in problems)
+
+
+def test_arm_control_and_optional_baseline(broken):
+    def arms(df):
+        df["arm"] = "placebo"
+        df.loc[1, "arm"] = "ld-IL2"          # P001_D8: patient P001 changes arm
+        df["control"] = "no"
+        df.loc[2, "control"] = "maybe"
+    edit_csv(broken / "samples.csv", arms)
+    problems = problems_of(broken)
+    assert any("column 'arm'" in p and "patient P001" in p for p in problems)
+    assert any("column 'control'" in p and "'maybe' is not true or false" in p for p in problems)
+
+    # a bridge control needs no baseline sample
+    def control_only_at_d8(df):
+        df["arm"] = ""
+        df["control"] = (df["patient_id"] == "P001").map({True: "true", False: ""})
+        df.drop(df.index[(df["patient_id"] == "P001") & (df["visit"] == "D1")], inplace=True)
+    edit_csv(broken / "samples.csv", control_only_at_d8)
+    study = load_study(broken)
+    assert study.samples.loc[study.samples["patient_id"] == "P001", "control"].all()
+    assert not study.samples.loc[study.samples["patient_id"] != "P001", "control"].any()
+
+    # one visit: baseline may be left out; two visits: it is required
+    def single_visit(d):
+        del d["baseline"]
+        d["visits"] = d["visits"][1:]
+    edit_yaml(broken / "study.yaml", single_visit)
+    for table in ("samples.csv", "clinical.csv"):
+        edit_csv(broken / table, lambda df: df.drop(df.index[df["visit"] == "D1"], inplace=True))
+    assert load_study(broken).config.baseline is None
+
+
+def test_validate_set_option(broken, capsys):
+    code, out, err = run_cli(["validate", broken, "--set", "analysis.min_patients=1"], capsys)
+    assert code == 2 and "analysis.min_patients" in err and "Traceback" not in err
+    code, out, err = run_cli(["validate", broken, "--set", "analysis.min_patients=3"], capsys)
+    assert code == 0, err
+    code, out, err = run_cli(["validate", broken, "--set", "nonsense"], capsys)
+    assert code == 2 and "expected KEY=VALUE" in err

@@ -10,7 +10,7 @@ import typer
 
 from immunomon.errors import UserError
 
-from .app import app
+from .app import SET_HELP, app, parse_set
 
 
 def _cpus() -> int:
@@ -39,13 +39,15 @@ def run(
     include_excluded: bool = typer.Option(False, "--include-excluded",
                                           help="Also analyse samples excluded in study.yaml or failing QC."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    settings: list[str] = typer.Option(None, "--set", help=SET_HELP),
 ) -> None:
     """Analyse a study end to end: QC, gating, clustering, statistics, report."""
     from immunomon.pipeline.run import RunOptions, run_study
 
     run_dir = run_study(study_dir, out, workers=workers or _cpus(), scheduler=scheduler, seed=seed,
                         quiet=quiet, cache_dir=cache,
-                        options=RunOptions(include_excluded=include_excluded))
+                        options=RunOptions(include_excluded=include_excluded),
+                        overrides=parse_set(settings))
     _say(quiet, f"report: {run_dir / 'report.html'}")
 
 

@@ -8,7 +8,7 @@ import typer
 
 from immunomon.errors import UserError
 
-from .app import app, fcs_app  # noqa: F401
+from .app import SET_HELP, app, fcs_app, parse_set  # noqa: F401
 
 
 @app.command()
@@ -16,11 +16,12 @@ def validate(
     study_dir: Path = typer.Argument(..., help="Study folder (study.yaml, samples.csv, ...)."),
     no_files: bool = typer.Option(False, "--no-files",
                                   help="Do not open the FCS files (skip channel checks)."),
+    settings: list[str] = typer.Option(None, "--set", help=SET_HELP),
 ) -> None:
     """Check a study folder; list every problem (one line each, exit 2) or summarise it."""
     from immunomon.io.study import load_study
 
-    study = load_study(study_dir, check_files=not no_files)
+    study = load_study(study_dir, check_files=not no_files, overrides=parse_set(settings))
     s = study.samples
     n_excl = int((s["excluded_reason"] != "").sum())
     extra = []

@@ -13,18 +13,32 @@
     baseline: D1
     panels:
       treg:
-        channels:                      # $PnN -> marker (and fluorochrome)
-          FSC-A: {marker: FSC-A}
-          BV421-A: {marker: CD25, fluorochrome: BV421}
+        assay: cytometry               # or citeseq (then `features:` instead of `channels:`)
+        instrument: flow               # flow | spectral | mass
+        channels:                      # $PnN -> marker, fluorochrome, class, role
+          FSC-A: {marker: FSC-A, role: scatter}
+          BV421-A: {marker: CD25, fluorochrome: BV421, class: type}
+        compensation: file             # the file's $SPILLOVER, or none
         transform: {type: arcsinh, cofactor: 150}
-        gating: {template: treg}       # or {gatingml: gates.xml} or {wsp: w.wsp, wsp_group: All}
-        clustering: {markers: [CD25], grid: [10, 10], metaclusters: 20}
+        gating: {template: treg}       # or {gatingml: gates.xml} or {wsp: w.wsp, wsp_group: All};
+                                       # no gating block: QC + clustering only
+        clustering: {markers: [CD25], grid: [10, 10], metaclusters: 20, marker_table: m.csv}
+        normalisation: {method: cytonorm, quantiles: 99, clustering: false}
     exclusions: [{sample_id: P001_D8, reason: clotted sample}]
+    analysis:                          # the statistical analysis plan (AnalysisPlan)
+      alpha: 0.05
+      min_patients: 6
+      primary: [{parameter: Treg % of CD4 T, visits: [D8], comparison: change_from_baseline,
+                 method: mmrm}]
 
 ``samples.csv``: one row per FCS file; required columns ``sample_id``, ``file`` (relative to
-the study folder), ``patient_id``, ``visit``, ``panel``; optional ``disease``, ``batch``
-(acquisition day), ``dataset`` (1-based data set index, default 1), ``lymphocytes_per_ul``.
-Other columns are kept. Optional ``clinical.csv`` and ``adverse_events.csv``: see
+the study folder), ``patient_id``, ``visit``, ``panel``; optional ``disease``, ``arm``
+(treatment arm, same on all rows of a patient), ``batch`` (acquisition batch), ``control``
+(true for a bridge/reference control: exempt from the baseline rule, left out of the
+statistics), ``dataset`` (1-based data set index, default 1), ``lymphocytes_per_ul``,
+``hashtag`` (CITE-seq: the sample's hashtag in a pooled library). Other columns are kept.
+``baseline`` may be left out of study.yaml only when the study has a single visit
+(cross-sectional studies). Optional ``clinical.csv`` and ``adverse_events.csv``: see
 :mod:`immunomon.io.clinical`.
 
 :func:`load_study` checks everything at once and raises :class:`~immunomon.errors.UserError`
@@ -36,7 +50,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Mapping
 
 import numpy as np
 import pandas as pd
@@ -50,8 +64,9 @@ from .fcs import FCSError, read_fcs_metadata
 
 #: Built-in gating templates (``gating: {template: <name>}``); any other value is a path.
 BUILTIN_TEMPLATES = ("treg",)
-SAMPLE_COLUMNS = ("sample_id", "file", "patient_id", "disease", "visit", "day", "panel",
-                  "batch", "dataset", "lymphocytes_per_ul", "excluded_reason")
+SAMPLE_COLUMNS = ("sample_id", "file", "patient_id", "disease", "arm", "visit", "day", "panel",
+                  "batch", "control", "dataset", "lymphocytes_per_ul", "excluded_reason")
+_TRUE, _FALSE = {"true", "t", "yes", "y", "1"}, {"false", "f", "no", "n", "0", ""}
 _REQUIRED = ("sample_id", "file", "patient_id", "visit", "panel")
 
 
@@ -59,11 +74,36 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+#: Roles of a channel (``channels.<ch>.role``): what it measures besides a marker.
+CHANNEL_ROLES = ("marker", "scatter", "time", "viability", "dna", "bead", "barcode", "gaussian",
+                 "other")
+#: Marker classes (``channels.<ch>.class``): lineage (``type``) markers define populations and
+#: clusters, signalling/activation (``state``) markers are compared within them (CATALYST).
+MARKER_CLASSES = ("type", "state", "none")
+
+
 class Channel(_Model):
-    """One channel of a panel: the marker it measures (scatter/time: the channel name)."""
+    """One channel of a panel: the marker it measures (scatter/time: the channel name), its
+    fluorochrome or mass tag, its marker ``class`` and its ``role``; ``None`` = not stated
+    (the code infers it from the names)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     marker: str = Field(min_length=1)
     fluorochrome: str | None = None
+    marker_class: Literal["type", "state", "none"] | None = Field(None, alias="class")
+    role: Literal["marker", "scatter", "time", "viability", "dna", "bead", "barcode", "gaussian",
+                  "other"] | None = None
+
+
+class Feature(_Model):
+    """One feature of a CITE-seq panel (Cell Ranger ``features.tsv`` id): the protein (ADT)
+    marker it measures and its class (``isotype`` for isotype controls)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    marker: str = Field(min_length=1)
+    marker_class: Literal["type", "state", "isotype", "none"] | None = Field(None, alias="class")
 
 
 class Visit(_Model):
@@ -92,11 +132,32 @@ class Transform(_Model):
 
 
 class Clustering(_Model):
-    """Clustering settings: markers used, SOM grid and number of metaclusters."""
+    """Clustering settings: markers used (default: the panel's ``type`` markers), SOM grid,
+    number of metaclusters and the marker table that names clusters (a CSV/YAML path
+    relative to the study folder, same format as the CLI's ``--marker-table``; default: the
+    built-in table)."""
 
-    markers: list[str] = Field(min_length=1)
+    markers: list[str] | None = Field(None, min_length=1)
     grid: tuple[int, int] = (10, 10)
     metaclusters: int = Field(20, ge=2)
+    marker_table: str | None = None
+
+
+class NormalisationClustering(_Model):
+    """CytoNorm per FlowSOM cluster of the controls: SOM grid and metaclusters."""
+
+    grid: tuple[int, int] = (5, 5)
+    metaclusters: int = Field(5, ge=1)
+
+
+class Normalisation(_Model):
+    """Batch normalisation on bridge controls (``samples.csv`` ``control`` column): CytoNorm
+    quantile normalisation per batch and marker on the transformed scale."""
+
+    method: Literal["cytonorm"] = "cytonorm"
+    quantiles: int = Field(99, ge=2)
+    clustering: Literal[False] | NormalisationClustering = False
+    markers: list[str] | None = Field(None, min_length=1)
 
 
 class QC(_Model):
@@ -130,13 +191,20 @@ class QC(_Model):
 
 
 class Panel(_Model):
-    """An antibody panel: channels, transform, gating, clustering and quality control."""
+    """An antibody panel: its assay and instrument, channels (cytometry) or features
+    (CITE-seq), compensation, transform, gating (none = QC + clustering only), clustering,
+    quality control and batch normalisation."""
 
-    channels: dict[str, Channel] = Field(min_length=1)
+    assay: Literal["cytometry", "citeseq"] = "cytometry"
+    instrument: Literal["flow", "spectral", "mass"] | None = None
+    channels: dict[str, Channel] = Field(default_factory=dict)
+    features: dict[str, Feature] = Field(default_factory=dict)
+    compensation: Literal["file", "none"] = "file"
     transform: Transform = Field(default_factory=Transform)
     gating: Gating | None = None
     clustering: Clustering | None = None
     qc: QC | None = None
+    normalisation: Normalisation | None = None
 
     def marker_of(self, channel: str) -> str:
         """The marker measured in ``channel`` ($PnN)."""
@@ -146,6 +214,56 @@ class Panel(_Model):
     def markers(self) -> dict[str, str]:
         """Marker -> channel ($PnN)."""
         return {c.marker: name for name, c in self.channels.items()}
+
+
+class Endpoint(_Model):
+    """One end point of the analysis plan: a supervised ``parameter`` (or a ``cluster``, or a
+    ``cluster`` × ``marker``), the visit(s) it is tested at, the comparison and the method."""
+
+    parameter: str | None = None
+    cluster: str | None = None
+    marker: str | None = None
+    panel: str | None = None
+    visits: list[str] = Field(default_factory=list)
+    comparison: Literal["change_from_baseline", "arm_difference",
+                        "group_difference"] = "change_from_baseline"
+    method: str = "mmrm"
+
+
+class KeySecondary(_Model):
+    """Key secondary end points, tested in the order given with a multiplicity strategy."""
+
+    strategy: Literal["fixed_sequence", "holm"] = "fixed_sequence"
+    endpoints: list[Endpoint] = Field(default_factory=list)
+
+
+class Responder(_Model):
+    """A responder: visit/baseline ratio at or above ``ratio`` (above within-patient
+    variability)."""
+
+    ratio: float = Field(1.25, gt=1)
+
+
+class SelectivityPlan(_Model):
+    """Selectivity: target and off-target parameters and the equivalence margins on the
+    fold-change scale."""
+
+    targets: list[str] = Field(min_length=1)
+    off_targets: list[str] = Field(min_length=1)
+    margins: tuple[float, float] = (0.8, 1.25)
+
+
+class AnalysisPlan(_Model):
+    """The pre-specified statistical analysis plan (``analysis:`` of study.yaml)."""
+
+    alpha: float = Field(0.05, gt=0, lt=1)
+    min_patients: int = Field(6, ge=2)
+    control_arm: str | None = None
+    reference_group: str | None = None
+    primary: list[Endpoint] = Field(default_factory=list)
+    key_secondary: KeySecondary | None = None
+    responder: Responder = Field(default_factory=Responder)
+    selectivity: SelectivityPlan | None = None
 
 
 class Exclusion(_Model):
@@ -162,9 +280,10 @@ class StudyConfig(_Model):
     description: str = ""
     seed: int = 0
     visits: list[Visit] = Field(min_length=1)
-    baseline: str
+    baseline: str | None = None
     panels: dict[str, Panel] = Field(min_length=1)
     exclusions: list[Exclusion] = Field(default_factory=list)
+    analysis: AnalysisPlan | None = None
 
     @property
     def visit_days(self) -> dict[str, int]:
@@ -181,6 +300,7 @@ class Study:
     samples: pd.DataFrame
     clinical: pd.DataFrame | None = None
     adverse_events: pd.DataFrame | None = None
+    overrides: dict[str, str] = dataclasses.field(default_factory=dict)
 
     _rows: tuple | None = dataclasses.field(default=None, init=False, repr=False, compare=False)
 
@@ -236,8 +356,48 @@ def _line_of(lines: dict[tuple, int], loc: tuple) -> int | None:
     return lines.get(loc)
 
 
-def _read_config(path: Path) -> tuple[StudyConfig | None, dict, list[str]]:
-    """Parse and validate ``study.yaml``: (config, line map, problems)."""
+def apply_overrides(data: dict, overrides: Mapping[str, str]) -> list[str]:
+    """Set ``KEY=VALUE`` pairs (``--set analysis.min_patients=3``) into parsed study.yaml
+    ``data`` in place; ``KEY`` is a dotted path (list items by 0-based index), ``VALUE`` is
+    read as YAML (``3``, ``[D8, D15]``, ``false``). Returns one problem line per bad pair."""
+    problems = []
+    for key, text in overrides.items():
+        parts = [p for p in str(key).split(".")]
+        if not all(parts):
+            problems.append(f"--set {key}={text}: the key must be a dotted path such as "
+                            f"analysis.min_patients")
+            continue
+        try:
+            value = yaml.safe_load(str(text)) if str(text).strip() else ""
+        except yaml.YAMLError as err:
+            problems.append(f"--set {key}={text}: the value is not valid YAML "
+                            f"({getattr(err, 'problem', err)})")
+            continue
+        node = data
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            if isinstance(node, list):
+                if not (part.isdigit() and int(part) < len(node)):
+                    problems.append(f"--set {key}={text}: '{'.'.join(parts[:i])}' is a list of "
+                                    f"{len(node)} item(s); '{part}' is not one of its indexes")
+                    break
+                part = int(part)
+            elif not isinstance(node, dict):
+                problems.append(f"--set {key}={text}: '{'.'.join(parts[:i])}' is not a mapping")
+                break
+            if last:
+                node[part] = value
+            else:
+                if isinstance(node, dict) and not isinstance(node.get(part), (dict, list)):
+                    node[part] = {}
+                node = node[part]
+    return problems
+
+
+def _read_config(path: Path, overrides: Mapping[str, str] | None = None
+                 ) -> tuple[StudyConfig | None, dict, list[str]]:
+    """Parse and validate ``study.yaml`` (with ``--set`` overrides applied): (config, line
+    map, problems)."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -254,6 +414,10 @@ def _read_config(path: Path) -> tuple[StudyConfig | None, dict, list[str]]:
     if not isinstance(data, dict):
         return None, {}, [f"{path}: must be a mapping of study settings (study_id, visits, "
                           f"baseline, panels, ...)"]
+    if overrides:
+        problems = apply_overrides(data, overrides)
+        if problems:
+            return None, {}, problems
     lines = _yaml_lines(node)
     try:
         config = StudyConfig.model_validate(data)
@@ -268,6 +432,10 @@ def _read_config(path: Path) -> tuple[StudyConfig | None, dict, list[str]]:
             if e["type"] == "extra_forbidden":
                 msg = "unknown field"
             problems.append(f"{path}{at}: {field}: {msg}")
+        visits = data.get("visits")
+        if data.get("baseline") is None and isinstance(visits, list) and len(visits) > 1:
+            problems.append(f"{path}: baseline: required field is missing (the study has "
+                            f"{len(visits)} visits)")
         return None, lines, problems
     return config, lines, _check_config(config, path, lines)
 
@@ -285,11 +453,20 @@ def _check_config(cfg: StudyConfig, path: Path, lines: dict) -> list[str]:
         if names.index(v.name) != i:
             problems.append(f"{at('visits', i)}: visits.{i}.name: visit '{v.name}' is declared "
                             f"twice")
-    if cfg.baseline not in names:
+    if cfg.baseline is None and len(names) > 1:
+        problems.append(f"{at('visits')}: baseline: required field is missing (the study has "
+                        f"{len(names)} visits: {', '.join(names)})")
+    elif cfg.baseline is not None and cfg.baseline not in names:
         problems.append(f"{at('baseline')}: baseline: '{cfg.baseline}' is not one of the "
                         f"visits ({', '.join(names)})")
     root = path.parent
     for pname, panel in cfg.panels.items():
+        if panel.assay == "cytometry" and not panel.channels:
+            problems.append(f"{at('panels', pname)}: panels.{pname}.channels: a cytometry panel "
+                            f"needs at least one channel")
+        if panel.assay == "citeseq" and not panel.features:
+            problems.append(f"{at('panels', pname)}: panels.{pname}.features: a CITE-seq panel "
+                            f"needs at least one feature")
         seen: dict[str, str] = {}
         for chan, c in panel.channels.items():
             if c.marker in seen:
@@ -344,8 +521,8 @@ def _read_samples(path: Path, cfg: StudyConfig, check_files: bool
                 if c not in df.columns]
     if problems:
         return None, problems
-    for col, default in (("disease", ""), ("batch", ""), ("dataset", "1"),
-                         ("lymphocytes_per_ul", "")):
+    for col, default in (("disease", ""), ("arm", ""), ("batch", ""), ("control", ""),
+                         ("dataset", "1"), ("lymphocytes_per_ul", "")):
         if col not in df.columns:
             df[col] = default
     root = path.parent
@@ -356,6 +533,8 @@ def _read_samples(path: Path, cfg: StudyConfig, check_files: bool
     first_key: dict[tuple, int] = {}
     first_file: dict[tuple, int] = {}
     disease_of: dict[str, tuple[str, int]] = {}
+    arm_of: dict[str, tuple[str, int]] = {}
+    control = df["control"].str.strip().str.lower()
     for i, row in df.iterrows():
         for col in _REQUIRED:
             if not row[col]:
@@ -381,6 +560,14 @@ def _read_samples(path: Path, cfg: StudyConfig, check_files: bool
             problems.append(f"{where(path, i, 'disease')}: patient {pid} has disease '{dis}' "
                             f"here but '{disease_of[pid][0]}' on line {disease_of[pid][1] + 2}")
         disease_of.setdefault(pid, (dis, i))
+        arm = row["arm"]
+        if pid in arm_of and arm_of[pid][0] != arm:
+            problems.append(f"{where(path, i, 'arm')}: patient {pid} is in arm '{arm}' here but "
+                            f"in '{arm_of[pid][0]}' on line {arm_of[pid][1] + 2}")
+        arm_of.setdefault(pid, (arm, i))
+        if control.iloc[i] not in _TRUE | _FALSE:
+            problems.append(f"{where(path, i, 'control')}: '{row['control']}' is not true or "
+                            f"false")
         ds = dataset.iloc[i]
         if np.isnan(ds) or ds != int(ds) or ds < 1:
             problems.append(f"{where(path, i, 'dataset')}: '{row['dataset']}' is not a data "
@@ -389,21 +576,25 @@ def _read_samples(path: Path, cfg: StudyConfig, check_files: bool
         if row["lymphocytes_per_ul"] and not (lymph.iloc[i] >= 0):
             problems.append(f"{where(path, i, 'lymphocytes_per_ul')}: "
                             f"'{row['lymphocytes_per_ul']}' is not a count per µL")
-        fkey = (row["file"], int(ds))
+        fkey = (row["file"], int(ds), row.get("hashtag", ""))
         if row["file"] and fkey in first_file:
-            problems.append(f"{where(path, i, 'file')}: file '{row['file']}' (data set "
-                            f"{int(ds)}) is already used on line {first_file[fkey] + 2}")
+            what = f"hashtag {fkey[2]}" if fkey[2] else f"data set {int(ds)}"
+            problems.append(f"{where(path, i, 'file')}: file '{row['file']}' ({what}) is "
+                            f"already used on line {first_file[fkey] + 2}")
         first_file.setdefault(fkey, i)
         if row["file"] and check_files:
             problems += _check_fcs(root, row, int(ds), cfg, where(path, i, "file"))
-    # a baseline sample for every patient in every panel it has samples in
-    pairs = df.loc[df["patient_id"] != "", ["patient_id", "panel"]].drop_duplicates()
+    # a baseline sample for every patient (bridge controls exempt) in each of its panels
+    is_control = control.isin(_TRUE).to_numpy()
+    patients = df.loc[(df["patient_id"] != "").to_numpy() & ~is_control]
+    pairs = patients[["patient_id", "panel"]].drop_duplicates()
     have = set(zip(df["patient_id"], df["panel"], df["visit"]))
     for pid, panel in pairs.itertuples(index=False):
-        if (pid, panel, cfg.baseline) not in have:
+        if cfg.baseline is not None and (pid, panel, cfg.baseline) not in have:
             line = first_key[next(k for k in first_key if k[0] == pid and k[2] == panel)] + 2
             problems.append(f"{path}, line {line}, column 'visit': patient {pid} has no "
                             f"baseline ({cfg.baseline}) sample in panel '{panel}'")
+    df["control"] = is_control
     df["dataset"] = dataset.fillna(1).astype(int)
     df["lymphocytes_per_ul"] = lymph.astype(float)
     df["day"] = df["visit"].map(days)
@@ -416,13 +607,15 @@ def _read_samples(path: Path, cfg: StudyConfig, check_files: bool
 def _check_fcs(root: Path, row, dataset: int, cfg: StudyConfig, at: str) -> list[str]:
     """Problems of one sample's FCS file: missing, unreadable, missing channels."""
     fpath = root / row["file"]
+    panel = cfg.panels.get(row["panel"])
+    if panel is not None and panel.assay == "citeseq":  # a Cell Ranger output, not an FCS file
+        return [] if fpath.exists() else [f"{at}: Cell Ranger output not found: {fpath}"]
     if not fpath.is_file():
         return [f"{at}: file not found: {fpath}"]
     try:
         meta = read_fcs_metadata(fpath, dataset=dataset)
     except FCSError as err:
         return [f"{at}: {p}" for p in err.problems]
-    panel = cfg.panels.get(row["panel"])
     if panel is None:
         return []
     names = set(meta.names)
@@ -433,11 +626,12 @@ def _check_fcs(root: Path, row, dataset: int, cfg: StudyConfig, at: str) -> list
 
 # --------------------------------------------------------------------------------- entry
 
-def _load(study_dir, check_files: bool) -> tuple[Study | None, list[str]]:
+def _load(study_dir, check_files: bool, overrides: Mapping[str, str] | None = None
+          ) -> tuple[Study | None, list[str]]:
     root = Path(study_dir)
     if not root.is_dir():
         return None, [f"{root}: not a study folder (directory not found)"]
-    cfg, lines, problems = _read_config(root / "study.yaml")
+    cfg, lines, problems = _read_config(root / "study.yaml", overrides)
     if cfg is None:
         return None, problems
     samples, sp = _read_samples(root / "samples.csv", cfg, check_files)
@@ -460,15 +654,17 @@ def _load(study_dir, check_files: bool) -> tuple[Study | None, list[str]]:
         adverse, ap = read_adverse_events(root / "adverse_events.csv", patients)
         problems += ap
     return Study(root=root.resolve(), config=cfg, samples=samples, clinical=clinical,
-                 adverse_events=adverse), problems
+                 adverse_events=adverse, overrides=dict(overrides or {})), problems
 
 
-def validate_study(study_dir, *, check_files: bool = True) -> list[str]:
+def validate_study(study_dir, *, check_files: bool = True,
+                   overrides: Mapping[str, str] | None = None) -> list[str]:
     """Every problem of a study folder, one line each (empty when valid)."""
-    return _load(study_dir, check_files)[1]
+    return _load(study_dir, check_files, overrides)[1]
 
 
-def load_study(study_dir, *, check_files: bool = True) -> Study:
+def load_study(study_dir, *, check_files: bool = True,
+               overrides: Mapping[str, str] | None = None) -> Study:
     """Load and validate a study folder.
 
     Parameters
@@ -478,13 +674,16 @@ def load_study(study_dir, *, check_files: bool = True) -> Study:
         ``adverse_events.csv``.
     check_files
         Also open every FCS file's TEXT segment (existence, data set, channels of the panel).
+    overrides
+        ``KEY=VALUE`` settings applied over study.yaml before validation (the CLI's
+        ``--set``), e.g. ``{"analysis.min_patients": "3"}``; kept in ``Study.overrides``.
 
     Raises
     ------
     UserError
         Listing every problem found, one line each.
     """
-    study, problems = _load(study_dir, check_files)
+    study, problems = _load(study_dir, check_files, overrides)
     if problems:
         raise UserError(problems)
     return study

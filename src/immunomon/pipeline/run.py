@@ -50,8 +50,9 @@ log = logging.getLogger("immunomon.run")
 STAGES = ("hash", "prepare", "train", "map", "embed", "stats", "report")
 
 #: Columns of ``tables/samples`` (architecture contract), in order.
-SAMPLE_COLUMNS = ["sample_id", "patient_id", "disease", "visit", "day", "panel", "batch", "file",
-                  "sha256", "events_total", "events_after_qc", "qc_pass", "excluded_reason"]
+SAMPLE_COLUMNS = ["sample_id", "patient_id", "disease", "arm", "visit", "day", "panel", "batch",
+                  "control", "file", "sha256", "events_total", "events_after_qc", "qc_pass",
+                  "excluded_reason"]
 
 #: Modules whose source enters the cache key of each stage.
 _CODE = {
@@ -261,6 +262,7 @@ def run_study(
     cache_dir: str | Path | None = None,
     options: RunOptions | None = None,
     report: bool = True,
+    overrides: dict[str, str] | None = None,
 ) -> Path:
     """Analyse a study folder end to end into a run directory.
 
@@ -288,6 +290,9 @@ def run_study(
         Analysis options (:class:`RunOptions`).
     report
         Render ``report.html`` and ``figures/`` at the end.
+    overrides
+        ``KEY=VALUE`` settings applied over study.yaml (the CLI's ``--set``, e.g.
+        ``{"analysis.min_patients": "3"}``); recorded in ``provenance.json``.
 
     Returns
     -------
@@ -303,7 +308,7 @@ def run_study(
     handler, level = _open_log(out / "run.log")
     try:
         log.info("run %s -> %s (workers=%s, scheduler=%s)", study_dir, out, workers, scheduler)
-        study = load_study(Path(study_dir).resolve())
+        study = load_study(Path(study_dir).resolve(), overrides=overrides)
         seed = int(seed if seed is not None else
                    options.seed if options.seed is not None else study.config.seed)
         cache = Cache(Path(cache_dir).resolve() if cache_dir is not None else out / ".cache")
@@ -635,6 +640,9 @@ def _parameters(study, options: RunOptions, parallel: dict, seed: int) -> dict:
         "panels": {p: _panel_config(study, p) for p in study.config.panels},
         "exclusions": [e.model_dump() if hasattr(e, "model_dump") else e
                        for e in study.config.exclusions],
+        "analysis": (study.config.analysis.model_dump(mode="json")
+                     if getattr(study.config, "analysis", None) is not None else None),
+        "overrides": dict(getattr(study, "overrides", {}) or {}),
         "train_cells": options.train_cells,
         "embed_cells": options.embed_cells,
         "include_excluded": options.include_excluded,
