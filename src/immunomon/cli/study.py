@@ -19,9 +19,9 @@ def validate(
     settings: list[str] = typer.Option(None, "--set", help=SET_HELP),
 ) -> None:
     """Check a study folder; list every problem (one line each, exit 2) or summarise it."""
-    from immunomon.io.study import load_study
+    from immunomon.pipeline.checks import load_checked
 
-    study = load_study(study_dir, check_files=not no_files, overrides=parse_set(settings))
+    study = load_checked(study_dir, check_files=not no_files, overrides=parse_set(settings))
     s = study.samples
     n_excl = int((s["excluded_reason"] != "").sum())
     extra = []

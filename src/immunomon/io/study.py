@@ -657,6 +657,14 @@ def _load(study_dir, check_files: bool, overrides: Mapping[str, str] | None = No
                  adverse_events=adverse, overrides=dict(overrides or {})), problems
 
 
+def read_study(study_dir, *, check_files: bool = True,
+               overrides: Mapping[str, str] | None = None) -> tuple[Study | None, list[str]]:
+    """The study as far as it could be read, and every problem of its manifest (one line
+    each). The study is None when study.yaml or samples.csv could not be read at all; when it
+    is returned with problems, its rows may name unknown visits or panels."""
+    return _load(study_dir, check_files, overrides)
+
+
 def validate_study(study_dir, *, check_files: bool = True,
                    overrides: Mapping[str, str] | None = None) -> list[str]:
     """Every problem of a study folder, one line each (empty when valid)."""

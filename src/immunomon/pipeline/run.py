@@ -2,7 +2,7 @@
 
 Stages (each cached by content hash, see :mod:`immunomon.pipeline.cache`)::
 
-    validate      load_study (every problem at once)
+    validate      load_checked: manifest + every stage's settings (every problem at once)
     hash          SHA-256 of every input file                       (parallel)
     prepare       per sample: read, compensate, transform, QC, gate,
                   population statistics, clustering training subsample (parallel)
@@ -299,7 +299,7 @@ def run_study(
     Path
         The run directory.
     """
-    from immunomon.io.study import load_study
+    from immunomon.pipeline.checks import load_checked
 
     started = utc_now()
     out = Path(out_dir).resolve()
@@ -308,7 +308,7 @@ def run_study(
     handler, level = _open_log(out / "run.log")
     try:
         log.info("run %s -> %s (workers=%s, scheduler=%s)", study_dir, out, workers, scheduler)
-        study = load_study(Path(study_dir).resolve(), overrides=overrides)
+        study = load_checked(Path(study_dir).resolve(), overrides=overrides)
         seed = int(seed if seed is not None else
                    options.seed if options.seed is not None else study.config.seed)
         cache = Cache(Path(cache_dir).resolve() if cache_dir is not None else out / ".cache")

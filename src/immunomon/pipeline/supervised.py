@@ -80,9 +80,9 @@ def phenotype_sample(prepared: PreparedSample, study, sample_id: str,
 @functools.lru_cache(maxsize=4)
 def _load(study_dir: str):
     """The study, loaded once per process (worker processes gate many samples)."""
-    from immunomon.io.study import load_study
+    from immunomon.pipeline.checks import load_checked
 
-    return load_study(study_dir)
+    return load_checked(study_dir)
 
 
 def gate_sample(study_dir: str, sample_id: str) -> dict[str, pd.DataFrame]:
@@ -139,9 +139,9 @@ def plot_sample_gates(study_dir: str | Path, sample_id: str, path: str | Path) -
     plot, see :func:`immunomon.report.gate_plots.plot_gates`); returns the PNG path."""
     from immunomon.report.gate_plots import write_gate_plots
 
-    from immunomon.io.study import load_study
+    from immunomon.pipeline.checks import load_checked
 
-    study = load_study(study_dir)
+    study = load_checked(study_dir)
     prepared = prepare_sample(study, sample_id, keep_all_events=True)
     gating = gate_prepared(prepared, panel_template(study, prepared.panel))
     qc = "passed" if prepared.qc_pass else "FAILED"

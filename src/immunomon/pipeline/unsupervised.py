@@ -167,9 +167,9 @@ def map_sample(model: ClusterModel, prepared: PreparedSample, embed_n: int = 500
 
 @functools.lru_cache(maxsize=4)
 def _load(study_dir: str):
-    from immunomon.io.study import load_study
+    from immunomon.pipeline.checks import load_checked
 
-    return load_study(study_dir)
+    return load_checked(study_dir)
 
 
 def _get(obj: Any, key: str, default: Any = None) -> Any:

@@ -11,50 +11,12 @@ from collections.abc import Mapping
 import pandas as pd
 
 from .htmltable import fmt_num
+from .methods_stats import join_words, statistics_sentences
 from .rundata import RunData
 
-#: Plain-language names of statistical methods, matched on a lower-cased substring, in order.
-METHOD_NAMES = (
-    ("wilcoxon", "Wilcoxon signed-rank tests on per-patient log ratios (effect: Hodges–Lehmann "
-                 "fold change)"),
-    ("paired_t", "paired t-tests on per-patient log ratios (effect: ratio of geometric means)"),
-    ("ttest", "paired t-tests on per-patient log ratios"),
-    ("glmm", "negative-binomial generalised linear mixed models with patient as random effect"),
-    ("lmm", "linear mixed models on log (logit for percentages) values with a random intercept "
-            "per patient (y ~ visit + disease + (1 | patient))"),
-    ("mixed", "linear mixed models with a random intercept per patient"),
-    ("edger", "negative-binomial GLMs with edgeR dispersions and likelihood-ratio tests "
-              "(design ~ patient + visit, offsets log cells per sample)"),
-    ("gee", "binomial generalised estimating equations (logit link, exchangeable correlation "
-            "within patient, bias-reduced sandwich errors)"),
-    ("glm", "negative-binomial GLMs with patient as blocking factor"),
-    ("limma", "limma-style moderated t-tests of per-sample cluster medians (design ~ patient + "
-              "visit, empirical Bayes variance moderation)"),
-    ("spearman", "Spearman rank correlations"),
-)
 #: Versions named in the methods text (all versions are in the provenance section).
 KEY_PACKAGES = ("python", "numpy", "scipy", "pandas", "statsmodels", "scikit-learn", "umap-learn",
                 "inmoose", "flowutils")
-
-
-def describe_method(name: str) -> str:
-    """Plain-language description of a ``method`` value (the value itself when unknown)."""
-    low = str(name).lower()
-    for key, text in METHOD_NAMES:
-        if key in low:
-            return f"{text} (`{name}`)"
-    return f"`{name}`"
-
-
-def _methods(df: pd.DataFrame | None) -> list[str]:
-    if df is None or "method" not in df.columns:
-        return []
-    return [describe_method(m) for m in pd.unique(df["method"].astype(str))]
-
-
-def _join(items: list[str]) -> str:
-    items = list(dict.fromkeys(items))
-    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
 def flatten(d: Mapping, prefix: str = "") -> dict[str, object]:
@@ -118,7 +80,7 @@ def methods_paragraphs(run: RunData) -> list[str]:
     qc = run.get("qc_steps")
     if qc is not None:
         pre.append("Quality control removed events in the steps " +
-                   _join([f"‘{s}’" for s in pd.unique(qc["step"].astype(str))]) + ".")
+                   join_words([f"‘{s}’" for s in pd.unique(qc["step"].astype(str))]) + ".")
     cof = find(params, "cofactor")
     if cof is not None:
         pre.append(f"Fluorescence was compensated with each file's spillover matrix and "
@@ -138,26 +100,7 @@ def methods_paragraphs(run: RunData) -> list[str]:
                    f"{f' ({n_cells} cells)' if n_cells else ''}; UMAP maps a subsample of cells.")
     if pre:
         out.append(" ".join(pre))
-    st = []
-    sup = _methods(run.get("stats_supervised"))
-    if sup:
-        st.append(f"Change from baseline ({run.baseline}) of every parameter at every visit was "
-                  f"tested per disease and pooled over diseases with {_join(sup)}.")
-    da, ds = _methods(run.get("stats_da")), _methods(run.get("stats_ds"))
-    if da:
-        st.append(f"Differential abundance of metaclusters was tested with {_join(da)}.")
-    if ds:
-        st.append(f"Differential state (median marker expression per metacluster) was tested "
-                  f"with {_join(ds)}.")
-    if sup or da or ds:
-        st.append("P-values were adjusted with the Benjamini–Hochberg procedure within each "
-                  "table × method × visit × disease stratum; q < 0.05 is called significant.")
-    if run.get("responders") is not None:
-        st.append("A patient responds when a parameter's value at a visit exceeds its baseline "
-                  "value (ratio > 1).")
-    if run.get("clinical_immune") is not None:
-        st.append("Associations between clinical scores and immune parameters are Spearman "
-                  "rank correlations (ρ) across patients.")
+    st = statistics_sentences(run)
     seed = prov.get("seed", find(params, "seed"))
     if seed is not None:
         st.append(f"Every random step used seed {seed}; the same inputs and seed give "
