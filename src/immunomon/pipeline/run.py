@@ -457,9 +457,13 @@ def _stats(study, tables: dict, analysed: pd.DataFrame, seed: int, options: RunO
     from immunomon.stats import StatsOptions, analyze
 
     try:
-        stats_options = StatsOptions(**options.stats)
+        plan = study.config.analysis
+        from_plan = {"alpha": plan.alpha, "min_patients": plan.min_patients} if plan else {}
+        stats_options = StatsOptions(**{**from_plan, **options.stats})
     except TypeError as err:
         raise UserError(f"statistics options {sorted(options.stats)}: {err}") from None
+    if "control" in analysed.columns:  # bridge/reference controls serve normalisation only
+        analysed = analysed.loc[~analysed["control"].astype(bool)]
     ids = set(analysed["sample_id"])
     inputs = {
         # the pipeline decides who is analysed (include_excluded): stats must not re-filter
@@ -472,13 +476,14 @@ def _stats(study, tables: dict, analysed: pd.DataFrame, seed: int, options: RunO
         "patients": _patients(study.samples),
     }
     visits = [v.name if hasattr(v, "name") else v["name"] for v in study.config.visits]
+    baseline = study.config.baseline or visits[0]  # single-visit study: nothing to compare yet
     key = make_key("stats", code, {k: _frame_digest(v) for k, v in inputs.items()},
-                   study.config.baseline, visits, options.stats, seed)
+                   baseline, visits, stats_options, seed)
     progress = stages.start("stats", 1)
     result = cache.get("stats", key)
     cached = result is not None
     if not cached:
-        result = cache.put("stats", key, dict(analyze(inputs, baseline=study.config.baseline,
+        result = cache.put("stats", key, dict(analyze(inputs, baseline=baseline,
                                                       visits=visits, options=stats_options)))
     _advance(progress)
     stages.done("stats", samples=len(ids), tables=len(result), cached=int(cached),
