@@ -102,7 +102,7 @@ def test_quality_control_reports_every_step_and_flags_heavy_loss():
     })
     qc = QualityControl(dead_bounds=(1.0, 3.5), debris_fsc_bounds=(5_000, 20_000), max_loss=0.5)
     res = qc.apply(events, sample_id="S1", ranges={"FSC-A": 262144, "FSC-H": 262144, "SSC-A": 262144})
-    assert list(res.steps.columns[:5]) == QC_STEPS_COLUMNS
+    assert list(res.steps.columns[:6]) == QC_STEPS_COLUMNS
     assert res.steps["step"].tolist() == ["margins", "time", "doublets", "debris", "dead"]
     # each step's events_in is what the previous steps left
     left = res.steps["events_in"] - res.steps["events_removed"]
@@ -110,9 +110,12 @@ def test_quality_control_reports_every_step_and_flags_heavy_loss():
     assert res.events_after_qc == left.iloc[-1] == res.keep.sum()
     assert not res.qc_pass  # > 50 % dead
     no_ranges = QualityControl(max_loss=0.9).apply(events)
-    assert no_ranges.qc_pass and no_ranges.steps["reason"].iloc[0].startswith("skipped")
+    assert no_ranges.qc_pass and no_ranges.steps["status"].iloc[0] == "skipped"
+    assert no_ranges.steps["reason"].iloc[0] == "no channel ranges"
+    assert (res.steps["status"] == "ran").all()
     skipped = QualityControl().apply(events.drop(columns=["Viability"]))
-    assert skipped.steps.set_index("step").loc["dead", "reason"].startswith("skipped")
+    assert skipped.steps.set_index("step").loc["dead", "status"] == "skipped"
+    assert skipped.steps.set_index("step").loc["dead", "reason"] == "no column Viability"
 
 
 def test_quality_control_rejects_unknown_step():

@@ -139,8 +139,7 @@ class _SampleJob:
 @_measured
 def _prepare_task(job: _SampleJob) -> dict:
     """prepare + phenotype + training subsample of one sample, cached under ``prepare``."""
-    from immunomon.pipeline.prepare import prepare_sample
-    from immunomon.pipeline.supervised import phenotype_sample
+    from immunomon.pipeline.supervised import phenotype_sample, prepare_for_gating
     from immunomon.pipeline.unsupervised import training_subsample
 
     cache = Cache(job.cache_root)
@@ -148,7 +147,7 @@ def _prepare_task(job: _SampleJob) -> dict:
     if hit is not None:
         return {**hit, "cached": True}
     try:
-        prepared = prepare_sample(job.study, job.sample_id)
+        prepared = prepare_for_gating(job.study, job.sample_id)
         tables = phenotype_sample(prepared, job.study, job.sample_id)
     except UserError as err:  # an unreadable or ungateable file: listed, not fatal
         return {"sample_id": job.sample_id, "error": "; ".join(err.problems), "cached": False}
