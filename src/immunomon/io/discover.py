@@ -468,6 +468,14 @@ def _visits(labels: list[str]) -> tuple[list[tuple[str, int]], str | None, str]:
     return visits, base, why
 
 
+def study_path(target: Path, out_dir: Path) -> str:
+    """How study.yaml / samples.csv name a file: relative to the study folder when it is at most
+    two levels up, else absolute."""
+    rel = Path(os.path.relpath(target.resolve(), out_dir.resolve()))
+    ups = sum(part == ".." for part in rel.parts)
+    return rel.as_posix() if ups <= 2 else target.resolve().as_posix()
+
+
 def _sample_id(rel: str, used: set[str]) -> str:
     stem = re.sub(r"\.(fcs|lmd)$", "", Path(rel).name, flags=re.IGNORECASE)
     sid = re.sub(r"[^\w.\-]+", "_", stem).strip("_") or "sample"
@@ -498,13 +506,12 @@ def _read_sheet(path: Path, files: list[FileInfo]) -> tuple[dict[str, dict], lis
         for col, value in rec.items():
             if col == key:
                 continue
-            target = col if col in SAMPLE_FIELDS else rename.get(col.lower())
-            if target is not None:
-                row[target] = value
+            target = col if col in SAMPLE_FIELDS else rename.get(col.lower(), col)
+            row.setdefault(target, value)  # other columns are kept as extra samples.csv columns
         rows[str(rec[key])] = row
-    used = sorted({rename.get(c.lower(), c) for c in sheet.columns if c != key} & set(SAMPLE_FIELDS))
-    notes.append(f"{path.name}: {', '.join(used) or 'no samples.csv column'} taken from the sheet "
-                 f"(matched on its column '{key}')")
+    used = [rename.get(c.lower(), c) for c in sheet.columns if c != key]
+    notes.append(f"{path.name}: columns {', '.join(used)} taken from the sheet (matched on its "
+                 f"column '{key}')")
     return rows, notes
 
 
@@ -520,7 +527,7 @@ def _samples(files: list[FileInfo], panels: list[PanelGuess], out_dir: Path, pat
     for f in files:
         row = {c: "" for c in ("sample_id", "file", "patient_id", "visit", "panel", "disease",
                                "arm", "batch")}
-        row["file"] = Path(os.path.relpath(f.path.resolve(), out_dir.resolve())).as_posix()
+        row["file"] = study_path(f.path, out_dir)
         row["panel"] = panel_of[id(f)]
         if regex is not None:
             target = f.rel if "/" in (pattern or "") else Path(f.rel).name
@@ -540,7 +547,7 @@ def _samples(files: list[FileInfo], panels: list[PanelGuess], out_dir: Path, pat
                     row[column] = str(value).strip()
         extra = sheet_rows.get(f.rel) or sheet_rows.get(Path(f.rel).name) or {}
         for key, value in extra.items():
-            if value != "" and not row.get(key):
+            if key not in ("file", "panel") and value != "" and not row.get(key):
                 row[key] = value
         if not row["batch"] and not batch_keyword and f.keywords.get("$DATE"):
             row["batch"] = str(f.keywords["$DATE"]).strip()
@@ -551,7 +558,8 @@ def _samples(files: list[FileInfo], panels: list[PanelGuess], out_dir: Path, pat
     for row, f in zip(rows, files):
         if not row["sample_id"]:
             row["sample_id"] = _sample_id(f.rel, used)
-    return pd.DataFrame(rows), notes, problems
+    table = pd.DataFrame(rows).fillna("")
+    return table, notes, problems
 
 
 # ----------------------------------------------------------------------------- discover
@@ -597,8 +605,7 @@ def discover(fcs_dir: str | Path, out_dir: str | Path, *, pattern: str | None = 
     gating: dict = {}
     if wsp or gatingml:
         key = "wsp" if wsp else "gatingml"
-        target = Path(wsp or gatingml).resolve()
-        gating = {key: Path(os.path.relpath(target, out.resolve())).as_posix()}
+        gating = {key: study_path(Path(wsp or gatingml), out)}
         if wsp and wsp_group:
             gating["wsp_group"] = wsp_group
     for p in panels:

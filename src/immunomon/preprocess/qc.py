@@ -71,6 +71,8 @@ PROBE_EVENTS = 10_000
 #: The time step's per-channel robust SD (a guard, see :func:`time_anomalies`) uses at most about
 #: this many events.
 SPREAD_EVENTS = 2_000
+#: The time step needs at least this many segments (of ``segment_events``) to judge one.
+MIN_SEGMENTS = 30
 #: :func:`density_valley` estimates a density from at most this many events (evenly strided).
 VALLEY_EVENTS = 20_000
 
@@ -781,10 +783,10 @@ class QualityControl:
     def _time(self, ev: "_Columns", raw, ranges):
         if self.time not in ev:
             return self._missing(len(ev), [self.time])
-        need = 10 * max(self.segment_events, self.rate_bin_events)
-        if len(ev) < need:
-            return self._skipped(len(ev), f"{len(ev)} events, fewer than the {need} the "
-                                          f"time segments need")
+        need = MIN_SEGMENTS * max(self.segment_events, self.rate_bin_events)
+        if len(ev) < need:  # too few segments for a robust spread: every outlier test is noise
+            return self._skipped(len(ev), f"{len(ev)} events, fewer than the {need} that "
+                                          f"{MIN_SEGMENTS} time segments need")
         names = list(self.signal_channels or [c for c in ev.names if c != self.time])
         remove, info = time_anomalies(
             ev[self.time], [ev[c] for c in names],

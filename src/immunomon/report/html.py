@@ -42,13 +42,17 @@ MAX_EXTRA_FIGURES = 24
 def _applies(builder: Callable[[Context], Section], run: RunData) -> bool:
     """Whether the study holds the subject of a section: the Treg end point and the Treg
     selectivity are drawn only for runs that measured them (a study of another panel gets
-    no Treg section), the clinical and safety sections only for studies with those tables."""
+    no Treg section), the supervised sections only when the study was gated, the clinical and
+    safety sections only for studies with those tables."""
     if builder is study.primary:
         params = run.get("parameters")
         return params is not None and PRIMARY_PARAMETER in set(params["parameter"].astype(str))
     if builder is study.selectivity:
         sel = run.get("selectivity")
         return sel is not None and "treg_changed" in sel.columns and sel["treg_changed"].notna().any()
+    if builder in (study.kinetics, study.volcano, study.fold_changes, study.pca):
+        # a study without gating has empty population tables: no supervised sections
+        return not run.problems.get("parameters", "").endswith("has no rows")
     never = {more.clinical: ("clinical_change", "clinical_summary", "clinical_immune"),
              more.adverse_events: ("adverse_events_summary",)}.get(builder)
     if never:  # no clinical / AE table was written at all (not merely unreadable)
