@@ -39,7 +39,9 @@ FLUOROCHROME = re.compile(
     r"eF(?:luor)?\d+|A(?:lexa)?(?:F|x|[-_ ]?Fluor)?[-_ ]?\d{3}|Alexa|Fluor|AF\d+|"
     r"Qdot[-_ ]?\d+|QD\d+|Pacific[-_ ]?(?:Blue|Orange)|PacBlu(?:e)?|PacOrange|PB|PO|"
     r"V\d{3}|Vio(?:Blue|Green|Bright\w*|\d+)|KO|Krome[-_ ]?Orange|AmCyan|Horizon|"
-    r"DyLight\d+|Cy\d(?:\.\d)?|GFP|YFP|RFP|mCherry|BD|Biotin|SAv|Streptavidin"
+    r"DyLight\d+|Cy\d(?:\.\d)?|GFP|YFP|RFP|mCherry|BD|Biotin|SAv|Streptavidin|"
+    r"RD1|PE[-_ ]?RD1|TRI|Tri[-_ ]?Color|Cy[-_ ]?Chrome|PC5\.5|APC[-_ ]?A\d+|APC[-_ ]?AF\d+|KrO|"
+    r"PB\d+|PO\d+|Violet\d*|Aqua|FL\d+"
     r")(?:[-_ ]?[AHW])?$",
     re.IGNORECASE,
 )
@@ -56,6 +58,9 @@ _MASS_PREFIX = re.compile(rf"^(?:\d{{2,3}}(?:{_ELEMENTS})|(?:{_ELEMENTS})\d{{2,3
 _MASS_SUFFIX = re.compile(rf"[_\- ]+(?:\d{{2,3}}(?:{_ELEMENTS})|(?:{_ELEMENTS})\d{{2,3}})(?:D[id])?$")
 # A detector described by laser and filter (Beckman Astrios: "488-513/26", "405-SSC")
 _DETECTOR_LABEL = re.compile(r"^\d{3}[-/ ](?:\d{3}/\d{2,3}|\d{3}LP|[FS]SC)$", re.IGNORECASE)
+# A label token that is certainly a marker name: CD numbers and the common antigen families
+_MARKER_TOKEN = re.compile(r"^(?:CD\d+[a-zA-Z]{0,2}|HLA-?DR|TCR\w+|Ig[MDGAE]|FOXP3|Ki-?67|CC?X?CR\d+)$",
+                           re.IGNORECASE)
 _DETECTOR_SUFFIX = re.compile(r"[-_ ](?:A|H|W)$")
 
 #: Spellings of one marker (lower case, without spaces, hyphens, underscores and dots) →
@@ -139,6 +144,11 @@ def clean_label(label: str, name: str = "") -> str:
     kept = [t for t in map(_strip_dye, re.split(r"\s+", text)) if t]
     if not kept:
         return ""
+    if len(kept) > 1:  # "CD4 SK3", "CD3 UCHT1": a marker and its clone (clone names have digits)
+        markers = [t for t in kept if _MARKER_TOKEN.match(t) or is_known(t)]
+        others = [t for t in kept if t not in markers]
+        if len(markers) == 1 and all(re.search(r"\d", t) for t in others):
+            return canonical(markers[0])
     return canonical(" ".join(kept))
 
 

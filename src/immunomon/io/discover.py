@@ -74,8 +74,11 @@ class FileInfo:
     n_datasets: int = 1
 
     @property
-    def channel_set(self) -> tuple[str, ...]:
-        return tuple(sorted(self.names))
+    def channel_set(self) -> tuple[tuple[str, str], ...]:
+        """What makes a panel: the channels and the marker each measures (two tubes on the
+        same detectors with other antibodies are two panels)."""
+        return tuple(sorted((n, clean_label(lab) if lab != n else "") for n, lab in
+                            zip(self.names, self.labels)))
 
 
 @dataclass

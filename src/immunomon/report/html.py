@@ -53,10 +53,12 @@ def _applies(builder: Callable[[Context], Section], run: RunData) -> bool:
     if builder in (study.kinetics, study.volcano, study.fold_changes, study.pca):
         # a study without gating has empty population tables: no supervised sections
         return not run.problems.get("parameters", "").endswith("has no rows")
-    never = {more.clinical: ("clinical_change", "clinical_summary", "clinical_immune"),
-             more.adverse_events: ("adverse_events_summary",)}.get(builder)
-    if never:  # no clinical / AE table was written at all (not merely unreadable)
-        return not all(run.problems.get(n, "").endswith("is missing") for n in never)
+    source = {more.clinical: ("clinical.csv", ("clinical_change", "clinical_summary")),
+              more.adverse_events: ("adverse_events.csv", ("adverse_events_summary",))}.get(builder)
+    inputs = run.provenance.get("inputs")
+    if source and isinstance(inputs, list) and inputs and \
+            all(run.get(name) is None for name in source[1]):  # no table: did the study have one?
+        return any(str(i.get("path", "")).endswith(source[0]) for i in inputs if isinstance(i, dict))
     return True
 
 
