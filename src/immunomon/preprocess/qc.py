@@ -270,7 +270,7 @@ def separating_valley(
     *,
     grid: int = 512,
     adjust: float = 0.5,
-    min_prominence: float = 0.05,
+    min_prominence: float = 0.02,
     min_fraction: float = 0.01,
     max_events: int = VALLEY_EVENTS,
 ) -> tuple[float, bool]:

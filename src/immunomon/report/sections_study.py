@@ -8,8 +8,8 @@ import pandas as pd
 from . import interactive as ip
 from . import interactive_maps as im
 from .htmltable import esc, fmt_num, fmt_p, table_html
-from .prep import (FDR, POOLED, fold_change_matrix, paired_values, pc_labels, pooled_stats,
-                   sample_values)
+from .prep import (FDR, POOLED, fold_change_matrix, named_strata, paired_values, pc_labels,
+                   pooled_stats, sample_values)
 from .rundata import PRIMARY_PARAMETER
 from .section import Context, Section, missing_note, para
 
@@ -199,6 +199,7 @@ def volcano(ctx: Context) -> Section:
     st = run.get("stats_supervised")
     if st is None:
         return Section("volcano", title, missing_note(run, "stats_supervised"))
+    st = named_strata(st)
     pooled = pooled_stats(st, run.baseline)
     body = [para(f"Each point is one parameter, all diseases pooled; red/blue: q < {FDR} "
                  "(up/down), grey: not significant. The menu switches the statistical method.")]
