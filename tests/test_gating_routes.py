@@ -4,16 +4,15 @@ clear errors, ellipse and curly-quadrant gates), Gating-ML 2.0, templates and no
 
 import re
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from immunomon.cli import main
 from immunomon.gating.flowjo import parse_wsp
 from immunomon.pipeline.checks import load_checked, validate
+from immunomon.pipeline.run import RunOptions, run_study
 from immunomon.pipeline.supervised import _imported_gating, phenotype_sample, prepare_for_gating
 
 DATA = Path(__file__).parent / "data"
@@ -23,17 +22,6 @@ FLOWJO = {"Lymphocytes": 19212, "Singlets": 18689, "Singlets2": 18573, "NK1_1+":
           "NK cells": 312, "NK T cells": 535, "NK1_1-": 17458, "B cells": 2459, "T cells": 10745,
           "ab T cells": 9188, "CD4 T cells": 7480, "CD8 T cells": 1407, "DN T cells": 266,
           "DP T cells": 6, "gd T cells": 1470}
-
-
-def _cli(monkeypatch, capsys, *args) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["immunomon", *map(str, args)])
-    code = 0
-    try:
-        main()
-    except SystemExit as exit_:
-        code = exit_.code or 0
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def _folder(tmp_path: Path, *files: Path) -> Path:
@@ -56,9 +44,9 @@ def wsp_study(tmp_path_factory):
     return study
 
 
-def test_flowjo_workspace_study_reproduces_flowjo_counts(wsp_study, tmp_path, monkeypatch, capsys):
+def test_flowjo_workspace_study_reproduces_flowjo_counts(wsp_study, tmp_path, cli):
     assert validate(wsp_study) == []
-    code, _, err = _cli(monkeypatch, capsys, "gate", wsp_study, "--out", tmp_path / "out")
+    code, _, err = cli("gate", wsp_study, "--out", tmp_path / "out")
     assert code == 0, err
     pops = pd.read_csv(tmp_path / "out" / "tables" / "populations.csv")
     counts = dict(zip(pops["population"], pops["count"]))
@@ -177,14 +165,13 @@ def test_gatingml_study_memberships_equal_the_compliance_vectors(gate_file, tmp_
     assert {k: int(v.sum()) for k, v in memberships.items()} == counts
 
 
-def test_gatingml_study_runs_end_to_end(tmp_path, monkeypatch, capsys):
+def test_gatingml_study_runs_end_to_end(tmp_path, cli):
     folder = _folder(tmp_path, GATINGML / "data1.fcs")
     study, run = tmp_path / "study", tmp_path / "run"
-    code, _, err = _cli(monkeypatch, capsys, "init", folder, "--out", study, "--patient-keyword",
+    code, _, err = cli("init", folder, "--out", study, "--patient-keyword",
                         "PATIENT ID", "--gatingml", GATINGML / "gates" / "gml_quadrant1_gate.xml")
     assert code == 0, err
-    code, _, err = _cli(monkeypatch, capsys, "run", study, "--out", run, "--quiet", "--workers", "1")
-    assert code == 0, err
+    run_study(study, run, quiet=True, options=RunOptions(embed_cells=1_000))  # a small UMAP
     pops = pd.read_csv(run / "tables" / "populations.csv").set_index("population")["count"]
     for pid in ("FL2N-FL4N", "FL2N-FL4P", "FL2P-FL4N", "FL2P-FL4P"):
         truth = np.loadtxt(GATINGML / "truth" / f"Results_{pid}.txt", dtype=np.int64)
@@ -205,13 +192,13 @@ def test_template_lacking_markers_is_rejected_by_validate(tmp_path):
     assert "populations Cells (FSC-A)" in problem  # the population and marker it lacks
 
 
-def test_no_gating_gives_empty_population_tables(tmp_path, monkeypatch, capsys):
+def test_no_gating_gives_empty_population_tables(tmp_path, cli):
     folder = _folder(tmp_path, GATINGML / "data1.fcs")
     study = tmp_path / "study"
-    _cli(monkeypatch, capsys, "init", folder, "--out", study, "--patient-keyword", "PATIENT ID",
+    cli("init", folder, "--out", study, "--patient-keyword", "PATIENT ID",
          "--template", "none")
     assert "gating" not in (study / "study.yaml").read_text().split("panels:")[1].split("# no gating")[0]
-    code, _, err = _cli(monkeypatch, capsys, "gate", study, "--out", tmp_path / "out")
+    code, _, err = cli("gate", study, "--out", tmp_path / "out")
     assert code == 0, err
     qc = pd.read_csv(tmp_path / "out" / "tables" / "qc_steps.csv")
     assert set(qc["status"]) == {"ran", "skipped"}

@@ -2,14 +2,12 @@
 folder of real FCS files; bad files; what validate says about the output."""
 
 import shutil
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
 
-from immunomon.cli import main
 from immunomon.io.discover import channel_role, discover, keyword_value
 from immunomon.markernames import canonical, clean_label, find_marker, marker_class
 from immunomon.pipeline.checks import validate
@@ -17,18 +15,6 @@ from immunomon.pipeline.checks import validate
 DATA = Path(__file__).parent / "data"
 BCRXL = DATA / "real" / "bcrxl"
 CYTONORM = DATA / "real" / "cytonorm"
-
-
-def _cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    """Run ``immunomon ARGS`` in-process; (exit status, stdout, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["immunomon", *map(str, args)])
-    code = 0
-    try:
-        main()
-    except SystemExit as exit_:
-        code = exit_.code or 0
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 @pytest.mark.parametrize("label, marker", [
@@ -82,10 +68,10 @@ def _mixed_folder(root: Path) -> Path:
     return root
 
 
-def test_init_two_panels_and_bad_files(tmp_path, monkeypatch, capsys):
+def test_init_two_panels_and_bad_files(tmp_path, cli):
     folder = _mixed_folder(tmp_path / "in")
     out = tmp_path / "study"
-    code, stdout, stderr = _cli(monkeypatch, capsys, "init", folder, "--out", out)
+    code, stdout, stderr = cli("init", folder, "--out", out)
     assert code == 0
     bad = [line for line in stderr.splitlines() if line.startswith("warning:")]
     assert len(bad) == 2  # one line per bad file
@@ -115,24 +101,24 @@ def test_init_two_panels_and_bad_files(tmp_path, monkeypatch, capsys):
     assert problems and all("column 'patient_id': empty value" in p for p in problems)
 
 
-def test_init_with_nothing_usable_exits_2(tmp_path, monkeypatch, capsys):
+def test_init_with_nothing_usable_exits_2(tmp_path, cli):
     folder = tmp_path / "in"
     folder.mkdir()
     (folder / "notes.txt").write_text("nothing here\n")
     (folder / "broken.fcs").write_bytes(b"FCS3.1    " + b"0" * 40)
-    code, _, stderr = _cli(monkeypatch, capsys, "init", folder, "--out", tmp_path / "study")
+    code, _, stderr = cli("init", folder, "--out", tmp_path / "study")
     assert code == 2
     assert "no readable FCS file" in stderr and "notes.txt" in stderr and "broken.fcs" in stderr
     assert "Traceback" not in stderr
     assert not (tmp_path / "study" / "study.yaml").exists()
 
 
-def test_patient_ids_from_keywords_give_a_single_visit_study(tmp_path, monkeypatch, capsys):
+def test_patient_ids_from_keywords_give_a_single_visit_study(tmp_path, cli):
     folder = tmp_path / "in"
     folder.mkdir()
     shutil.copy(DATA / "gatingml" / "data1.fcs", folder / "data1.fcs")
     out = tmp_path / "study"
-    code, stdout, _ = _cli(monkeypatch, capsys, "init", folder, "--out", out,
+    code, stdout, _ = cli("init", folder, "--out", out,
                            "--patient-keyword", "PATIENT ID")
     assert code == 0
     config = yaml.safe_load((out / "study.yaml").read_text())

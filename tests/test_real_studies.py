@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 
 from immunomon.cli import main
+from immunomon.pipeline.run import RunOptions, run_study
 
 DATA = Path(__file__).parent / "data" / "real"
 
@@ -22,36 +23,55 @@ def _text(page: str) -> str:
     return unescape(re.sub(r"<[^>]+>", " ", page))
 
 
-@pytest.fixture(scope="module")
-def bcrxl(tmp_path_factory):
-    """(run directory, stdout+stderr of init/run) of the BCR-XL study, as the README runs it."""
-    tmp = tmp_path_factory.mktemp("bcrxl")
-    mp = pytest.MonkeyPatch()
-    try:
-        init, w1 = _run(mp, "init", DATA / "bcrxl", "--out", tmp / "study",
-                    "--pattern", "PBMC_{patient}_{visit}.fcs", "--template", "none")
-        run, w2 = _run(mp, "run", tmp / "study", "--out", tmp / "run", "--quiet",
-                   "--workers", "1", "--set", "analysis.min_patients=3")
-    finally:
-        mp.undo()
-    return tmp / "run", init + run, w1 + w2
-
-
 def _run(mp, *args) -> tuple[str, list[str]]:
     """``immunomon ARGS`` in-process: its stdout and stderr, and every Python warning a terminal
     would show (fails on a non-zero exit)."""
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf), \
             warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("default")  # what a terminal shows: Python's default filters
-        for hidden in (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning):
-            warnings.filterwarnings("ignore", category=hidden)
+        _terminal_filters()
         mp.setattr(sys, "argv", ["immunomon", *map(str, args)])
         try:
             main()
         except SystemExit as exit_:
             assert not exit_.code, buf.getvalue()
     return buf.getvalue(), [f"{w.category.__name__}: {w.message} ({w.filename})" for w in caught]
+
+
+def _init_and_run(tmp: Path, init: tuple, run: tuple, embed_cells: int | None = None
+                  ) -> tuple[Path, str, list[str]]:
+    """``immunomon init INIT... --out tmp/study`` then ``immunomon run tmp/study --out tmp/run
+    RUN...`` (with ``embed_cells``: the same run from Python with a smaller UMAP): the run
+    directory, the commands' output and the warnings they raised."""
+    mp = pytest.MonkeyPatch()
+    try:
+        log1, w1 = _run(mp, "init", *init, "--out", tmp / "study")
+        if embed_cells is None:
+            log2, w2 = _run(mp, "run", tmp / "study", "--out", tmp / "run", "--quiet", "--workers", "1",
+                            *run)
+        else:
+            with warnings.catch_warnings(record=True) as caught:
+                _terminal_filters()
+                run_study(tmp / "study", tmp / "run", quiet=True, options=RunOptions(embed_cells=embed_cells))
+            log2, w2 = "", [f"{w.category.__name__}: {w.message}" for w in caught]
+    finally:
+        mp.undo()
+    return tmp / "run", log1 + log2, w1 + w2
+
+
+def _terminal_filters() -> None:
+    """Python's default warning filters: what a terminal shows."""
+    warnings.simplefilter("default")
+    for hidden in (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning):
+        warnings.filterwarnings("ignore", category=hidden)
+
+
+@pytest.fixture(scope="module")
+def bcrxl(tmp_path_factory):
+    """The BCR-XL study as the README runs it: (run directory, output, warnings)."""
+    return _init_and_run(tmp_path_factory.mktemp("bcrxl"),
+                         (DATA / "bcrxl", "--pattern", "PBMC_{patient}_{visit}.fcs", "--template", "none"),
+                         ("--set", "analysis.min_patients=3"))
 
 
 def test_bcrxl_b_cell_metaclusters_are_labelled(bcrxl):
@@ -98,16 +118,9 @@ def test_bcrxl_qc_methods_and_report_tell_what_was_done(bcrxl):
 
 @pytest.fixture(scope="module")
 def cytonorm(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("cytonorm")
-    mp = pytest.MonkeyPatch()
-    try:
-        log, w1 = _run(mp, "init", DATA / "cytonorm", "--out", tmp / "study",
-                   "--pattern", "Gates_{patient}_Unstim_Control_{visit}.fcs",
-                   "--sheet", DATA / "cytonorm" / "metadata.csv")
-        out, w2 = _run(mp, "run", tmp / "study", "--out", tmp / "run", "--quiet", "--workers", "1")
-    finally:
-        mp.undo()
-    return tmp / "run", log + out, w1 + w2
+    return _init_and_run(tmp_path_factory.mktemp("cytonorm"),
+                         (DATA / "cytonorm", "--pattern", "Gates_{patient}_Unstim_Control_{visit}.fcs",
+                          "--sheet", DATA / "cytonorm" / "metadata.csv"), (), embed_cells=1_000)
 
 
 def test_cytonorm_runs_with_mass_cleanup_and_shows_batches(cytonorm):

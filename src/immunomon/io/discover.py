@@ -109,9 +109,6 @@ class PanelGuess:
     qc: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
-    def markers(self, role: str = "marker") -> list[str]:
-        return [c.marker for c in self.channels if c.role == role]
-
 
 @dataclass
 class Discovery:
@@ -330,9 +327,9 @@ def _logicle_parameters(panel_files: list[FileInfo], channels: list[ChannelGuess
 
 
 # ------------------------------------------------------------------------------ panels
-def _panel_name(instrument: str, index: int, total: int, files: list[FileInfo]) -> str:
-    base = {"mass": "mass", "spectral": "spectral", "flow": "flow"}[instrument]
-    return base if total == 1 else f"{base}{index}"
+def _panel_name(instrument: str, index: int, total: int) -> str:
+    """``flow``, ``spectral`` or ``mass``; numbered in file order when there are several panels."""
+    return instrument if total == 1 else f"{instrument}{index}"
 
 
 def _template(instrument: str, channels: list[ChannelGuess]) -> str | None:
@@ -403,7 +400,7 @@ def _guess_panels(files: list[FileInfo]) -> list[PanelGuess]:
             transform = {"type": "logicle", "params": {"M": LOGICLE_M, "A": 0.0},
                          "channels": per_channel}
         template = _template(kind, channels)
-        panels.append(PanelGuess(_panel_name(kind, i, len(ordered), group), kind, why, group,
+        panels.append(PanelGuess(_panel_name(kind, i, len(ordered)), kind, why, group,
                                  channels, compensation, transform, template,
                                  _qc_settings(kind, channels), notes))
     return panels
