@@ -203,3 +203,35 @@ def test_no_gating_gives_empty_population_tables(tmp_path, cli):
     qc = pd.read_csv(tmp_path / "out" / "tables" / "qc_steps.csv")
     assert set(qc["status"]) == {"ran", "skipped"}
     assert (tmp_path / "out" / "tables" / "populations.csv").read_text().strip() == ""
+
+
+def test_lineage_template_on_another_labs_files(tmp_path, cli):
+    """Files of another instrument (24-bit integer scale, labels 'CD4 BV605', patient ids in a
+    keyword, one sample per patient): init's logicle transform and the lineage template give
+    the simulator's true CD4 T and CD8 T % of T cells."""
+    from immunomon.io.fcs import read_fcs, write_fcs
+    from immunomon.simulate import simulate_study
+
+    sim = simulate_study(tmp_path / "sim", patients=3, visits=("D1",), events=6000, seed=4)
+    lab = tmp_path / "lab"
+    lab.mkdir()
+    for i, f in enumerate(sorted((sim / "fcs").glob("*.fcs"))):
+        d = read_fcs(f)
+        labels = [n if n in ("FSC-A", "FSC-H", "SSC-A", "Time") else f"{lab_} {n[:-2]}"
+                  for n, lab_ in zip(d.names, d.labels)]
+        keywords = {"PATIENT ID": f"LAB-{i + 1:03d}", "$CYT": "Attune NxT", "$SRC": f.stem}
+        write_fcs(lab / f"tube_{i}.fcs", np.clip(d.events * 64.0, 0, 2**24 - 1).astype(np.float64),
+                  d.names, labels, datatype="I", bits=[32] * len(d.names),
+                  ranges=[2**24] * len(d.names), spillover=d.spillover, keywords=keywords)
+    code, out, err = cli("init", lab, "--out", tmp_path / "study", "--patient-keyword", "PATIENT ID")
+    assert code == 0, err
+    assert "flow cytometry ($CYT 'Attune NxT')" in out and "gating: template lineage" in out
+    code, _, err = cli("gate", tmp_path / "study", "--out", tmp_path / "out")
+    assert code == 0, err
+    params = pd.read_csv(tmp_path / "out" / "tables" / "parameters.csv").set_index(["sample_id", "parameter"])
+    truth = pd.read_csv(sim / "truth" / "populations.csv").pivot(index="sample_id", columns="population",
+                                                                 values="count")
+    for i, sid in enumerate(sorted(truth.index)):
+        for pop in ("CD4 T", "CD8 T"):
+            expected = 100 * truth.loc[sid, pop] / truth.loc[sid, "T cells"]
+            assert params.loc[(f"tube_{i}", f"{pop} % of T cells"), "value"] == pytest.approx(expected, abs=1.0)

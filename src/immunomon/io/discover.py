@@ -43,7 +43,7 @@ _MASS_NAME = re.compile(r"^(?P<el>[A-Z][a-z]?)(?P<mass>\d{2,3})D[id]$|^(?P<mass2
 _MASS_LABEL = re.compile(r"\((?P<el>[A-Z][a-z]?)(?P<mass>\d{2,3})\)D[id]$")
 _SPECTRAL_CYT = re.compile(r"aurora|northern\s*lights|nl-\d|id7000|sp6800|symphony\s*s8|"
                            r"bigfoot|fusion\s*s6|cytek\s*(aurora|nl)", re.IGNORECASE)
-_MASS_CYT = re.compile(r"cytof|helios|dvs|fluidigm|hyperion|xt\b|standard\s*biotools",
+_MASS_CYT = re.compile(r"cytof|helios|dvs\s*sciences|fluidigm|hyperion|standard\s*biotools",
                        re.IGNORECASE)
 _BASELINE = re.compile(r"^(ref(erence)?|baseline|bl|pre(treatment)?|unstim(ulated)?|ctrl|control|"
                        r"screen(ing)?|d(ay)?[-_]?0|d(ay)?[-_]?1|v(isit)?[-_]?[01]|w(eek)?[-_]?0|"
@@ -176,7 +176,8 @@ def instrument_kind(files: list[FileInfo]) -> tuple[str, str]:
     f = files[0]
     cyt = str(f.keywords.get("$CYT", "")).strip()
     tags = sum(_mass_tag(n, lab) is not None for n, lab in zip(f.names, f.labels))
-    if _MASS_CYT.search(cyt) or tags >= max(3, len(f.names) // 3):
+    scatter = any(channel_role(n, lab, "flow") == "scatter" for n, lab in zip(f.names, f.labels))
+    if not scatter and (_MASS_CYT.search(cyt) or tags >= max(3, len(f.names) // 3)):
         why = f"$CYT '{cyt}'" if _MASS_CYT.search(cyt) else f"{tags} mass-tag channel names"
         return "mass", why
     fluor = [n for n in f.names if re.search(r"-A$", n) and not re.match(r"(FSC|SSC)", n, re.I)]
@@ -389,11 +390,15 @@ def _guess_panels(files: list[FileInfo]) -> list[PanelGuess]:
             transform = {"type": "arcsinh", "cofactor": 5}
         else:
             spill = sum(f.spillover for f in group)
-            compensation = "file" if spill else "none"
-            if spill and spill < len(group):
+            exported = [n for n in group[0].names if n.startswith("Comp-")]
+            compensation = "file" if spill and not exported else "none"
+            if exported:  # FlowJo's export of compensated values keeps the matrix in TEXT
+                notes.append(f"channels named 'Comp-...' ({exported[0]}, ...): the values are "
+                             "compensated already; compensation off")
+            elif spill and spill < len(group):
                 notes.append(f"{len(group) - spill} of {len(group)} files hold no spillover matrix: "
                              "they are analysed uncompensated")
-            if not spill:
+            if not spill and not exported:
                 notes.append("no file holds a spillover matrix ($SPILLOVER/$SPILL): compensation "
                              "off (hardware-compensated or already unmixed data)")
             per_channel = _logicle_parameters(group, channels, compensation == "file")
@@ -677,6 +682,8 @@ def _panel_yaml(p: PanelGuess, gating: dict) -> list[str]:
         lines.append(f"      {y(c.name)}: {y(entry)}{comment}")
     if p.compensation == "none":
         why = ("mass cytometry has no spectral spillover" if p.instrument == "mass" else
+               "the values are compensated already (Comp- channels)"
+               if any(c.name.startswith("Comp-") for c in p.channels) else
                "the files hold no spillover matrix")
         lines.append(f"    compensation: none   # {why}")
     else:

@@ -55,7 +55,7 @@ from typing import Literal, Mapping
 import numpy as np
 import pandas as pd
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from immunomon.errors import UserError
 
@@ -214,6 +214,15 @@ class Panel(_Model):
     clustering: Clustering | None = None
     qc: QC | None = None
     normalisation: Normalisation | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _instrument_transform(cls, data):
+        """Without a ``transform``, a mass-cytometry panel gets arcsinh with cofactor 5 (the
+        field's default, cofactor 150, is conventional flow's)."""
+        if isinstance(data, dict) and data.get("instrument") == "mass" and "transform" not in data:
+            data = {**data, "transform": {"type": "arcsinh", "cofactor": 5.0}}
+        return data
 
     def marker_of(self, channel: str) -> str:
         """The marker measured in ``channel`` ($PnN)."""

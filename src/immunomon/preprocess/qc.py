@@ -272,13 +272,16 @@ def separating_valley(
     adjust: float = 0.5,
     min_prominence: float = 0.02,
     min_fraction: float = 0.01,
+    max_depth: float = 0.8,
     max_events: int = VALLEY_EVENTS,
 ) -> tuple[float, bool]:
     """The density valley that best separates two populations of ``x``, within ``bounds``.
 
     Candidates are the valleys between neighbouring density peaks (prominence at least
     ``min_prominence`` × the highest density; the density as in :func:`density_valley`)
-    that leave at least ``min_fraction`` of the events on each side; of those, the one whose
+    that are at most ``max_depth`` × the lower of the two peaks (a shallow dip is noise on
+    one population) and leave at least ``min_fraction`` of the events on each side; of those,
+    the one whose
     split has the largest between-class variance (Otsu's criterion) wins. Unlike the deepest
     valley, this ignores the small dips of zero-inflated data (mass cytometry's spike at 0)
     and of a dim shoulder, and splits negative from positive. Returns ``(threshold, found)``;
@@ -312,8 +315,8 @@ def separating_valley(
     for a, b in zip(peaks[:-1], peaks[1:]):
         v = a + int(np.argmin(density[a : b + 1]))
         t = float(centres[v])
-        if not lo <= t <= hi:
-            continue
+        if not lo <= t <= hi or density[v] > max_depth * min(density[a], density[b]):
+            continue  # outside the bounds, or a shallow dip (noise on one population)
         k = int(np.searchsorted(xs, t))
         if min(k, xs.size - k) < min_fraction * xs.size:
             continue
