@@ -110,7 +110,11 @@ def test_bcrxl_qc_methods_and_report_tell_what_was_done(bcrxl):
     assert "spillover" not in methods.split("Provenance")[0]
     assert "arcsinh-transformed (cofactor 5)" in methods
     assert "No gating was applied" in methods
-    assert "‘margins’, ‘time’, ‘beads’, ‘dna’, ‘gaussian’ and ‘dead’" in methods
+    skipped = methods[methods.index("Skipped: "):methods.index("No gating was applied")]
+    for step, why in (("margins", "no channel has an instrument limit"), ("time", "no column Time"),
+                      ("beads", "no bead channel"), ("dna", "no DNA-intercalator channel"),
+                      ("gaussian", "no Gaussian"), ("dead", "no column Viability")):
+        assert f"‘{step}’ ({why}" in skipped
     assert "lineage (type) markers (CD3, CD45, CD4, CD20, CD33, CD123, CD14, IgM, HLA-DR, CD7)" in methods
     assert caught == []  # no library warnings (pandas FutureWarning, matplotlib legend ...)
     assert "3 visits" not in log and "8 samples" in log

@@ -160,8 +160,9 @@ def panel_sentences(run: RunData, name: str, config: Mapping, done: Mapping,
         else:
             sentences.append("No quality-control step could apply to these files.")
         if skipped:
-            sentences.append("Steps skipped (their channels or instrument limits are absent from "
-                             "these files): " + join_words([f"‘{st}’" for st in skipped]) + ".")
+            why = rows.loc[status == "skipped"].groupby("step", sort=False)["reason"].first()
+            sentences.append("Skipped: " + join_words([f"‘{st}’ ({why.get(st, '')})" for st in skipped])
+                             + ".")
     sentences.append(_gating_sentence(run, name, config, done))
     cl = run.get("clusters")
     if cl is not None:

@@ -73,10 +73,10 @@ def overview(ctx: Context) -> Section:
             body.append(para("None: every data-driven gate position found a density valley "
                              "between two populations."))
         else:
-            body.append(para(f"{len(bound)} data-driven gate position(s) found no valley between "
-                             "two populations and sit on their search bound: look at these "
-                             "samples' gates (the population may be absent, or the bound wrong).",
-                             "note"))
+            body.append(para(f"{int(bound['positions'].sum())} data-driven gate position(s) of "
+                             f"{len(bound)} gate bound(s) found no valley between two populations "
+                             "and sit on their search bound: look at these samples' gates (the "
+                             "population may be absent, or the bound wrong).", "note"))
             body.append(table_html(bound, labels={"value": "position", "samples": "samples"}))
     return Section("overview", "Study overview", "".join(body))
 
