@@ -144,7 +144,7 @@ class TemplateGating:
     parents
         Population → parent population (``None`` at the top).
     plots
-        Population → ``(x, y)`` marker names of its bivariate plot.
+        Population → ``(x, y)`` marker names of its bivariate plot (None: not drawn).
     positivity
         Marker → positivity threshold (transformed scale).
     thresholds
@@ -380,7 +380,7 @@ class GatingTemplate:
             spec = override["positivity"][marker] if changed else spec
             positivity[column] = resolver.value(spec, column, on, "positivity", "min", overridden=changed)
         parents = {p.name: p.parent for p in populations}
-        plots = {p.name: p.plot or _default_plot(gates[p.name]) for p in populations}
+        plots = {p.name: p.plot or _default_plot(gates[p.name], list(events.columns)) for p in populations}
         return TemplateGating(memberships, gates, parents, plots, positivity,
                               pd.DataFrame(rows, columns=THRESHOLD_COLUMNS),
                               self.parameters.restricted(set(memberships), names))
@@ -400,11 +400,13 @@ def _non_string_keys(node: Any, where: str = "") -> list[tuple[str, Any]]:
     return out
 
 
-def _default_plot(gate: Gate) -> tuple[str, str] | None:
+def _default_plot(gate: Gate, columns: list[str]) -> tuple[str, str] | None:
+    """The axes a gate is drawn on: its two dimensions, or its one against SSC-A (None when
+    the panel has no such column, e.g. mass cytometry, or the gate has no dimension)."""
     names = [d.name for d in gate.dimensions]
     if len(names) >= 2:
         return names[0], names[1]
-    return (names[0], "SSC-A") if names else None
+    return (names[0], "SSC-A") if names and "SSC-A" in columns else None
 
 
 class _Resolver:

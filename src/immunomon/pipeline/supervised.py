@@ -350,5 +350,7 @@ def plot_sample_gates(study_dir: str | Path, sample_id: str, path: str | Path) -
     gating = gate_prepared(prepared, panel_template(study, prepared.panel))
     qc = "passed" if prepared.qc_pass else "FAILED"
     title = (f"{sample_id} — {prepared.events_after_qc:,} of {prepared.events_total:,} events after QC ({qc})")
-    return write_gate_plots(path, prepared.events, gating, title=title, qc_events=prepared.all_events,
+    scatter = {"FSC-A", "SSC-A"} <= set(prepared.events.columns)  # the QC panel's axes
+    return write_gate_plots(path, prepared.events, gating, title=title,
+                            qc_events=prepared.all_events if scatter else None,
                             removed_by=prepared.removed_by, qc_steps=list(prepared.qc_steps["step"]))
