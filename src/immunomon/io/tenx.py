@@ -34,7 +34,7 @@ from scipy import sparse
 from immunomon.errors import UserError
 
 __all__ = ["MODALITIES", "locate", "read_matrix", "read_10x", "split_modalities", "to_mudata",
-           "check_source", "discover"]
+           "check_source", "discover", "read_features"]
 
 #: Cell Ranger ``feature_type`` → modality name (MuData key).
 MODALITIES = {"Gene Expression": "rna", "Antibody Capture": "adt",
@@ -379,19 +379,34 @@ def discover(folder: str | Path, pattern: str | None = None
     return {"assay": "citeseq", "features": features}, pd.DataFrame(rows)
 
 
-def _antibody_features(matrix: Path) -> dict[str, str]:
-    """Antibody Capture feature id → name of a matrix (features only, counts not read)."""
+def read_features(matrix: str | Path) -> pd.DataFrame:
+    """The features of a matrix (mtx folder or ``.h5``) without reading its counts:
+    ``gene_ids``, ``name``, ``feature_types``, one row per feature in file order."""
+    matrix = Path(matrix)
     if matrix.is_file():
         import h5py
 
         try:
             with h5py.File(matrix, "r") as f:
-                feats = f["matrix"]["features"]
-                rows = zip(*(feats[k][()] for k in ("id", "name", "feature_type")))
-                rows = [[x.decode() for x in r] for r in rows]
-        except (OSError, KeyError) as err:
+                if "matrix" in f:
+                    feats = f["matrix"]["features"]
+                    cols = [[x.decode() for x in feats[k][()]]
+                            for k in ("id", "name", "feature_type")]
+                else:
+                    g = next(iter(f.values()))
+                    ids = [x.decode() for x in g["genes"][()]]
+                    cols = [ids, [x.decode() for x in g["gene_names"][()]],
+                            ["Gene Expression"] * len(ids)]
+        except (OSError, KeyError, StopIteration) as err:
             raise UserError(f"{matrix}: truncated or corrupt HDF5 file ({err})") from None
-    else:
-        feats = _file(matrix, "features.tsv", "genes.tsv")
-        rows = [line.split("\t") for line in _lines(feats)]
-    return {r[0]: r[1] for r in rows if len(r) > 2 and r[2] == "Antibody Capture"}
+        return pd.DataFrame(dict(zip(["gene_ids", "name", "feature_types"], cols)))
+    feats = _file(matrix, "features.tsv", "genes.tsv")
+    return _features_frame([line.split("\t") for line in _lines(feats)], feats).drop(
+        columns="genome")
+
+
+def _antibody_features(matrix: Path) -> dict[str, str]:
+    """Antibody Capture feature id → name of a matrix (features only, counts not read)."""
+    f = read_features(matrix)
+    f = f[f["feature_types"] == "Antibody Capture"]
+    return dict(zip(f["gene_ids"], f["name"]))
