@@ -12,7 +12,8 @@ table does not use: ``parents`` (the population hierarchy, for ``populations`` a
 parameters) and ``refine``: populations too small to form a cluster of their own at the
 default resolution (Treg, ~5 % of CD4 T) whose extra rules are also applied cell by cell
 inside their parent's clusters, per sample, with each marker's threshold at the midpoint
-between the medians of the population's cluster cells and of the parent's other cells
+between the medians of the cells of the population's clusters (those whose medians satisfy
+every rule) and of the parent's other cells
 (the study-wide midpoint for samples with fewer than 10 cells of either; the table's
 threshold when no cluster carries the population).
 """
@@ -127,13 +128,29 @@ def annotate_cells(values: pd.DataFrame, clusters: np.ndarray, samples: np.ndarr
                   for m in medians.columns}
     labels = names["label"].reindex(clusters).to_numpy(dtype=object)
     refined = {}
+    def satisfying(population: str) -> np.ndarray:
+        """Cells of the clusters whose medians satisfy every rule of ``population``."""
+        rules = table.markers.populations.get(population, {})
+        ok = [c for c in medians.index
+              if all(m in medians.columns and sign * (medians.at[c, m] - thresholds[m]) > 0
+                     for m, sign in rules.items())]
+        return np.isin(clusters, ok)
+
     for pop in table.refine:
-        refined.update(_refine(values, labels, np.asarray(samples), pop, table, thresholds))
+        if pop not in table.parents:
+            continue
+        seed = satisfying(pop) & (labels == pop)
+        refined.update(_refine(values, labels, seed, satisfying(table.parents[pop]),
+                               np.asarray(samples), pop, table, thresholds))
     return CellAnnotation(out, labels, thresholds, refined)
 
 
-def _refine(values, labels, samples, pop, table, thresholds) -> dict:
-    """Relabel, in place, the cells of ``pop``'s parent family by ``pop``'s own rules."""
+def _refine(values, labels, seed, eligible, samples, pop, table, thresholds) -> dict:
+    """Relabel, in place, the cells of ``pop``'s parent family by ``pop``'s own rules.
+
+    ``seed`` marks the cells of the clusters named ``pop`` whose medians satisfy every rule,
+    ``eligible`` those of clusters satisfying every rule of the parent: clusters named by a
+    majority of rules (doublets) neither set thresholds nor gain refined cells."""
     parent = table.parents[pop]
     rules = table.markers.populations[pop]
     own = {m: s for m, s in rules.items()
@@ -141,8 +158,9 @@ def _refine(values, labels, samples, pop, table, thresholds) -> dict:
     if pop not in table.markers.populations or not own or \
             any(m not in values.columns for m in rules):
         return {}
-    family = np.array([parent in ancestors(str(lab), table.parents) for lab in labels])
-    seed = labels == pop
+    named = labels == pop
+    family = eligible & np.array([parent in ancestors(str(lab), table.parents)
+                                  for lab in labels])
     x = values[list(own)].to_numpy(dtype=np.float64)
 
     def midpoints(rows):
@@ -164,7 +182,8 @@ def _refine(values, labels, samples, pop, table, thresholds) -> dict:
         idx = np.flatnonzero(rows & family)
         passes = ((x[idx] - cut) * signs > 0).all(axis=1)
         labels[idx[passes]] = pop
-        labels[idx[~passes & seed[idx]]] = parent
+        labels[idx[~passes & named[idx]]] = parent
+        labels[rows & named & ~family] = parent  # a doublet-like cluster named pop
     return used
 
 
