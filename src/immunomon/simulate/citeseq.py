@@ -23,7 +23,7 @@ The model (documented choices, not measurements):
 * RNA (``genes`` > 0): ``genes`` genes plus 13 mitochondrial ``MT-`` genes, type-specific
   log-normal profiles, ~1,500 UMIs per cell, negative binomial (dispersion 0.2).
 * Hashtags (``pool`` ≥ 2): one Multiplexing Capture feature per sample of the library
-  (~200 UMIs on its own cells, ambient ~5 elsewhere), 4 % doublets (two cells merged,
+  (~300 UMIs on its own cells, ambient ~5 elsewhere), 4 % doublets (two cells merged,
   two hashtags) and 2 % negatives.
 
 This module never imports the analysis code.
@@ -206,7 +206,7 @@ def simulate_citeseq(out_dir, patients: int = 8, visits=("D1", "D8"), cells: int
         call = np.array([f"S{o}" for o in owner], dtype=object)
         if size > 1:  # hashtags, doublets, negatives
             hto = _nb(rng, np.full((n, size), 5.0), 0.3)
-            hto[np.arange(n), owner] = _nb(rng, np.full(n, 200.0), 0.3)
+            hto[np.arange(n), owner] = _nb(rng, np.full(n, 300.0), 0.1)
             n_dbl = int(0.04 * n)
             a, b = rng.choice(n, n_dbl, replace=False), rng.choice(n, n_dbl, replace=False)
             x[a] = x[a] + x[b]

@@ -8,7 +8,9 @@ sample_id, cluster, gene, count) and each gene is tested for change from the bas
 visit with the negative-binomial GLM that differential abundance uses
 (:func:`immunomon.stats.nbglm.ql_ftest`: ``~ patient + visit``, patient as block, edgeR's
 quasi-likelihood F test with the abundance-trended prior; library size = the sample's
-pseudobulk total in that cluster). Strata: all patients (``disease = all``), each disease
+pseudobulk total in that cluster × its TMM normalisation factor, as edgeR's
+``calcNormFactors``: without it a few strongly changed genes of a small gene panel shift
+every other gene's share). Strata: all patients (``disease = all``), each disease
 with at least ``min_patients`` patients, and each arm of a multi-arm study (``arm``).
 Genes are tested when they have at least ``min_count`` counts in at least half the
 cluster's samples; Benjamini–Hochberg q values per cluster × visit × stratum × method.
@@ -23,7 +25,7 @@ from . import nbglm
 from ._common import ALL, NOT_ESTIMABLE, OK, StatsOptions
 from .multiple import bh
 
-__all__ = ["differential_expression", "DE_COLUMNS"]
+__all__ = ["differential_expression", "tmm_factors", "DE_COLUMNS"]
 
 DE_COLUMNS = ["cluster", "label", "gene", "visit", "disease", "arm", "method", "n", "log2fc",
               "p", "q", "status", "reason"]
@@ -40,6 +42,39 @@ def _design(smp: pd.DataFrame, visits: list[str]) -> tuple[np.ndarray, dict]:
             idx[v] = len(cols)
             cols.append(at)
     return np.column_stack(cols), idx
+
+
+def tmm_factors(counts: np.ndarray, log_ratio_trim: float = 0.3, sum_trim: float = 0.05
+                ) -> np.ndarray:
+    """edgeR's TMM normalisation factors (``calcNormFactors``, Robinson & Oshlack 2010) of a
+    genes × samples count matrix, scaled to a geometric mean of 1; the reference is the
+    sample whose upper-quartile proportion is closest to the mean."""
+    from scipy.stats import rankdata
+
+    y = np.asarray(counts, dtype=float)
+    lib = y.sum(axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        f75 = np.quantile(y / lib, 0.75, axis=0)
+    ref = int(np.argmin(np.abs(f75 - f75.mean())))
+    factors = np.ones(y.shape[1])
+    for k in range(y.shape[1]):
+        if k == ref or lib[k] == 0:
+            continue
+        a, b, na, nb = y[:, k], y[:, ref], lib[k], lib[ref]
+        ok = (a > 0) & (b > 0)
+        if ok.sum() < 3:
+            continue
+        a, b = a[ok], b[ok]
+        log_r = np.log2((a / na) / (b / nb))
+        abs_e = (np.log2(a / na) + np.log2(b / nb)) / 2
+        var = (na - a) / na / a + (nb - b) / nb / b
+        n = len(log_r)
+        lo_l, lo_s = np.floor(n * log_ratio_trim) + 1, np.floor(n * sum_trim) + 1
+        r_l, r_s = rankdata(log_r), rankdata(abs_e)
+        keep = (r_l >= lo_l) & (r_l <= n + 1 - lo_l) & (r_s >= lo_s) & (r_s <= n + 1 - lo_s)
+        if keep.any():
+            factors[k] = 2 ** (np.sum(log_r[keep] / var[keep]) / np.sum(1 / var[keep]))
+    return factors / np.exp(np.mean(np.log(factors)))
 
 
 def _strata(samples: pd.DataFrame, options: StatsOptions) -> list[tuple[str, str, np.ndarray]]:
@@ -118,7 +153,7 @@ def differential_expression(samples: pd.DataFrame, pseudobulk: pd.DataFrame,
                 for v in visits[1:]:
                     rows.append({**base, "gene": "", "visit": v, "n": n_pat, "reason": why})
                 continue
-            res = nbglm.ql_ftest(y[keep], lib, X, list(idx.values()))
+            res = nbglm.ql_ftest(y[keep], lib * tmm_factors(y), X, list(idx.values()))
             for j, v in enumerate(idx):
                 n_v = int(sub.loc[sub["visit"] == v, "patient_id"].nunique())
                 for g, lfc, p in zip(genes, res["log2fc"][:, j], res["p"][:, j]):
