@@ -122,10 +122,12 @@ def annotate_cells(values: pd.DataFrame, clusters: np.ndarray, samples: np.ndarr
     """
     clusters = np.asarray(clusters)
     medians = cluster_medians(values, clusters)
-    names = annotate_clusters(medians, pooled_spread(values, clusters), table.markers)
-    out = names.join(medians).rename_axis("cluster").reset_index()
+    spread = pooled_spread(values, clusters)
+    names = annotate_clusters(medians, spread, table.markers)
     thresholds = {m: table.markers.thresholds.get(m, otsu_threshold(medians[m].to_numpy()))
                   for m in medians.columns}
+    names = _positive_rules_hold(names, medians, spread, thresholds, table)
+    out = names.join(medians).rename_axis("cluster").reset_index()
     labels = names["label"].reindex(clusters).to_numpy(dtype=object)
     refined = {}
     def satisfying(population: str) -> np.ndarray:
@@ -143,6 +145,35 @@ def annotate_cells(values: pd.DataFrame, clusters: np.ndarray, samples: np.ndarr
         refined.update(_refine(values, labels, seed, satisfying(table.parents[pop]),
                                np.asarray(samples), pop, table, thresholds))
     return CellAnnotation(out, labels, thresholds, refined)
+
+
+def _positive_rules_hold(names: pd.DataFrame, medians: pd.DataFrame, spread: pd.Series,
+                         thresholds: dict, table: CellTable) -> pd.DataFrame:
+    """A cluster keeps its label only if every positive (``+``/``hi``) rule of it holds; else
+    it takes the nearest ancestor whose positive rules hold, or ``unassigned``. (A marker
+    table may tolerate a failed rule, ``min_fraction``; tolerating a failed *negative* rule
+    keeps doublet-contaminated clusters named, tolerating a failed positive one would name
+    a cluster by absent markers: e.g. dendritic cells as CD56bright NK.)"""
+    names = names.copy()
+    sd = spread.reindex(medians.columns).where(lambda x: x > 0, 1.0)
+    margin = (medians - pd.Series(thresholds)) / sd
+    for c in names.index:
+        label = names.at[c, "label"]
+        if label == UNASSIGNED:
+            continue
+        new = UNASSIGNED
+        for pop in ancestors(label, table.parents):
+            rules = table.markers.populations.get(pop, {})
+            if all(margin.at[c, m] >= table.markers.min_margin
+                   for m, sign in rules.items() if sign > 0 and m in margin.columns):
+                new = pop
+                break
+        if new != label:
+            names.at[c, "label"] = new
+            names.at[c, "confidence"] = names.at[c, "confidence"] if new != UNASSIGNED else 0.0
+    names["label_rank"] = (names.groupby("label")["confidence"]
+                           .rank(method="first", ascending=False).astype(np.int64))
+    return names
 
 
 def _refine(values, labels, seed, eligible, samples, pop, table, thresholds) -> dict:

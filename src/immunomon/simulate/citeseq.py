@@ -147,6 +147,8 @@ def simulate_citeseq(out_dir, patients: int = 8, visits=("D1", "D8"), cells: int
     """
     if effect not in ("planted", "none"):
         raise ValueError(f"effect must be 'planted' or 'none', not {effect!r}")
+    if fmt not in ("mtx", "h5"):
+        raise ValueError(f"fmt must be 'mtx' or 'h5', not {fmt!r}")
     if genes and genes < 20:
         raise ValueError("genes: 0 (ADT only) or at least 20")
     root = Path(out_dir)
