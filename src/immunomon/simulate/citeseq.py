@@ -273,7 +273,7 @@ def simulate_citeseq(out_dir, patients: int = 8, visits=("D1", "D8"), cells: int
               "panels": {"citeseq": {"assay": "citeseq", "features": {
                   f: {"marker": m, "class": ANTIBODIES[m]}
                   for f, m in zip(adt_feats["id"], markers)}}},
-              "analysis": {"min_patients": min(6, patients)}}
+              "analysis": {"min_patients": max(2, min(6, patients))}}
     (root / "study.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     return root
 
