@@ -15,7 +15,9 @@ inside their parent's clusters, per sample, with each marker's threshold at the 
 between the medians of the cells of the population's clusters (those whose medians satisfy
 every rule) and of the parent's other cells
 (the study-wide midpoint for samples with fewer than 10 cells of either; the table's
-threshold when no cluster carries the population).
+threshold when no cluster carries the population); the cut then moves to the midpoint of
+the medians of the cells it puts on either side until it settles (a broad seed cluster
+that holds intermediate cells would otherwise set it too low).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ __all__ = ["CellTable", "load_cell_table", "annotate_cells", "CellAnnotation", "
 
 _BUILTIN = "markers_citeseq.yaml"
 _MIN_SEED = 10
+_ITERATIONS = 20
 
 
 @dataclass
@@ -190,8 +193,8 @@ def _refine(values, labels, seed, eligible, samples, pop, table, thresholds) -> 
             any(m not in values.columns for m in rules):
         return {}
     named = labels == pop
-    family = eligible & np.array([parent in ancestors(str(lab), table.parents)
-                                  for lab in labels])
+    in_family = {lab for lab in pd.unique(labels) if parent in ancestors(str(lab), table.parents)}
+    family = eligible & np.isin(labels, list(in_family))
     x = values[list(own)].to_numpy(dtype=np.float64)
 
     def midpoints(rows):
@@ -209,9 +212,18 @@ def _refine(values, labels, seed, eligible, samples, pop, table, thresholds) -> 
         rows = samples == sid
         cut = midpoints(rows)
         cut = study if cut is None else cut
-        used[(pop, str(sid))] = dict(zip(own, np.round(cut, 6)))
         idx = np.flatnonzero(rows & family)
         passes = ((x[idx] - cut) * signs > 0).all(axis=1)
+        for _ in range(_ITERATIONS):  # move the cut to the midpoint of the two groups found
+            if passes.sum() < _MIN_SEED or (~passes).sum() < _MIN_SEED:
+                break
+            new = (np.median(x[idx[passes]], axis=0) + np.median(x[idx[~passes]], axis=0)) / 2
+            again = ((x[idx] - new) * signs > 0).all(axis=1)
+            cut = new
+            if (again == passes).all():
+                break
+            passes = again
+        used[(pop, str(sid))] = dict(zip(own, np.round(cut, 6)))
         labels[idx[passes]] = pop
         labels[idx[~passes & named[idx]]] = parent
         labels[rows & named & ~family] = parent  # a doublet-like cluster named pop
@@ -227,14 +239,13 @@ def cell_counts(labels: np.ndarray, samples: np.ndarray, table: CellTable,
     rows = []
     labels = np.asarray(labels, dtype=object)
     for sid in pd.unique(samples):
-        lab = labels[samples == sid]
-        total = len(lab)
-        lineage = [ancestors(str(x), table.parents) if x != UNASSIGNED else [] for x in lab]
+        lab = pd.Series(labels[samples == sid]).value_counts()
+        total = int(lab.sum())
         counts = {p: 0 for p in pops}
-        for chain in lineage:
-            for p in chain:
+        for label, n in lab.items():
+            for p in (ancestors(str(label), table.parents) if label != UNASSIGNED else []):
                 if p in counts:
-                    counts[p] += 1
+                    counts[p] += int(n)
         for p in pops:
             parent = table.parents.get(p)
             denom = counts[parent] if parent else total

@@ -221,7 +221,7 @@ def prepare_citeseq_sample(study, sample_id: str, seed: int = 0) -> CiteseqSampl
     if method == "dsb":
         label += f"; {empty.n_obs} empty droplets, {len(isotypes)} isotype controls"
     steps.insert(0, "sample_id", sample_id)
-    total = int(len(keep)) if not tag else int(len(keep))
+    total = int(len(keep))  # a pooled sample: the library's cells (see the hashtag step)
     return CiteseqSample(
         sample_id=sample_id, panel=panel_name,
         adt=pd.DataFrame(values.astype(np.float32), columns=markers),
@@ -439,10 +439,9 @@ def run_citeseq(study, sample_ids: list[str], file_sha: dict, seed: int, cache: 
     stages.done("citeseq", samples=len(jobs), cached=sum(r["cached"] for r in results),
                 cells=sum(b.get("events_after_qc", 0) for b in by_id.values()))
     ok = {r["sample_id"]: r["sample"] for r in results if not r["error"] and r["sample"].qc_pass}
-    excluded = set(study.samples.loc[study.samples["excluded_reason"] != "", "sample_id"])
     tables: dict[str, list[pd.DataFrame]] = {}
     for panel in citeseq_panels(study):
-        ids = [s for s in sample_ids if s in ok and s not in excluded]
+        ids = [s for s in sample_ids if s in ok and ok[s].panel == panel]
         if not ids:
             continue
         progress = stages.start("citeseq_cluster", 1)
@@ -525,7 +524,7 @@ def check_citeseq(study) -> list[str]:
                     if ftype == "Multiplexing Capture"}
             names = {name for fid, (name, ftype) in feats.items()
                      if ftype == "Multiplexing Capture"}
-            pool = tags | names or set(feats) | {n for n, _ in feats.values()}
+            pool = (tags | names) or (set(feats) | {n for n, _ in feats.values()})
             if tag not in pool:
                 problems.append(f"{samples_csv}, line {i + 2}, column 'hashtag': hashtag "
                                 f"'{tag}' is not in the library {filtered} (its hashtags: "
