@@ -154,6 +154,8 @@ def main() -> None:
     ap.add_argument("--study-cells", type=int, default=1_000_000)
     ap.add_argument("--root", type=Path, default=Path("/tmp/immunomon_bench/citeseq"))
     ap.add_argument("--limit-gb", type=float, default=8.0)
+    ap.add_argument("--part", choices=("all", "steps", "study"), default="all",
+                    help="run only the step comparison or only the whole study")
     ap.add_argument("--worker", nargs=3, metavar=("TOOL", "N", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",") if s]
@@ -163,6 +165,17 @@ def main() -> None:
         tool, n, out = args.worker
         worker(tool, study, int(n), Path(out))
         return
+    gib = 1024 ** 3
+    if args.part != "study":
+        steps(args, sizes)
+    if args.part != "steps":
+        whole_study(args, study)
+
+
+def steps(args, sizes: list[int]) -> None:
+    """Part 1: the step comparison, one process per tool and size."""
+    import pandas as pd
+
     gib = 1024 ** 3
     rows = []
     for n in sizes:
@@ -176,8 +189,6 @@ def main() -> None:
             rows.append({"cells": n, "tool": tool, **json.loads(out.read_text()),
                          "peak_pss_gib": r["pss"] / gib})
             print(json.dumps(rows[-1]), flush=True)
-    import pandas as pd
-
     df = pd.DataFrame(rows)
     steps = [c for c in ("normalise", "neighbours", "leiden", "transfer", "umap") if c in df]
     df["total"] = df[steps].sum(axis=1, min_count=1)
@@ -192,6 +203,12 @@ def main() -> None:
         print(f"  {n:>9,} cells: " + ", ".join(parts)
               + f", memory {a['peak_pss_gib'] / b['peak_pss_gib']:.2f}")
 
+
+def whole_study(args, study: Path) -> None:
+    """Part 2: ``immunomon run`` on the whole study, peak process-tree memory."""
+    import pandas as pd
+
+    gib = 1024 ** 3
     run_dir = args.root / "run"
     shutil.rmtree(run_dir, ignore_errors=True)
     r = watch([sys.executable, "-m", "immunomon", "run", str(study), "--out", str(run_dir),

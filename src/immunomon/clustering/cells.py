@@ -133,9 +133,11 @@ def annotate_cells(values: pd.DataFrame, clusters: np.ndarray, samples: np.ndarr
     out = names.join(medians).rename_axis("cluster").reset_index()
     labels = names["label"].reindex(clusters).to_numpy(dtype=object)
     refined = {}
-    def satisfying(population: str) -> np.ndarray:
-        """Cells of the clusters whose medians satisfy every rule of ``population``."""
-        rules = table.markers.populations.get(population, {})
+    def satisfying(population: str, positive_only: bool = False) -> np.ndarray:
+        """Cells of the clusters whose medians satisfy every (positive) rule of
+        ``population``."""
+        rules = {m: sign for m, sign in table.markers.populations.get(population, {}).items()
+                 if sign > 0 or not positive_only}
         ok = [c for c in medians.index
               if all(m in medians.columns and sign * (medians.at[c, m] - thresholds[m]) > 0
                      for m, sign in rules.items())]
@@ -144,9 +146,17 @@ def annotate_cells(values: pd.DataFrame, clusters: np.ndarray, samples: np.ndarr
     for pop in table.refine:
         if pop not in table.parents:
             continue
+        # clusters meeting every rule when the data has any; else their positive rules
+        # (a marker with weak contrast, e.g. CD14 after dsb, can fail a negative rule
+        # everywhere)
         seed = satisfying(pop) & (labels == pop)
-        refined.update(_refine(values, labels, seed, satisfying(table.parents[pop]),
-                               np.asarray(samples), pop, table, thresholds))
+        if not seed.any():
+            seed = satisfying(pop, positive_only=True) & (labels == pop)
+        eligible = satisfying(table.parents[pop])
+        if not (eligible & seed).any():
+            eligible = satisfying(table.parents[pop], positive_only=True)
+        refined.update(_refine(values, labels, seed, eligible, np.asarray(samples), pop,
+                               table, thresholds))
     return CellAnnotation(out, labels, thresholds, refined)
 
 
@@ -182,8 +192,8 @@ def _positive_rules_hold(names: pd.DataFrame, medians: pd.DataFrame, spread: pd.
 def _refine(values, labels, seed, eligible, samples, pop, table, thresholds) -> dict:
     """Relabel, in place, the cells of ``pop``'s parent family by ``pop``'s own rules.
 
-    ``seed`` marks the cells of the clusters named ``pop`` whose medians satisfy every rule,
-    ``eligible`` those of clusters satisfying every rule of the parent: clusters named by a
+    ``seed`` marks the cells of the clusters named ``pop`` whose medians satisfy its rules,
+    ``eligible`` those of clusters satisfying the parent's rules: clusters named by a
     majority of rules (doublets) neither set thresholds nor gain refined cells."""
     parent = table.parents[pop]
     rules = table.markers.populations[pop]
