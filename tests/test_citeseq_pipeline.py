@@ -12,7 +12,7 @@ from scipy import stats
 
 from immunomon.pipeline.checks import load_checked
 from immunomon.pipeline.citeseq import cluster_citeseq_panel, prepare_citeseq_sample
-from immunomon.pipeline.run import run_study
+from immunomon.pipeline.run import RunOptions, run_study
 from immunomon.simulate.citeseq import simulate_citeseq
 
 ADTNORM = Path(__file__).parent / "data" / "citeseq" / "adtnorm_10x_pbmc"
@@ -79,7 +79,8 @@ def planted_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("cite_planted")
     study = simulate_citeseq(root / "study", patients=8, visits=("D1", "D8"), cells=1000,
                              genes=40, pool=2, empty=1500, seed=11)
-    return study, run_study(study, root / "run", quiet=True)
+    return study, run_study(study, root / "run", quiet=True,
+                            options=RunOptions(embed_cells=3000))
 
 
 def test_simulated_trial_finds_treg_expansion_and_planted_genes(planted_run):
@@ -134,7 +135,8 @@ def test_simulated_trial_tables_qc_provenance_report(planted_run):
 def test_null_trial_is_calibrated(tmp_path):
     study = simulate_citeseq(tmp_path / "study", patients=6, visits=("D1", "D8"), cells=600,
                              genes=40, empty=1000, effect="none", seed=12)
-    run = run_study(study, tmp_path / "run", quiet=True, report=False)
+    run = run_study(study, tmp_path / "run", quiet=True, report=False,
+                    options=RunOptions(embed_cells=1000))
     da = pd.read_parquet(run / "tables" / "stats_da.parquet")
     assert not (da.loc[da["method"] == "edger_ql", "q"] < 0.05).any()
     de = pd.read_parquet(run / "tables" / "stats_de.parquet")

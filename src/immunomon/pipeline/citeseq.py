@@ -406,9 +406,10 @@ def _pseudobulk_job(args) -> pd.DataFrame:
 
 
 def run_citeseq(study, sample_ids: list[str], file_sha: dict, seed: int, cache: Cache,
-                parallel: dict, stages) -> CiteseqRun:
+                parallel: dict, stages, embed_cells: int = EMBED_CELLS) -> CiteseqRun:
     """Every CITE-seq sample of ``sample_ids`` through QC, normalisation, clustering and
-    pseudobulk; the per-sample results and the tables of the CITE-seq panels."""
+    pseudobulk; the per-sample results and the tables of the CITE-seq panels
+    (``embed_cells`` cells per panel in the UMAP)."""
     from .executor import map_samples
 
     code = code_fingerprint(*_CODE)
@@ -446,11 +447,12 @@ def run_citeseq(study, sample_ids: list[str], file_sha: dict, seed: int, cache: 
             continue
         progress = stages.start("citeseq_cluster", 1)
         key = make_key("citeseq_cluster", code, [j.key for j in jobs if j.sample_id in ids],
-                       seed)
+                       seed, embed_cells)
         result = cache.get("citeseq_cluster", key)
         if result is None:
             result = cache.put("citeseq_cluster", key,
-                               cluster_citeseq_panel(study, panel, [ok[s] for s in ids], seed))
+                               cluster_citeseq_panel(study, panel, [ok[s] for s in ids], seed,
+                                                     embed_cells))
         facts["marker_table"][panel] = result["marker_table"]
         facts["refined"].update(result["refined"])
         cells = result["cells"]

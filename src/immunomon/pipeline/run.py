@@ -373,7 +373,8 @@ def _run(study, out: Path, seed: int, options: RunOptions, cache: Cache, paralle
         from immunomon.pipeline.citeseq import run_citeseq
 
         cite_ids = [s for s, p in zip(todo["sample_id"], todo["panel"]) if p in cite_panels]
-        cite = run_citeseq(study, cite_ids, file_sha, seed, cache, parallel, stages)
+        cite = run_citeseq(study, cite_ids, file_sha, seed, cache, parallel, stages,
+                           embed_cells=options.embed_cells)
         by_id.update(cite.by_id)
         prepared = prepared + list(cite.by_id.values())
     # ----
