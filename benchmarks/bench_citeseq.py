@@ -140,12 +140,12 @@ def _run_immunomon(x: np.ndarray, umap: bool) -> dict:
     return t
 
 
-def worker(tool: str, study: Path, n: int, out: Path) -> None:
+def worker(tool: str, study: Path, n: int, out: Path, umap_max: int = UMAP_MAX) -> None:
     """One tool on ``n`` cells (after a 5,000-cell warm-up); timings written to ``out``."""
     run = _run_peer if tool == "scanpy+muon" else _run_immunomon
-    run(_adt(study, 5000), umap=True)
+    run(_adt(study, 5000), umap=umap_max > 0)
     x = _adt(study, n)
-    out.write_text(json.dumps(run(x, umap=n <= UMAP_MAX)))
+    out.write_text(json.dumps(run(x, umap=n <= umap_max)))
 
 
 def main() -> None:
@@ -156,6 +156,8 @@ def main() -> None:
     ap.add_argument("--limit-gb", type=float, default=8.0)
     ap.add_argument("--part", choices=("all", "steps", "study"), default="all",
                     help="run only the step comparison or only the whole study")
+    ap.add_argument("--umap-max", type=int, default=UMAP_MAX,
+                    help="largest size embedded with UMAP (0: no UMAP)")
     ap.add_argument("--worker", nargs=3, metavar=("TOOL", "N", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",") if s]
@@ -163,7 +165,7 @@ def main() -> None:
                    max(sizes + [args.study_cells]))
     if args.worker:
         tool, n, out = args.worker
-        worker(tool, study, int(n), Path(out))
+        worker(tool, study, int(n), Path(out), args.umap_max)
         return
     gib = 1024 ** 3
     if args.part != "study":
@@ -182,8 +184,8 @@ def steps(args, sizes: list[int]) -> None:
         for tool in ("immunomon", "scanpy+muon"):
             out = args.root / f"steps_{tool}_{n}.json"
             r = watch([sys.executable, __file__, "--sizes", args.sizes, "--study-cells",
-                       str(args.study_cells), "--root", str(args.root), "--worker", tool,
-                       str(n), str(out)])
+                       str(args.study_cells), "--root", str(args.root), "--umap-max",
+                       str(args.umap_max), "--worker", tool, str(n), str(out)])
             if r["rc"] != 0:
                 sys.exit(f"{tool} failed on {n} cells (exit {r['rc']})")
             rows.append({"cells": n, "tool": tool, **json.loads(out.read_text()),
