@@ -47,10 +47,34 @@ def simulate(
     effect_size: float = typer.Option(1.0, help="Multiplies every planted log fold change."),
     workers: int = typer.Option(1, help="Parallel processes (output does not depend on it)."),
     force: bool = typer.Option(False, "--force", help="Write into a non-empty folder."),
+    assay: str = typer.Option("cytometry", help="'cytometry' (FCS files) or 'citeseq' "
+                              "(Cell Ranger folders; --cells, --genes, --pool, --empty)."),
+    cells: int = typer.Option(2000, help="CITE-seq: cells per sample."),
+    genes: int = typer.Option(300, help="CITE-seq: RNA genes (0: ADT-only libraries)."),
+    pool: int = typer.Option(0, help="CITE-seq: samples per hashtag-pooled library (0: none)."),
+    empty: int = typer.Option(3000, help="CITE-seq: empty droplets per library (0: no raw "
+                              "matrix, CLR instead of dsb)."),
+    matrix_format: str = typer.Option("mtx", "--format", help="CITE-seq: 'mtx' or 'h5'."),
 ) -> None:
-    """Simulate a low-dose IL-2 trial: FCS files, manifest, clinical/AE tables and truth/."""
+    """Simulate a low-dose IL-2 trial: FCS files (or Cell Ranger folders with --assay
+    citeseq), manifest, clinical/AE tables and truth/."""
     from immunomon.simulate import simulate_study
 
+    if assay == "citeseq":  # CITE-seq simulator (immunomon.simulate.citeseq)
+        from immunomon.simulate.citeseq import simulate_citeseq
+
+        try:
+            root = simulate_citeseq(out_dir, patients=patients,
+                                    visits=[v for v in visits.split(",") if v.strip()],
+                                    cells=cells, seed=seed, effect=effect, genes=genes,
+                                    pool=pool, empty=empty, fmt=matrix_format, overwrite=force)
+        except (ValueError, FileExistsError) as err:
+            raise UserError(f"simulate --assay citeseq: {err}") from None
+        typer.echo(f"{root}: {len(list((root / 'data').iterdir()))} Cell Ranger libraries, "
+                   f"{patients} patients, {cells} cells per sample, effect={effect}, seed {seed}")
+        return
+    if assay != "cytometry":
+        raise UserError(f"--assay: '{assay}' is not cytometry or citeseq")
     if workers < 1:
         raise UserError(f"--workers: {workers} (need at least 1)")
     root = simulate_study(out_dir, patients=patients,

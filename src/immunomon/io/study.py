@@ -199,6 +199,39 @@ class QC(_Model):
                 for k, v in self.model_dump(exclude_none=True).items()}
 
 
+# ------------------------------------------------------------ CITE-seq panel settings
+class CiteSeqQC(_Model):
+    """Cell QC of a CITE-seq panel (``panels.<name>.citeseq.qc``): cells whose log ADT total
+    (and, with RNA, log UMI and gene counts) lie more than ``mad`` median absolute
+    deviations from the sample's median are removed, as are cells above ``max_mito``
+    mitochondrial RNA fraction, hashtag doublets/negatives and RNA doublets; a sample keeps
+    ``min_cells`` cells or fails QC."""
+
+    mad: float = Field(4.0, gt=0)
+    max_mito: float = Field(0.2, gt=0, le=1)
+    rna_doublets: bool = True
+    min_cells: int = Field(50, ge=1)
+
+
+class CiteSeq(_Model):
+    """Settings of a CITE-seq panel (``panels.<name>.citeseq``): ADT normalisation
+    (``auto``: dsb when the raw matrix with empty droplets is there, else CLR across cells),
+    the range of ADT totals of the empty droplets dsb uses as background, the clustering
+    space (``adt`` or ``adt+rna``: concatenated reduced spaces), Leiden resolution and
+    neighbours, the number of cells in the Leiden graph (others join by their nearest graph
+    cells), the marker table that names clusters (path relative to the study folder;
+    default the built-in CITE-seq table) and cell QC."""
+
+    normalisation: Literal["auto", "dsb", "clr"] = "auto"
+    background_counts: tuple[int, int] = (10, 1000)
+    modality: Literal["adt", "adt+rna"] = "adt"
+    resolution: float = Field(1.0, gt=0)
+    neighbours: int = Field(15, ge=2)
+    graph_cells: int = Field(200_000, ge=100)
+    marker_table: str | None = None
+    qc: CiteSeqQC = Field(default_factory=CiteSeqQC)
+
+
 class Panel(_Model):
     """An antibody panel: its assay and instrument, channels (cytometry) or features
     (CITE-seq), compensation, transform, gating (none = QC + clustering only), clustering,
@@ -214,6 +247,7 @@ class Panel(_Model):
     clustering: Clustering | None = None
     qc: QC | None = None
     normalisation: Normalisation | None = None
+    citeseq: CiteSeq | None = None  # CITE-seq settings (assay: citeseq); None = defaults
 
     @model_validator(mode="before")
     @classmethod

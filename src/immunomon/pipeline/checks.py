@@ -16,7 +16,10 @@ from collections.abc import Mapping
 from immunomon.errors import UserError
 
 #: Checkers of the study's settings, in the order their problems are listed.
-CHECKS: tuple[str, ...] = ("immunomon.pipeline.supervised:check_gating",)
+CHECKS: tuple[str, ...] = (
+    "immunomon.pipeline.supervised:check_gating",
+    "immunomon.pipeline.citeseq:check_citeseq",
+)
 
 
 def check_study(study) -> list[str]:

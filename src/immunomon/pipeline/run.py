@@ -339,7 +339,9 @@ def _run(study, out: Path, seed: int, options: RunOptions, cache: Cache, paralle
                          progress=stages.start("hash", len(inputs)))
     sha = {rel: h for (rel, _), h in zip(inputs, hashes)}
     root = Path(study.root).resolve()
-    file_sha = {s: sha[_relative(Path(study.path_of(s)).resolve(), root)]
+    file_sha = {s: make_key(*(sha[_relative(p, root)] for p in _sample_files(study, s)))
+                if study.panel_of(s).assay == "citeseq" else
+                sha[_relative(Path(study.path_of(s)).resolve(), root)]
                 for s in samples["sample_id"]}
     stages.done("hash", files=len(inputs), bytes=int(sum(p.stat().st_size for _, p in inputs)))
 
@@ -348,7 +350,10 @@ def _run(study, out: Path, seed: int, options: RunOptions, cache: Cache, paralle
     todo = samples.loc[listed | options.include_excluded, ["sample_id", "panel"]].astype(str)
     per_panel = todo["panel"].value_counts()
     jobs = []
+    cite_panels = _citeseq_panels(study)  # CITE-seq: own branch (pipeline.citeseq)
     for sid, panel in zip(todo["sample_id"], todo["panel"]):
+        if panel in cite_panels:
+            continue
         n_train = math.ceil(options.train_cells / per_panel[panel])
         key = _prepare_key(study, sid, file_sha[sid], sha, seed, n_train, code["prepare"])
         jobs.append(_SampleJob(study, sid, panel, key, _root(cache), seed, n_train))
@@ -362,6 +367,17 @@ def _run(study, out: Path, seed: int, options: RunOptions, cache: Cache, paralle
                 qc_failed=sum(not r.get("qc_pass", True) for r in prepared),
                 errors=sum(bool(r["error"]) for r in prepared))
 
+    # ---- CITE-seq panels (pipeline.citeseq): QC, normalisation, clustering, pseudobulk
+    cite = None
+    if cite_panels:
+        from immunomon.pipeline.citeseq import run_citeseq
+
+        cite_ids = [s for s, p in zip(todo["sample_id"], todo["panel"]) if p in cite_panels]
+        cite = run_citeseq(study, cite_ids, file_sha, seed, cache, parallel, stages,
+                           embed_cells=options.embed_cells)
+        by_id.update(cite.by_id)
+        prepared = prepared + list(cite.by_id.values())
+    # ----
     failed = [f"{r['sample_id']}: {r['error']}" for r in prepared if r["error"]]
     for line in failed:
         log.warning("sample left out: %s", line)
@@ -370,7 +386,7 @@ def _run(study, out: Path, seed: int, options: RunOptions, cache: Cache, paralle
     analysed = table.loc[usable & ((table["excluded_reason"] == "") | options.include_excluded)]
     if analysed.empty:
         raise UserError(["no sample of the study could be analysed", *failed[:20]])
-    panels = sorted(analysed["panel"].astype(str).unique())
+    panels = sorted(set(analysed["panel"].astype(str)) - set(cite_panels))
 
     # train: one clustering per panel, on the pooled subsamples of its analysed samples
     models = {}
@@ -385,7 +401,7 @@ def _run(study, out: Path, seed: int, options: RunOptions, cache: Cache, paralle
         models[panel] = (key, model)
         _advance(progress)
     stages.done("train", panels=len(panels),
-                training_events=int(sum(len(by_id[s]["training"]) for s in analysed["sample_id"])))
+                training_events=int(sum(len(by_id[s].get("training", ())) for s in analysed["sample_id"])))
 
     # map: every analysed sample onto its panel's clusters (+ its cells for the UMAP)
     n_panel = analysed["panel"].astype(str).value_counts()
@@ -393,7 +409,8 @@ def _run(study, out: Path, seed: int, options: RunOptions, cache: Cache, paralle
                                                 options.embed_cells),
                            _root(cache), seed, math.ceil(options.embed_cells / n_panel[p]),
                            models[p][1])
-                for sid, p in zip(analysed["sample_id"], analysed["panel"].astype(str))]
+                for sid, p in zip(analysed["sample_id"], analysed["panel"].astype(str))
+                if p not in cite_panels]
     mapped = map_samples(_map_task, map_jobs, progress=stages.start("map", len(map_jobs)),
                          **parallel)
     stages.done("map", mapped, samples=len(map_jobs), cached=sum(r["cached"] for r in mapped),
@@ -419,10 +436,13 @@ def _run(study, out: Path, seed: int, options: RunOptions, cache: Cache, paralle
 
     tables = {"samples": table}
     for name in _SAMPLE_TABLES:
-        tables[name] = _concat([by_id[s]["tables"][name] for s in todo["sample_id"]
+        tables[name] = _concat([by_id[s]["tables"].get(name) for s in todo["sample_id"]
                                 if not by_id[s]["error"]])
     for name in _CLUSTER_TABLES:
         tables[name] = _concat(unsupervised[name])
+    if cite is not None:  # CITE-seq tables join the cytometry ones (same contracts)
+        for name, frame in cite.tables.items():
+            tables[name] = _concat([tables.get(name), frame])
 
     # stats: over analysed samples only
     tables.update(_stats(study, tables, analysed, seed, options, cache, code["stats"], stages))
@@ -441,6 +461,8 @@ def _run(study, out: Path, seed: int, options: RunOptions, cache: Cache, paralle
         "tables": sorted(tables),
         "steps": stages.steps,
     }
+    if cite is not None:
+        record["citeseq"] = cite.facts
     if report:
         write_provenance(out / "provenance.json", {**record, "finished": None})
         from immunomon.report.html import render_report
@@ -472,6 +494,7 @@ def _stats(study, tables: dict, analysed: pd.DataFrame, seed: int, options: RunO
         "parameters": _only(tables["parameters"], ids),
         "cluster_counts": _only(tables["cluster_counts"], ids),
         "cluster_markers": _state_only(study, _only(tables["cluster_markers"], ids)),
+        "pseudobulk": _only(tables.get("pseudobulk", pd.DataFrame()), ids),
         "clinical": study.clinical,
         "adverse_events": study.adverse_events,
         "patients": _patients(study.samples),
@@ -510,6 +533,10 @@ def _advance(progress: tuple) -> None:
     bar.advance(task)
 
 
+def _citeseq_panels(study) -> set[str]:
+    return {n for n, p in study.config.panels.items() if getattr(p, "assay", "") == "citeseq"}
+
+
 def _root(cache: Cache) -> str | None:
     return str(cache.root) if cache.root is not None else None
 
@@ -521,9 +548,19 @@ def _input_files(study) -> list[tuple[str, Path]]:
                                       "adverse_events.csv") if (root / name).is_file()]
     for panel in study.config.panels:
         files += _gating_files(study, panel)
-    files += [Path(study.path_of(s)).resolve() for s in study.samples["sample_id"]]
+    files += [p for s in study.samples["sample_id"] for p in _sample_files(study, s)]
     unique = list(dict.fromkeys(files))
     return [(_relative(p, root), p) for p in unique]
+
+
+def _sample_files(study, sample_id: str) -> list[Path]:
+    """A sample's input files: its FCS file, or the matrix files of a Cell Ranger output."""
+    path = Path(study.path_of(sample_id)).resolve()
+    if study.panel_of(sample_id).assay == "citeseq":
+        from immunomon.pipeline.citeseq import source_files
+
+        return source_files(path)
+    return [path]
 
 
 def _relative(path: Path, root: Path) -> str:

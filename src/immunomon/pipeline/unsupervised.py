@@ -215,6 +215,10 @@ def state_markers(study, panel: str, columns: list[str]) -> list[str] | None:
     """The panel's state markers among ``columns`` (those differential state tests), or None
     when the panel declares no marker class (then every marker is tested)."""
     config = study.config.panels[panel]
+    features = (_get(config, "features", {}) or {}).values()
+    if any(_get(f, "marker_class") for f in features):  # CITE-seq: the ADT features' classes
+        state = {_get(f, "marker") for f in features if _get(f, "marker_class") == "state"}
+        return [c for c in columns if c in state]
     channels = (_get(config, "channels", {}) or {}).values()
     if not any(_get(c, "marker_class") for c in channels):
         return None

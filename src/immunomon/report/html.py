@@ -14,6 +14,7 @@ from pathlib import Path
 
 from plotly.offline import get_plotlyjs
 
+from . import sections_citeseq as citeseq
 from . import sections_more as more
 from . import sections_study as study
 from .assets import CSS, TABLE_JS
@@ -32,7 +33,7 @@ CSP = ("default-src 'none'; script-src 'unsafe-inline' 'unsafe-eval'; "
 #: Section builders in page order.
 SECTIONS: tuple[Callable[[Context], Section], ...] = (
     study.overview, study.primary, study.kinetics, study.volcano, study.fold_changes, study.pca,
-    more.clusters, more.differential, study.selectivity, more.clinical, more.adverse_events,
+    more.clusters, more.differential, citeseq.citeseq, study.selectivity, more.clinical, more.adverse_events,
     more.methods, more.provenance,
 )
 #: At most this many other PNGs of figures/ (e.g. gate plots) are shown in the gallery.

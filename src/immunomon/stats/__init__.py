@@ -131,6 +131,12 @@ def analyze(inputs: Mapping[str, pd.DataFrame], *, baseline: str = "D1",
             order.insert(order.index("status"), "q")
             tables[name] = sort_rows(df[order], keys, visits)
 
+    if inputs.get("pseudobulk") is not None and len(inputs["pseudobulk"]):  # CITE-seq RNA
+        from .de import differential_expression
+
+        tables["stats_de"] = differential_expression(samples, inputs["pseudobulk"], visits,
+                                                     options, inputs.get("cluster_counts"))
+
     clinical = inputs.get("clinical")
     if clinical is not None and len(clinical):
         ch = clinical_change(clinical, patients, baseline)
