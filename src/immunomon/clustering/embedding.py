@@ -42,9 +42,11 @@ def umap_embedding(
 
     With a ``random_state`` umap-learn runs single-threaded and is reproducible.
     """
-    import umap  # slow import (numba compilation): only when an embedding is asked for
+    import umap  # slow import: only when an embedding is asked for
 
     from sklearn.neighbors import NearestNeighbors
+
+    _cache_numba_kernels(umap)
 
     X = np.asarray(X, dtype=np.float32)
     if X.shape[0] < 3:
@@ -59,4 +61,28 @@ def umap_embedding(
                         precomputed_knn=(idx, dists.astype(np.float32), None))
     with warnings.catch_warnings():  # no search index: we never call reducer.transform
         warnings.filterwarnings("ignore", message="precomputed_knn", category=UserWarning)
+        warnings.filterwarnings("ignore", message="Cannot cache compiled function")
         return reducer.fit_transform(X).astype(np.float32)
+
+
+#: umap-learn modules whose numba kernels an embedding compiles.
+_UMAP_MODULES = ("umap.umap_", "umap.layouts", "umap.utils", "umap.distances", "umap.spectral",
+                 "umap.sparse")
+
+
+def _cache_numba_kernels(umap) -> None:
+    """Give every not yet compiled numba kernel of umap-learn an on-disk cache.
+
+    umap-learn leaves some of its kernels (the layout epoch, the fuzzy-set weights, the
+    random draws) without ``cache=True``, so each process compiled them again (about 10 s);
+    cached, they compile once per installation and later processes load them. Kernels
+    numba cannot cache are compiled as before (its warning is silenced).
+    """
+    import sys
+
+    from numba.core.dispatcher import Dispatcher
+
+    for name in _UMAP_MODULES:
+        for kernel in vars(sys.modules.get(name, umap)).values():
+            if isinstance(kernel, Dispatcher) and not kernel.signatures:
+                kernel.enable_caching()

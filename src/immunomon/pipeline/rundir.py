@@ -16,6 +16,7 @@ import io
 import os
 import re
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -85,18 +86,6 @@ def atomic_path(path: str | os.PathLike, *, parents: bool = True) -> Iterator[Pa
         raise
 
 
-def remove_stale_temporaries(folder: str | os.PathLike) -> int:
-    """Remove the temporary files (:data:`TEMPORARY`) that a killed writer left anywhere
-    below ``folder``; only safe while no one else writes there (the run lock is held).
-    Returns how many were removed."""
-    removed = 0
-    for tmp in Path(folder).rglob(TEMPORARY):
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-            removed += 1
-    return removed
-
-
 def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
     """Write ``data`` (bytes, or text written as UTF-8) to ``path`` atomically."""
     payload = data.encode("utf-8") if isinstance(data, str) else data
@@ -106,6 +95,20 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
             handle.flush()
             os.fsync(handle.fileno())
     return Path(path)
+
+
+def remove_stale_temporaries(folder: str | os.PathLike, older_than: float = 0.0) -> int:
+    """Remove the temporary files (:data:`TEMPORARY`) that killed writers left anywhere below
+    ``folder``, if last written more than ``older_than`` seconds ago. With 0 (all of them)
+    it is only safe while no one else writes there (the run lock is held). Returns how many
+    were removed."""
+    removed, now = 0, time.time()
+    for tmp in Path(folder).rglob(TEMPORARY):
+        with contextlib.suppress(OSError):
+            if now - tmp.stat().st_mtime >= older_than:
+                tmp.unlink()
+                removed += 1
+    return removed
 
 
 def write_table(run_dir: str | os.PathLike, name: str, table: pd.DataFrame) -> Path:
