@@ -48,7 +48,13 @@ def main() -> None:
                   "it; IMMUNOMON_DEBUG=1 prints the traceback"])
 
 
+def one_line(problem: str) -> str:
+    """``problem`` on one line: control characters that a message may quote from a file
+    (a newline inside a CSV field) are escaped as Python writes them (``\\n``)."""
+    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in problem)
+
+
 def _fail(status: int, lines: list[str]) -> None:
     for line in lines:
-        print(line, file=sys.stderr)
+        print(one_line(line), file=sys.stderr)
     sys.exit(status)

@@ -639,9 +639,9 @@ def _check_fcs(root: Path, row, dataset: int, cfg: StudyConfig, at: str) -> list
     panel = cfg.panels.get(row["panel"])
     if panel is not None and panel.assay == "citeseq":  # a Cell Ranger output, not an FCS file
         return [] if fpath.exists() else [f"{at}: Cell Ranger output not found: {fpath}"]
-    if not fpath.is_file():
+    if not fpath.exists() and not fpath.is_symlink():
         return [f"{at}: file not found: {fpath}"]
-    try:
+    try:  # the reader names what is not a regular file: FIFO, device, folder, broken link
         meta = read_fcs_metadata(fpath, dataset=dataset)
     except FCSError as err:
         return [f"{at}: {p}" for p in err.problems]
