@@ -35,12 +35,23 @@ def pooled_spread(X: pd.DataFrame, clusters: np.ndarray) -> pd.Series:
     return (1.4826 * mad).median()
 
 
+#: Epochs of the UMAP layout (umap-learn's default for more than 10,000 cells: 200). From
+#: a PCA start 120 epochs keep the map's clusters as separate (silhouette of the metaclusters
+#: 0.74 against 0.69-0.74 for umap-learn's defaults on the demo's 20,286 cells) and 97 % of
+#: its neighbourhoods, for half the time (see the README, "Cluster a study").
+UMAP_EPOCHS = 120
+
+
 def umap_embedding(
-    X: np.ndarray, random_state: int = 0, n_neighbors: int = 15, min_dist: float = 0.1
+    X: np.ndarray, random_state: int = 0, n_neighbors: int = 15, min_dist: float = 0.1,
+    n_epochs: int = UMAP_EPOCHS,
 ) -> np.ndarray:
     """2-D UMAP (umap-learn) of ``X`` (``(n_cells, n_markers)``) → ``(n_cells, 2)`` float32.
 
-    With a ``random_state`` umap-learn runs single-threaded and is reproducible.
+    Exact nearest neighbours (scikit-learn, brute force with BLAS), a PCA start (Kobak &
+    Linderman 2021: it keeps the global structure as a spectral start does, without the
+    eigensolver) and ``n_epochs`` epochs of umap-learn's layout. With a ``random_state``
+    umap-learn runs single-threaded and is reproducible.
     """
     import umap  # slow import: only when an embedding is asked for
 
@@ -54,10 +65,10 @@ def umap_embedding(
     k = min(n_neighbors, X.shape[0] - 1)
     # Exact neighbours from scikit-learn, handed to UMAP as precomputed: umap-learn's own
     # nearest-neighbour descent (pynndescent) costs ~60 s of numba compilation per process,
-    # the exact search on a few 10^4 cells a second or two.
-    dists, idx = NearestNeighbors(n_neighbors=k).fit(X).kneighbors(X)
-    reducer = umap.UMAP(n_components=2, n_neighbors=k, min_dist=min_dist,
-                        random_state=random_state, n_jobs=1,
+    # the exact search on a few 10^4 cells a second.
+    dists, idx = NearestNeighbors(n_neighbors=k, algorithm="brute").fit(X).kneighbors(X)
+    reducer = umap.UMAP(n_components=2, n_neighbors=k, min_dist=min_dist, init="pca",
+                        n_epochs=n_epochs, random_state=random_state, n_jobs=1,
                         precomputed_knn=(idx, dists.astype(np.float32), None))
     with warnings.catch_warnings():  # no search index: we never call reducer.transform
         warnings.filterwarnings("ignore", message="precomputed_knn", category=UserWarning)

@@ -142,12 +142,18 @@ def tune_allocator() -> bool:
 _PR_SET_PDEATHSIG = 1
 
 
-def die_with_parent() -> bool:
+#: Environment variable naming the process that started the worker pool (for its forkserver).
+POOL_OWNER = "IMMUNOMON_POOL_OWNER"
+
+
+def die_with_parent(parent: int | None = None) -> bool:
     """Have Linux send SIGKILL to this process when its parent dies (``PR_SET_PDEATHSIG``).
 
     The pool's forkserver calls it (its preload module, :mod:`._forkserver`) and so does
     every worker: a ``kill -9`` of the run kills the forkserver, which kills the workers;
-    the resource tracker then sees its pipe close and exits. True if Linux took it.
+    the resource tracker then sees its pipe close and exits. With ``parent`` (the pid the
+    parent must have), a parent that died before the call ends this process at once.
+    True if Linux took it.
     """
     try:
         libc = ctypes.CDLL(None, use_errno=True)
@@ -155,7 +161,7 @@ def die_with_parent() -> bool:
             return False
     except (OSError, AttributeError):  # not Linux
         return False
-    if os.getppid() == 1:  # the parent died before prctl: nobody will send the signal
+    if parent is not None and os.getppid() != parent:  # too late: no one will signal
         os._exit(1)
     return True
 
@@ -192,6 +198,7 @@ def _new_pool(workers: int) -> ProcessPoolExecutor:
     context = multiprocessing.get_context(method)
     if method == "forkserver":  # takes effect when the forkserver (re)starts
         context.set_forkserver_preload(["__main__", "immunomon.pipeline._forkserver"])
+        os.environ[POOL_OWNER] = str(os.getpid())
     return ProcessPoolExecutor(
         max_workers=workers,
         mp_context=context,

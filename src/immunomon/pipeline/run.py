@@ -495,6 +495,7 @@ def _run(study, out: Path, seed: int, options: RunOptions, cache: Cache, paralle
         "not_analysed": unanalysed,
         "steps": stages.steps,
         "run_key": run_key,
+        "up_to_date": False,
     }
     if report:
         report_key = make_key("report", code_fingerprint("immunomon.report"),
