@@ -22,8 +22,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from faults import (assert_contract, cli, digests, edit_keyword, fcs_file, float_keywords,
-                    temporaries)
+from faults import (Result, assert_contract, cli, digests, edit_keyword, fcs_file,
+                    float_keywords)
 from immunomon.cli import one_line
 from immunomon.io.fcs import FCSError, read_fcs, read_fcs_metadata
 from immunomon.io.study import validate_study
@@ -38,6 +38,22 @@ def study(tmp_path_factory) -> Path:
 
     return simulate_study(tmp_path_factory.mktemp("faults") / "study", patients=3,
                           visits=("D1", "D8"), events=1_000, seed=5)
+
+
+@pytest.fixture
+def main(monkeypatch, capsys):
+    """``immunomon ARGS`` in this process (for the cases that cannot hang or use memory):
+    a :class:`faults.Result` without the peak memory."""
+    from immunomon.cli import main as entry
+
+    def call(*args) -> Result:
+        monkeypatch.setattr(sys, "argv", ["immunomon", *map(str, args)])
+        with pytest.raises(SystemExit) as done:
+            entry()
+        out = capsys.readouterr()
+        return Result(done.value.code or 0, out.out, out.err, float("nan"))
+
+    return call
 
 
 @pytest.fixture
@@ -83,11 +99,11 @@ def test_self_referencing_and_deep_yaml(copy, text):
                                            ("dataset", "-inf"), ("lymphocytes_per_ul", "inf"),
                                            ("lymphocytes_per_ul", "nan"),
                                            ("lymphocytes_per_ul", "-1")])
-def test_non_finite_numbers_in_samples_csv(copy, column, value):
+def test_non_finite_numbers_in_samples_csv(main, copy, column, value):
     samples = pd.read_csv(copy / "samples.csv", dtype=str, keep_default_na=False)
     samples.loc[1, column] = value
     samples.to_csv(copy / "samples.csv", index=False)
-    result = cli("validate", copy, "--no-files")
+    result = main("validate", copy, "--no-files")
     assert_contract(result, 2, "samples.csv, line 3", f"column '{column}'", f"'{value}'", lines=1)
 
 
@@ -103,46 +119,46 @@ def test_any_text_in_numeric_columns_is_a_located_problem(copy, dataset, lymphoc
         assert "\n" not in one_line(line)
 
 
-def test_a_newline_quoted_from_a_file_stays_on_its_line(copy):
+def test_a_newline_quoted_from_a_file_stays_on_its_line(main, copy):
     samples = pd.read_csv(copy / "samples.csv", dtype=str, keep_default_na=False)
     samples.loc[0, "lymphocytes_per_ul"] = "12\n34"
     samples.to_csv(copy / "samples.csv", index=False)
-    result = cli("validate", copy, "--no-files")
+    result = main("validate", copy, "--no-files")
     assert_contract(result, 2, "samples.csv, line 2", "'12\\n34' is not a count", lines=1)
 
 
-def test_header_only_samples_csv_is_no_samples(copy):
+def test_header_only_samples_csv_is_no_samples(main, copy):
     header = (copy / "samples.csv").read_text().splitlines()[0]
     (copy / "samples.csv").write_text(header + "\n")
-    result = cli("validate", copy)
+    result = main("validate", copy)
     assert_contract(result, 2, "samples.csv, line 2", "no samples", lines=1)
 
 
-def test_huge_som_grid_is_refused_by_validate_and_run(copy, tmp_path):
+def test_huge_som_grid_is_refused_by_validate_and_run(main, copy, tmp_path):
     grid = "--set", "panels.treg.clustering.grid=[100000, 100000]"
     for verb, extra in (("validate", ()), ("run", ("--out", tmp_path / "run", "--quiet"))):
-        result = cli(verb, copy, *grid, *extra)
+        result = main(verb, copy, *grid, *extra)
         assert_contract(result, 2, "study.yaml, line", "clustering.grid", lines=2)
     assert not (tmp_path / "run" / "tables").exists()
 
 
-def test_metaclusters_beyond_the_grid_and_infinite_settings(copy):
-    result = cli("validate", copy, "--no-files", "--set", "panels.treg.transform.cofactor=.inf",
+def test_metaclusters_beyond_the_grid_and_infinite_settings(main, copy):
+    result = main("validate", copy, "--no-files", "--set", "panels.treg.transform.cofactor=.inf",
                  "--set", "seed=-4")
     assert_contract(result, 2, "study.yaml, line", lines=2)
     assert "cofactor: Input should be a finite number" in result.err and "seed" in result.err
-    result = cli("validate", copy, "--no-files", "--set", "panels.treg.clustering.grid=[3, 3]",
+    result = main("validate", copy, "--no-files", "--set", "panels.treg.clustering.grid=[3, 3]",
                  "--set", "panels.treg.clustering.metaclusters=20")
     assert_contract(result, 2, "study.yaml, line", "20 metaclusters", "the grid has 9", lines=1)
 
 
 # ------------------------------------------------------------------------------------- FCS
-def test_par_zero(copy):
+def test_par_zero(main, copy):
     sample = copy / "fcs" / "P001_D1.fcs"
     edit_keyword(sample, sample, "$PAR", "0")
-    result = cli("fcs", "info", sample)
+    result = main("fcs", "info", sample)
     assert_contract(result, 2, str(sample), "$PAR is 0", "byte offset", lines=1)
-    result = cli("validate", copy)
+    result = main("validate", copy)
     assert_contract(result, 2, "samples.csv, line 2", "$PAR is 0", "byte offset", lines=1)
 
 
@@ -176,10 +192,10 @@ def test_fifo_and_device_in_a_study_are_named(copy):
     assert "file not found" not in result.err
 
 
-def test_a_non_fcs_file_is_never_echoed(tmp_path):
+def test_a_non_fcs_file_is_never_echoed(main, tmp_path):
     secret = tmp_path / "passwd"
     secret.write_text("root:x:0:0:secret-token:/root:/bin/bash\n" * 3)
-    result = cli("fcs", "info", secret)
+    result = main("fcs", "info", secret)
     assert_contract(result, 2, str(secret), "not an FCS file", "byte offset 0", lines=1)
     assert "root" not in result.err.replace(str(secret), "") and "secret" not in result.err \
         .replace(str(secret), "")
@@ -244,9 +260,9 @@ def test_delimited_ascii_is_read_in_bounded_chunks(tmp_path, monkeypatch):
 
 
 # ---------------------------------------------------------------------------- fcs convert
-def test_convert_into_a_missing_folder(tmp_path):
+def test_convert_into_a_missing_folder(main, tmp_path):
     out = tmp_path / "missing" / "g11.parquet"
-    result = cli("fcs", "convert", G11, out)
+    result = main("fcs", "convert", G11, out)
     assert_contract(result, 2, str(out), "does not exist", lines=1)
     assert not (tmp_path / "missing").exists()
 

@@ -110,6 +110,13 @@ def test_kill_concurrent_run_unreadable_sample_and_reruns(study, tmp_path):
     assert record["up_to_date"] is True and set(_steps(out)) == {"hash", "_record"}
     assert digests(out / "tables") == tables and not temporaries(out)
 
+    (out / "tables" / "pca.csv").write_text("edited by hand\n")  # an output changed: redo
+    report = (out / "report.html").stat().st_mtime_ns
+    fixed = cli("run", excluded, "--out", out, "--quiet")
+    assert fixed.code == 0 and _steps(out)["_record"]["up_to_date"] is False
+    assert digests(out / "tables") == tables
+    assert _steps(out)["report"]["rendered"] == 0 and (out / "report.html").stat().st_mtime_ns == report
+
 
 def test_full_disk_during_run(study, tmp_path):
     before = digests(study)

@@ -498,9 +498,11 @@ def _run(study, out: Path, seed: int, options: RunOptions, cache: Cache, paralle
         "up_to_date": False,
     }
     if report:
+        shown = {k: v for k, v in record.items() if k not in ("steps", "run_key")}
+        shown["parameters"] = {k: v for k, v in record["parameters"].items()
+                               if k not in ("workers", "scheduler")}  # results do not depend on them
         report_key = make_key("report", code_fingerprint("immunomon.report"),
-                              {n: _frame_digest(t) for n, t in tables.items()},
-                              {k: v for k, v in record.items() if k not in ("steps", "run_key")})
+                              {n: _frame_digest(t) for n, t in tables.items()}, shown)
         record["report_key"] = report_key
         progress = stages.start("report", 1)
         rendered = previous.get("report_key") != report_key or not (out / "report.html").is_file()
