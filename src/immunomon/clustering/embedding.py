@@ -35,11 +35,12 @@ def pooled_spread(X: pd.DataFrame, clusters: np.ndarray) -> pd.Series:
     return (1.4826 * mad).median()
 
 
-#: Epochs of the UMAP layout (umap-learn's default for more than 10,000 cells: 200). From
-#: a PCA start 120 epochs keep the map's clusters as separate (silhouette of the metaclusters
-#: 0.74 against 0.69-0.74 for umap-learn's defaults on the demo's 20,286 cells) and 97 % of
-#: its neighbourhoods, for half the time (see the README, "Cluster a study").
-UMAP_EPOCHS = 120
+#: Epochs of the UMAP layout (umap-learn's default above 10,000 cells: 200). The layout is
+#: nearly all of an embedding's cost; from a PCA start, 80 epochs keep the map's clusters as
+#: separate (silhouette of the metaclusters 0.72-0.73, umap-learn's defaults 0.69-0.74 on the
+#: demo's 20,286 cells) and 94 % of its neighbourhoods, in 40 % of the time (README,
+#: "Cluster a study"; benchmarks/bench_embedding.py).
+UMAP_EPOCHS = 80
 
 
 def umap_embedding(
