@@ -36,10 +36,11 @@ def pooled_spread(X: pd.DataFrame, clusters: np.ndarray) -> pd.Series:
 
 
 #: Epochs of the UMAP layout (umap-learn's default above 10,000 cells: 200). The layout is
-#: nearly all of an embedding's cost; from a PCA start, 80 epochs keep the map's clusters as
-#: separate (silhouette of the metaclusters 0.72-0.73, umap-learn's defaults 0.69-0.74 on the
-#: demo's 20,286 cells) and 94 % of its neighbourhoods, in 40 % of the time (README,
-#: "Cluster a study"; benchmarks/bench_embedding.py).
+#: nearly all of an embedding's cost; from a PCA start, 80 epochs keep 94 % of the
+#: neighbourhoods that umap-learn's defaults keep and separate the metaclusters nearly as
+#: well (demo, 20,000 cells: silhouette 0.72; umap-learn's defaults 0.76, or 0.69-0.74 with
+#: exact neighbours), in 40 % of the layout time (README, "Cluster a study";
+#: benchmarks/bench_embedding.py).
 UMAP_EPOCHS = 80
 
 
