@@ -128,5 +128,5 @@ def test_console_script_prints_no_traceback(tmp_path):
     proc = subprocess.run([sys.executable, "-c", "from immunomon.cli import main; main()",
                            "fcs", "info", str(bad)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
-    assert proc.stderr.strip() == (f"{bad}: not an FCS file: HEADER starts with b'hello,', "
-                                   "expected 'FCS<major>.<minor>' (byte offset 0)")
+    assert proc.stderr.strip() == (f"{bad}: not an FCS file: it does not start with an FCS "
+                                   "version ('FCS<major>.<minor>', e.g. FCS3.1) (byte offset 0)")

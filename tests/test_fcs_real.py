@@ -11,27 +11,23 @@ import pytest
 from immunomon.io.fcs import fcs_datasets, read_fcs, read_fcs_metadata, write_fcs
 
 DATA = Path(__file__).parent / "data" / "fcs"
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "fcs"
+COMPENSATION = Path(__file__).parent / "data" / "compensation"
 INVENTORY = json.loads((DATA / "INVENTORY.json").read_text())
 
 
 @pytest.fixture(scope="module")
 def fixture_path(tmp_path_factory):
-    """Path of a real file: shipped raw, shipped .xz (decompressed once) or shared."""
+    """Path of a real file of ``tests/data/fcs``: shipped raw, or shipped .xz (decompressed
+    once). Every file of INVENTORY.json is shipped: a missing one fails, never skips."""
     cache = tmp_path_factory.mktemp("fcs_real")
 
     def get(name: str) -> Path:
         if (DATA / name).exists():
             return DATA / name
-        xz = DATA / f"{name}.xz"
-        if xz.exists():
-            out = cache / name
-            if not out.exists():
-                out.write_bytes(lzma.decompress(xz.read_bytes()))
-            return out
-        if (SHARED / name).exists():
-            return SHARED / name
-        pytest.skip(f"{name} is neither in tests/data/fcs nor in {SHARED}")
+        out = cache / name
+        if not out.exists():
+            out.write_bytes(lzma.decompress((DATA / f"{name}.xz").read_bytes()))
+        return out
 
     return get
 
@@ -150,11 +146,7 @@ def _compmatrix():
 def test_compensation_files_scale_log_channels(name):
     """flowCore's column means after linearising and compensating (FCS 2.0, $PnE 4,0)."""
     expected = json.loads((DATA / "compensation" / "expected_column_means.json").read_text())[name]
-    path = DATA / "compensation" / name
-    if not path.exists():  # .003-.005 are only in the shared data set
-        path = SHARED.parent / "compensation" / name
-        if not path.exists():
-            pytest.skip(f"{name} not available")
+    path = COMPENSATION / name
     f = read_fcs(path, dtype="float64", scale=True)
     assert f.version == "2.0"
     logs = f.channels[f.channels.log_decades > 0]

@@ -19,3 +19,6 @@ class UserError(Exception):
     def __init__(self, problems: str | list[str]):
         self.problems = [problems] if isinstance(problems, str) else list(problems)
         super().__init__("\n".join(self.problems))
+
+    def __reduce__(self):  # from a worker process: the same problems, one per line
+        return type(self), (self.problems,)

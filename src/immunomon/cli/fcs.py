@@ -75,22 +75,27 @@ def convert(file: Path = typer.Argument(..., help="FCS file."),
             compensate: bool = typer.Option(False, "--compensate",
                                             help="Apply the file's spillover matrix.")) -> None:
     """Write the events of one data set as CSV, Parquet or AnnData (columns = $PnN)."""
+    from immunomon.pipeline.rundir import atomic_path
+
     suffix = out.suffix.lower()
     if suffix not in _FORMATS:
         raise UserError(f"{out}: unknown output format {out.suffix!r}; use one of "
                         f"{', '.join(_FORMATS)}")
+    if not out.parent.is_dir():
+        raise UserError(f"{out}: cannot write (folder {out.parent} does not exist)")
     f = read_fcs(file, dataset=dataset, scale=scale)
     if compensate:
         _compensate(f)
-    if suffix == ".h5ad":
-        f.to_anndata().write_h5ad(out)
-    else:
-        df = pd.DataFrame(f.events, columns=f.names)
-        if suffix == ".csv":
-            df.to_csv(out, index=False)
+    with atomic_path(out, parents=False) as tmp:  # a failed write leaves no partial file
+        if suffix == ".h5ad":
+            f.to_anndata().write_h5ad(tmp)
         else:
-            df.attrs["labels"] = dict(zip(f.names, f.labels))
-            df.to_parquet(out, index=False)
+            df = pd.DataFrame(f.events, columns=f.names, copy=False)
+            if suffix == ".csv":
+                df.to_csv(tmp, index=False)
+            else:
+                df.attrs["labels"] = dict(zip(f.names, f.labels))
+                df.to_parquet(tmp, index=False)
     typer.echo(f"{out}: {f.events.shape[0]} events x {f.events.shape[1]} channels")
 
 

@@ -26,6 +26,18 @@ def _say(quiet: bool, text: str) -> None:
         typer.echo(text, err=True)
 
 
+def _finish(run_dir: Path, quiet: bool) -> None:
+    """Name the report; exit 3 with one line per problem if samples could not be analysed."""
+    from immunomon.pipeline.run import not_analysed
+
+    _say(quiet, f"report: {run_dir / 'report.html'}")
+    problems = not_analysed(run_dir)
+    for line in problems:
+        typer.echo(line, err=True)
+    if problems:
+        raise typer.Exit(3)
+
+
 @app.command()
 def run(
     study_dir: Path = typer.Argument(..., help="Study folder (study.yaml, samples.csv, FCS files)."),
@@ -48,7 +60,7 @@ def run(
                         quiet=quiet, cache_dir=cache,
                         options=RunOptions(include_excluded=include_excluded),
                         overrides=parse_set(settings))
-    _say(quiet, f"report: {run_dir / 'report.html'}")
+    _finish(run_dir, quiet)
 
 
 @app.command()
@@ -80,7 +92,7 @@ def demo(
                        overwrite=True)
         marker.write_text(json.dumps(wanted) + "\n")
     run_dir = run_study(study, out / "run", workers=workers, seed=seed, quiet=quiet)
-    _say(quiet, f"report: {run_dir / 'report.html'}")
+    _finish(run_dir, quiet)
 
 
 @app.command()
@@ -88,8 +100,10 @@ def report(
     run_dir: Path = typer.Argument(..., help="Run directory written by `immunomon run`."),
 ) -> None:
     """Re-render RUN_DIR/report.html and RUN_DIR/figures from RUN_DIR/tables."""
-    from immunomon.report.html import render_report
+    from immunomon.pipeline.lock import run_lock
+    from immunomon.pipeline.run import render_report
 
     if not (run_dir / "tables").is_dir():
         raise UserError(f"{run_dir}: not a run directory (no tables/ folder)")
-    typer.echo(render_report(run_dir))
+    with run_lock(run_dir):  # never while a run writes there
+        typer.echo(render_report(run_dir))

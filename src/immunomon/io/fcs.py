@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,7 +112,7 @@ def fcs_datasets(path: str | Path) -> list[DataSet]:
     """HEADER and TEXT of every data set of an FCS file, following ``$NEXTDATA``."""
     path = Path(path)
     with _open(path) as fh:
-        return _scan(fh, os.fstat(fh.fileno()).st_size, path)
+        return _scan(fh, _size(fh), path)
 
 
 def read_fcs(path: str | Path, dataset: int = 1, dtype: str = "float32",
@@ -151,7 +152,7 @@ def _read(path: Path, dataset: int, out_dtype: np.dtype, scale: bool,
     if out_dtype not in (np.float32, np.float64):
         raise ValueError(f"dtype must be float32 or float64, got {out_dtype}")
     with _open(path) as fh:
-        size = os.fstat(fh.fileno()).st_size
+        size = _size(fh)
         sets = _scan(fh, size, path)
         if not isinstance(dataset, (int, np.integer)) or not 1 <= dataset <= len(sets):
             raise FCSError(f"{path}: data set {dataset} does not exist; the file holds "
@@ -161,6 +162,9 @@ def _read(path: Path, dataset: int, out_dtype: np.dtype, scale: bool,
         par = int_keyword(kw, "$PAR", path, ds.header.text_begin)
         if par is None or par < 0:
             raise fcs_error(path, ds.header.text_begin, "TEXT has no valid $PAR keyword")
+        if par == 0:
+            raise fcs_error(path, ds.header.text_begin, "$PAR is 0: the data set has no "
+                                                        "parameters (channels)")
         if par > len(kw):  # every parameter needs its own $PnB keyword
             raise fcs_error(path, ds.header.text_begin, f"$PAR claims {par} parameters but "
                                                         f"TEXT holds only {len(kw)} keywords")
@@ -181,14 +185,38 @@ def _read(path: Path, dataset: int, out_dtype: np.dtype, scale: bool,
 
 
 def _open(path: Path):
+    """Open an FCS file for reading, without blocking: a regular file or a block device.
+
+    A FIFO (which would block until a writer appears), a character device (``/dev/zero``,
+    also behind a symbolic link), a socket or a directory is refused with one line.
+    """
     try:
-        return open(path, "rb")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
+        if path.is_symlink():
+            raise FCSError(f"{path}: broken symbolic link (to {os.readlink(path)})") from None
         raise FCSError(f"{path}: file not found") from None
-    except IsADirectoryError:
-        raise FCSError(f"{path}: is a directory, not an FCS file") from None
     except PermissionError:
         raise FCSError(f"{path}: permission denied") from None
+    except OSError as err:  # e.g. a socket (ENXIO), a name too long, an I/O error
+        raise FCSError(f"{path}: cannot be opened ({err.strerror})") from None
+    mode = os.fstat(fd).st_mode
+    if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
+        os.close(fd)
+        kind = next((name for test, name in _NOT_FILES if test(mode)), "not a regular file")
+        raise FCSError(f"{path}: is {kind}, not an FCS file (a regular file or a block device)")
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
+
+
+#: File types that are never read as FCS, and how the error names them.
+_NOT_FILES = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a named pipe (FIFO)"),
+              (stat.S_ISCHR, "a character device"), (stat.S_ISSOCK, "a socket"))
+
+
+def _size(fh) -> int:
+    """Size in bytes of an open file or block device (``st_size`` is 0 for devices)."""
+    return os.lseek(fh.fileno(), 0, os.SEEK_END)
 
 
 def _read_at(fh, offset: int, n: int) -> bytes:
@@ -266,17 +294,21 @@ def _locate_data(ds: DataSet, layouts: list[Layout], tot: int | None, size: int,
     """
     kw, start, where = ds.keywords, ds.start, ds.header.text_begin
     cands: list[tuple[str, int, int]] = []
-    tb = int_keyword(kw, "$BEGINDATA", path, where, default=0) or 0
-    te = int_keyword(kw, "$ENDDATA", path, where, default=0) or 0
-    if tb > 0:
-        cands.append(("TEXT", start + tb, start + te))
+    (tb, clean_b), (te, clean_e) = _offset(kw, "$BEGINDATA"), _offset(kw, "$ENDDATA")
+    text_pair = [("TEXT", start + tb, start + te)] if tb and te is not None else []
+    if clean_b and clean_e:
+        cands += text_pair
     if ds.header.data_begin is not None:
         cands.append(("HEADER", ds.header.data_begin, ds.header.data_end or 0))
+    if not (clean_b and clean_e):  # a stray character: a candidate only if it is consistent
+        cands += text_pair
     if tot == 0:
         return (cands[0][1] if cands else 0), layouts[0], 0, 0
     if not cands:
+        bad = [f"{k} {kw[k]!r}" for k in ("$BEGINDATA", "$ENDDATA") if k in kw]
         raise fcs_error(path, start + 26, "neither HEADER nor TEXT ($BEGINDATA) gives the "
-                                          "DATA segment offsets")
+                                          "DATA segment offsets"
+                        + (f" (TEXT has {', '.join(bad)})" if bad else ""))
 
     def clear(b: int, n: int) -> bool:
         if b < start + HEADER_SIZE:
@@ -318,6 +350,23 @@ def _locate_data(ds: DataSet, layouts: list[Layout], tot: int | None, size: int,
     srcs = ", ".join(f"{s} {b}..{e}" for s, b, e in cands)
     raise fcs_error(path, cands[0][1], f"no consistent DATA segment offsets ({srcs}): they "
                                        "overlap HEADER or TEXT")
+
+
+def _offset(kw: dict[str, str], key: str) -> tuple[int | None, bool]:
+    """A TEXT DATA offset (``$BEGINDATA``/``$ENDDATA``) and whether it is a clean integer.
+
+    A value with stray characters after its digits (``"8192 x"``, ``"8192\\x00"``) gives its
+    leading digits, flagged unclean: such a pair is only used when it passes the
+    consistent-pair rule of :func:`_locate_data`. Absent or blank: ``(0, True)``; no
+    leading digits: ``(None, False)``.
+    """
+    value = kw.get(key, "").strip()
+    if not value:
+        return 0, True
+    if value.isdigit():
+        return int(value), True
+    digits = re.match(r"\+?(\d+)", value)
+    return (int(digits.group(1)) if digits else None), False
 
 
 def _pe(value: str) -> tuple[float, float]:

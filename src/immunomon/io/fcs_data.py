@@ -144,12 +144,20 @@ def read_events(fh: BinaryIO, begin: int, tot: int, layout: Layout, dtype: np.dt
                 path: str | Path, span: int | None = None) -> np.ndarray:
     """Decode ``tot`` events starting at absolute offset ``begin`` into ``(tot, par)``.
 
-    The caller has checked that the segment lies inside the file.
+    The caller has checked that the segment lies inside the file. Before allocating, the
+    output array (``tot`` × ``par`` values of ``dtype``) is checked against the memory this
+    process may still use (:func:`available_memory`): a file claiming more events than
+    fit is refused with one line instead of failing midway (or being killed).
     """
     par = len(layout.kinds)
+    need = tot * par * np.dtype(dtype).itemsize
+    free = available_memory()
+    if free is not None and need > free:
+        raise fcs_error(path, begin, f"$TOT {tot} events x $PAR {par} parameters need "
+                                     f"{_gib(need)} of memory as {np.dtype(dtype).name}; only "
+                                     f"{_gib(free)} is available")
     if layout.delimited:
-        fh.seek(begin)
-        return _decode_delimited(fh.read(span or 0), tot, par, dtype, path, begin)
+        return _read_delimited(fh, begin, span or 0, tot, par, dtype, path)
     if tot == 0 or par == 0:
         return np.empty((tot, par), dtype=dtype)
     fh.seek(begin)
@@ -291,14 +299,104 @@ def _ascii_into(arr: np.ndarray, out: np.ndarray, path: str | Path, begin: int) 
         raise fcs_error(path, begin, f"ASCII DATA value is not a number ({err})") from None
 
 
-def _decode_delimited(data: bytes, tot: int, par: int, dtype: np.dtype,
-                      path: str | Path, begin: int) -> np.ndarray:
-    fields = [f for f in re.split(rb"[\s,;/|\\]+", data) if f]
-    if len(fields) < tot * par:
-        raise fcs_error(path, begin, f"ASCII DATA holds {len(fields)} values, "
-                                     f"$TOT x $PAR = {tot * par}")
+#: Separators of delimited ASCII DATA values (``$PnB = *``).
+_ASCII_SEPARATORS = re.compile(rb"[\s,;/|\\]+")
+#: Longest ASCII value accepted (a number never needs more characters).
+_ASCII_VALUE_MAX = 64
+
+
+def _read_delimited(fh: BinaryIO, begin: int, span: int, tot: int, par: int,
+                    dtype: np.dtype, path: str | Path) -> np.ndarray:
+    """Delimited ASCII DATA (``span`` bytes from ``begin``) read in chunks of at most
+    :data:`CHUNK_BYTES`: memory is the output array plus one chunk, whatever the file holds."""
+    need = tot * par
+    if need > (span + 1) // 2:  # every value takes a character and a separator
+        raise fcs_error(path, begin, f"ASCII DATA of {span} bytes cannot hold $TOT x $PAR = "
+                                     f"{need} values")
+    out = np.empty(need, dtype=dtype)
+    fh.seek(begin)
+    filled, carry, left, at = 0, b"", span, begin
+    while filled < need and (left > 0 or carry):
+        block = fh.read(min(CHUNK_BYTES, left)) if left > 0 else b""
+        left -= len(block)
+        if not block and left > 0:
+            raise fcs_error(path, at, "file ends inside the DATA segment")
+        fields = _ASCII_SEPARATORS.split(carry + block)
+        carry = fields.pop() if left > 0 else b""  # the last value may go on in the next chunk
+        if len(carry) > _ASCII_VALUE_MAX:
+            raise fcs_error(path, at + len(block) - len(carry),
+                            f"ASCII DATA value is not a number (longer than {_ASCII_VALUE_MAX} "
+                            "characters)")
+        values = [f for f in fields if f][:need - filled]
+        if values:
+            try:
+                out[filled:filled + len(values)] = np.array(values).astype(np.float64)
+            except ValueError as err:
+                raise fcs_error(path, at, f"ASCII DATA value is not a number ({err})") from None
+        filled += len(values)
+        at += len(block)
+    if filled < need:
+        raise fcs_error(path, begin, f"ASCII DATA holds {filled} values, $TOT x $PAR = {need}")
+    return out.reshape(tot, par)
+
+
+def available_memory() -> int | None:
+    """Bytes this process may still allocate (Linux): the least of the system's available
+    memory (``MemAvailable``), the cgroup's limit minus its usage, and the address-space and
+    data rlimits minus what the process holds. ``None`` where none of these is known."""
+    import resource
+
+    status = _proc_fields("/proc/self/status")
+    limits = []
+    if (free := _proc_fields("/proc/meminfo").get("MemAvailable")) is not None:
+        limits.append(free)
+    for kind, held in ((resource.RLIMIT_AS, "VmSize"), (resource.RLIMIT_DATA, "VmData")):
+        soft = resource.getrlimit(kind)[0]
+        if soft != resource.RLIM_INFINITY and held in status:
+            limits.append(max(0, soft - status[held]))
+    limits += _cgroup_room()
+    return min(limits) if limits else None
+
+
+def _cgroup_room() -> list[int]:
+    """Memory left under this process's cgroup limit (v2 ``memory.max``, v1
+    ``memory.limit_in_bytes``), as a one-item list; empty when there is no limit."""
     try:
-        vals = np.array(fields[: tot * par]).astype(np.float64)
-    except ValueError as err:
-        raise fcs_error(path, begin, f"ASCII DATA value is not a number ({err})") from None
-    return vals.reshape(tot, par).astype(dtype)
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return []
+    for line in lines:
+        _, controllers, group = line.split(":", 2)
+        if controllers == "":
+            files = Path("/sys/fs/cgroup", group.lstrip("/")), "memory.max", "memory.current"
+        elif "memory" in controllers.split(","):
+            files = (Path("/sys/fs/cgroup/memory", group.lstrip("/")), "memory.limit_in_bytes",
+                     "memory.usage_in_bytes")
+        else:
+            continue
+        try:
+            cap = (files[0] / files[1]).read_text().strip()
+            if cap.isdigit() and int(cap) < 2**60:
+                return [max(0, int(cap) - int((files[0] / files[2]).read_text()))]
+        except (OSError, ValueError):
+            continue
+    return []
+
+
+def _proc_fields(path: str) -> dict[str, int]:
+    """``Name: N kB`` lines of a /proc file as bytes (empty where it cannot be read)."""
+    out = {}
+    try:
+        with open(path) as handle:
+            for line in handle:
+                name, _, value = line.partition(":")
+                parts = value.split()
+                if len(parts) == 2 and parts[1] == "kB" and parts[0].isdigit():
+                    out[name] = int(parts[0]) * 1024
+    except OSError:
+        pass
+    return out
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"

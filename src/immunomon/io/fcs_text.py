@@ -53,8 +53,9 @@ def parse_header(raw: bytes, start: int, path: str | Path) -> Header:
                         f"truncated HEADER: {len(raw)} of {HEADER_SIZE} bytes")
     m = _VERSION_RE.fullmatch(raw[:6])
     if m is None:
-        raise fcs_error(path, start, f"not an FCS file: HEADER starts with {raw[:6]!r}, "
-                                     "expected 'FCS<major>.<minor>'")
+        # the bytes are not echoed: the file may be anything (a password file, a key)
+        raise fcs_error(path, start, "not an FCS file: it does not start with an FCS version "
+                                     "('FCS<major>.<minor>', e.g. FCS3.1)")
     fields: list[int | None] = []
     for k in range(4):
         pos = 10 + 8 * k

@@ -50,7 +50,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Mapping
+from typing import Annotated, Literal, Mapping
 
 import numpy as np
 import pandas as pd
@@ -71,7 +71,15 @@ _REQUIRED = ("sample_id", "file", "patient_id", "visit", "panel")
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # inf/nan: never a setting
+
+
+#: Largest side of a SOM grid (``clustering.grid``): FlowSOM grids are 5x5 to 30x30; beyond
+#: 50x50 nodes the consensus metaclustering alone (nodes² per resampling) takes hours.
+MAX_GRID_SIDE = 50
+#: Largest number of data sets in one file (``dataset`` of samples.csv).
+MAX_DATASET = 2**31 - 1
+GridSide = Annotated[int, Field(ge=1, le=MAX_GRID_SIDE)]
 
 
 #: Roles of a channel (``channels.<ch>.role``): what it measures besides a marker.
@@ -142,7 +150,7 @@ class Clustering(_Model):
     built-in table)."""
 
     markers: list[str] | None = Field(None, min_length=1)
-    grid: tuple[int, int] = (10, 10)
+    grid: tuple[GridSide, GridSide] = (10, 10)
     metaclusters: int = Field(20, ge=2)
     marker_table: str | None = None
 
@@ -150,7 +158,7 @@ class Clustering(_Model):
 class NormalisationClustering(_Model):
     """CytoNorm per FlowSOM cluster of the controls: SOM grid and metaclusters."""
 
-    grid: tuple[int, int] = (5, 5)
+    grid: tuple[GridSide, GridSide] = (5, 5)
     metaclusters: int = Field(5, ge=1)
 
 
@@ -159,7 +167,7 @@ class Normalisation(_Model):
     quantile normalisation per batch and marker on the transformed scale."""
 
     method: Literal["cytonorm"] = "cytonorm"
-    quantiles: int = Field(99, ge=2)
+    quantiles: int = Field(99, ge=2, le=1000)
     clustering: Literal[False] | NormalisationClustering = False
     markers: list[str] | None = Field(None, min_length=1)
 
@@ -330,7 +338,7 @@ class StudyConfig(_Model):
 
     study_id: str = Field(min_length=1)
     description: str = ""
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**63)
     visits: list[Visit] = Field(min_length=1)
     baseline: str | None = None
     panels: dict[str, Panel] = Field(min_length=1)
@@ -387,18 +395,31 @@ class Study:
 
 # ----------------------------------------------------------------------------- study.yaml
 
-def _yaml_lines(node, path=()) -> dict[tuple, int]:
-    """(key path) -> 1-based line of every node of a composed YAML document."""
-    out = {path: node.start_mark.line + 1}
-    if isinstance(node, yaml.MappingNode):
-        for key, value in node.value:
-            out[path + (key.value,)] = key.start_mark.line + 1
-            out.update({k: v for k, v in _yaml_lines(value, path + (key.value,)).items()
-                        if k != path + (key.value,)})
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            out.update(_yaml_lines(item, path + (i,)))
-    return out
+def _yaml_lines(root) -> dict[tuple, int]:
+    """(key path) -> 1-based line of the nodes of a composed YAML document.
+
+    Every node is visited once (iteratively): a node met again through an alias (``*name``)
+    keeps the path where it was first met, so aliases that multiply a node ("billion
+    laughs") or refer to themselves cost nothing; paths below an alias fall back to the
+    alias's own line (:func:`_line_of`).
+    """
+    lines: dict[tuple, int] = {}
+    seen: set[int] = set()
+    stack = [(root, ())]
+    while stack:
+        node, path = stack.pop()
+        lines.setdefault(path, node.start_mark.line + 1)
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                name = key.value if isinstance(key, yaml.ScalarNode) else repr(key.start_mark)
+                lines[path + (name,)] = key.start_mark.line + 1
+                stack.append((value, path + (name,)))
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend((item, path + (i,)) for i, item in enumerate(node.value))
+    return lines
 
 
 def _line_of(lines: dict[tuple, int], loc: tuple) -> int | None:
@@ -463,6 +484,8 @@ def _read_config(path: Path, overrides: Mapping[str, str] | None = None
         mark = getattr(err, "problem_mark", None)
         at = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         return None, {}, [f"{path}{at}: not valid YAML ({getattr(err, 'problem', err)})"]
+    except RecursionError:
+        return None, {}, [f"{path}: not valid YAML (nested too deeply)"]
     if not isinstance(data, dict):
         return None, {}, [f"{path}: must be a mapping of study settings (study_id, visits, "
                           f"baseline, panels, ...)"]
@@ -537,9 +560,12 @@ def _check_config(cfg: StudyConfig, path: Path, lines: dict) -> list[str]:
                     problems.append(f"{at('panels', pname, 'clustering', 'markers')}: panels."
                                     f"{pname}.clustering.markers: '{m}' is not a marker of "
                                     f"the panel")
-            if min(panel.clustering.grid) < 1:
-                problems.append(f"{at('panels', pname, 'clustering', 'grid')}: panels.{pname}"
-                                f".clustering.grid: both sizes must be at least 1")
+            nodes = panel.clustering.grid[0] * panel.clustering.grid[1]
+            if panel.clustering.metaclusters > nodes:
+                problems.append(f"{at('panels', pname, 'clustering', 'metaclusters')}: panels."
+                                f"{pname}.clustering.metaclusters: {panel.clustering.metaclusters}"
+                                f" metaclusters need at least as many SOM nodes; the grid has "
+                                f"{nodes}")
         g = panel.gating
         if g is not None:
             given = [k for k in ("template", "gatingml", "wsp") if getattr(g, k)]
@@ -578,6 +604,8 @@ def _read_samples(path: Path, cfg: StudyConfig, check_files: bool
                 if c not in df.columns]
     if problems:
         return None, problems
+    if df.empty:
+        return None, [f"{path}, line 2: no samples (the table has a header but no rows)"]
     for col, default in (("disease", ""), ("arm", ""), ("batch", ""), ("control", ""),
                          ("dataset", "1"), ("lymphocytes_per_ul", "")):
         if col not in df.columns:
@@ -626,11 +654,11 @@ def _read_samples(path: Path, cfg: StudyConfig, check_files: bool
             problems.append(f"{where(path, i, 'control')}: '{row['control']}' is not true or "
                             f"false")
         ds = dataset.iloc[i]
-        if np.isnan(ds) or ds != int(ds) or ds < 1:
+        if not (np.isfinite(ds) and ds == int(ds) and 1 <= ds <= MAX_DATASET):
             problems.append(f"{where(path, i, 'dataset')}: '{row['dataset']}' is not a data "
                             f"set number (1, 2, ...)")
             ds = 1
-        if row["lymphocytes_per_ul"] and not (lymph.iloc[i] >= 0):
+        if row["lymphocytes_per_ul"] and not (np.isfinite(lymph.iloc[i]) and lymph.iloc[i] >= 0):
             problems.append(f"{where(path, i, 'lymphocytes_per_ul')}: "
                             f"'{row['lymphocytes_per_ul']}' is not a count per µL")
         fkey = (row["file"], int(ds), row.get("hashtag", ""))
@@ -652,7 +680,8 @@ def _read_samples(path: Path, cfg: StudyConfig, check_files: bool
             problems.append(f"{path}, line {line}, column 'visit': patient {pid} has no "
                             f"baseline ({cfg.baseline}) sample in panel '{panel}'")
     df["control"] = is_control
-    df["dataset"] = dataset.fillna(1).astype(int)
+    df["dataset"] = dataset.where(np.isfinite(dataset) & dataset.between(1, MAX_DATASET), 1
+                                  ).astype(np.int64)
     df["lymphocytes_per_ul"] = lymph.astype(float)
     df["day"] = df["visit"].map(days)
     reasons = {e.sample_id: e.reason for e in cfg.exclusions}
@@ -667,9 +696,9 @@ def _check_fcs(root: Path, row, dataset: int, cfg: StudyConfig, at: str) -> list
     panel = cfg.panels.get(row["panel"])
     if panel is not None and panel.assay == "citeseq":  # a Cell Ranger output, not an FCS file
         return [] if fpath.exists() else [f"{at}: Cell Ranger output not found: {fpath}"]
-    if not fpath.is_file():
+    if not fpath.exists() and not fpath.is_symlink():
         return [f"{at}: file not found: {fpath}"]
-    try:
+    try:  # the reader names what is not a regular file: FIFO, device, folder, broken link
         meta = read_fcs_metadata(fpath, dataset=dataset)
     except FCSError as err:
         return [f"{at}: {p}" for p in err.problems]

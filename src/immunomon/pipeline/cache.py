@@ -16,24 +16,63 @@ import hashlib
 import json
 import os
 import pickle
+import stat
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
+from immunomon.errors import UserError
+
 from .rundir import atomic_write
 
-__all__ = ["Cache", "make_key", "sha256_file", "code_fingerprint"]
+__all__ = ["Cache", "make_key", "sha256_file", "sha256_files", "code_fingerprint"]
 
 _CHUNK = 1 << 22  # 4 MiB
+#: Files of the package whose content enters :func:`code_fingerprint`: code and package
+#: data (built-in gating templates, marker tables, the report's scripts).
+_CODE_SUFFIXES = (".py", ".yaml", ".js")
 
 
 def sha256_file(path: str | os.PathLike) -> str:
-    """Hex SHA-256 of a file's bytes (read-only, streamed in 4 MiB chunks)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
+    """Hex SHA-256 of a file's bytes (read-only, streamed in 4 MiB chunks).
+
+    Only a regular file (or block device) is read: a FIFO or a character device would never
+    end, and is a :class:`~immunomon.errors.UserError`, as is a file that cannot be read.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as err:
+        raise UserError(f"{path}: cannot be read ({err.strerror})") from None
+    with open(fd, "rb") as handle:
+        mode = os.fstat(fd).st_mode
+        if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
+            raise UserError(f"{path}: not a regular file: it cannot be an input of a study")
+        os.set_blocking(fd, True)
+        digest = hashlib.sha256()
+        try:
+            while chunk := handle.read(_CHUNK):
+                digest.update(chunk)
+        except OSError as err:
+            raise UserError(f"{path}: cannot be read ({err.strerror})") from None
     return digest.hexdigest()
+
+
+def sha256_files(paths: list, progress=None, threads: int = 4) -> list[str]:
+    """:func:`sha256_file` of every path, in input order, on up to ``threads`` threads
+    (hashlib releases the GIL: the files are hashed in parallel); ``progress`` is called
+    once per file done."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    if len(paths) <= 1 or threads <= 1:
+        return [_done(sha256_file(p), progress) for p in paths]
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        return list(pool.map(lambda p: _done(sha256_file(p), progress), paths))
+
+
+def _done(value, progress):
+    if progress is not None:
+        progress()
+    return value
 
 
 def _canonical(value: Any) -> Any:
@@ -66,8 +105,9 @@ def make_key(*parts: Any) -> str:
 def code_fingerprint(*modules: str) -> str:
     """SHA-256 over the source files of the named modules/packages (``"immunomon.stats"``).
 
-    A package contributes every ``*.py`` file below it; a missing module contributes
-    its name only, so the key still changes when it appears.
+    A package contributes every file below it that is code or package data (``*.py``,
+    ``*.yaml``, ``*.js``); a missing module contributes its name only, so the key still
+    changes when it appears.
     """
     digest = hashlib.sha256()
     for name in sorted(modules):
@@ -76,7 +116,8 @@ def code_fingerprint(*modules: str) -> str:
         if spec is None or spec.origin is None:
             continue
         origin = Path(spec.origin)
-        files = sorted(origin.parent.rglob("*.py")) if origin.name == "__init__.py" else [origin]
+        files = sorted(f for f in origin.parent.rglob("*") if f.suffix in _CODE_SUFFIXES) \
+            if origin.name == "__init__.py" else [origin]
         for file in files:
             digest.update(file.relative_to(origin.parent).as_posix().encode())
             digest.update(file.read_bytes())
@@ -101,6 +142,10 @@ class Cache:
         if self.root is None:
             raise ValueError("caching is disabled")
         return self.root / stage / key[:2] / f"{key}.pkl"
+
+    def has(self, stage: str, key: str) -> bool:
+        """Whether an entry of ``stage``/``key`` is stored (it may still be unreadable)."""
+        return self.root is not None and self.path(stage, key).is_file()
 
     def get(self, stage: str, key: str) -> Any | None:
         """The stored result, or ``None`` on a miss (absent or unreadable entry)."""

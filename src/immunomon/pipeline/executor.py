@@ -11,14 +11,19 @@ from __future__ import annotations
 import ctypes
 import multiprocessing
 import os
+import signal
+import sys
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from typing import Any
 
 from immunomon.errors import UserError
 
-__all__ = ["map_samples", "worker_pool", "tune_allocator", "Progress"]
+__all__ = ["map_samples", "worker_pool", "tune_allocator", "die_with_parent",
+           "one_line_warnings", "Progress"]
 
 #: A progress sink: a callable invoked once per finished item (with no argument), or a
 #: ``(rich.progress.Progress, task_id)`` pair whose task is advanced by one per item.
@@ -26,8 +31,8 @@ Progress = Callable[[], Any] | tuple[Any, Any] | None
 
 _THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
 
-#: Pools kept open by :func:`worker_pool`, by number of workers.
-_POOLS: dict[int, ProcessPoolExecutor] = {}
+#: Pools kept open by :func:`worker_pool`, by number of workers (``None``: not started yet).
+_POOLS: dict[int, ProcessPoolExecutor | None] = {}
 
 
 @contextmanager
@@ -35,16 +40,20 @@ def worker_pool(workers: int) -> Iterator[None]:
     """Keep one pool of ``workers`` local processes for every :func:`map_samples` call with
     that many workers inside the block (worker start-up and imports are paid once).
 
-    ``workers <= 1`` does nothing. Nested blocks with the same count share the pool.
+    The pool starts with the first call that needs it: a block whose work is all cached
+    starts no process. ``workers <= 1`` does nothing. Nested blocks with the same count
+    share the pool.
     """
     if workers <= 1 or workers in _POOLS:
         yield
         return
-    _POOLS[workers] = _new_pool(workers)
+    _POOLS[workers] = None
     try:
         yield
     finally:
-        _POOLS.pop(workers).shutdown(cancel_futures=True)
+        pool = _POOLS.pop(workers)
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
 
 
 def map_samples(
@@ -129,9 +138,50 @@ def tune_allocator() -> bool:
         return False
 
 
+#: Linux ``prctl`` option: the signal a process gets when its parent dies.
+_PR_SET_PDEATHSIG = 1
+
+
+#: Environment variable naming the process that started the worker pool (for its forkserver).
+POOL_OWNER = "IMMUNOMON_POOL_OWNER"
+
+
+def die_with_parent(parent: int | None = None) -> bool:
+    """Have Linux send SIGKILL to this process when its parent dies (``PR_SET_PDEATHSIG``).
+
+    The pool's forkserver calls it (its preload module, :mod:`._forkserver`) and so does
+    every worker: a ``kill -9`` of the run kills the forkserver, which kills the workers;
+    the resource tracker then sees its pipe close and exits. With ``parent`` (the pid the
+    parent must have), a parent that died before the call ends this process at once.
+    True if Linux took it.
+    """
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            return False
+    except (OSError, AttributeError):  # not Linux
+        return False
+    if parent is not None and os.getppid() != parent:  # too late: no one will signal
+        os._exit(1)
+    return True
+
+
+def one_line_warnings() -> None:
+    """Print Python warnings as one line on stderr (``warning: MESSAGE``), without the
+    second line of source code that Python adds (the CLI and every worker call it)."""
+    def show(message, category, filename, lineno, file=None, line=None):
+        text = " ".join(str(message).split())
+        print(f"warning: {text}", file=file or sys.stderr, flush=True)
+
+    warnings.showwarning = show
+
+
 def _limit_threads(threads: int) -> None:
-    """Worker initializer: cap BLAS/OpenMP/numba threads so workers don't oversubscribe, and
-    tune the allocator (:func:`tune_allocator`)."""
+    """Worker initializer: die with the forkserver (:func:`die_with_parent`), warnings on one
+    line, BLAS/OpenMP/numba threads capped so workers don't oversubscribe, and the allocator
+    tuned (:func:`tune_allocator`)."""
+    die_with_parent()
+    one_line_warnings()
     tune_allocator()
     for name in _THREAD_ENV:
         os.environ[name] = str(threads)
@@ -145,9 +195,13 @@ def _limit_threads(threads: int) -> None:
 def _new_pool(workers: int) -> ProcessPoolExecutor:
     """A pool of ``workers`` processes (forkserver on POSIX, else spawn), threads capped."""
     method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+    context = multiprocessing.get_context(method)
+    if method == "forkserver":  # takes effect when the forkserver (re)starts
+        context.set_forkserver_preload(["__main__", "immunomon.pipeline._forkserver"])
+        os.environ[POOL_OWNER] = str(os.getpid())
     return ProcessPoolExecutor(
         max_workers=workers,
-        mp_context=multiprocessing.get_context(method),
+        mp_context=context,
         initializer=_limit_threads,
         initargs=(max(1, (os.cpu_count() or 1) // workers),),
     )
@@ -155,8 +209,10 @@ def _new_pool(workers: int) -> ProcessPoolExecutor:
 
 def _map_processes(fn: Callable, items: Sequence, workers: int, advance: Callable) -> list:
     """Local process pool (the :func:`worker_pool` one if open); results in input order."""
-    shared = _POOLS.get(workers)
-    pool = shared or _new_pool(workers)
+    shared = workers in _POOLS
+    if shared and _POOLS[workers] is None:
+        _POOLS[workers] = _new_pool(workers)
+    pool = _POOLS[workers] if shared else _new_pool(workers)
     try:
         futures = [pool.submit(fn, item) for item in items]
         index = {future: i for i, future in enumerate(futures)}
@@ -167,12 +223,17 @@ def _map_processes(fn: Callable, items: Sequence, workers: int, advance: Callabl
             if failed:
                 for future in pending:
                     future.cancel()
-                raise failed[0].exception()
+                error = failed[0].exception()
+                if isinstance(error, BrokenProcessPool):
+                    raise UserError("a worker process died (killed by the system, most likely "
+                                    "out of memory): run again with fewer --workers or on a "
+                                    "machine with more memory") from None
+                raise error
             for _ in done:
                 advance()
         return [future.result() for future in futures]
     finally:
-        if shared is None:
+        if not shared:
             pool.shutdown(cancel_futures=True)
 
 

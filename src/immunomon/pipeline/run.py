@@ -22,8 +22,10 @@ unless ``include_excluded=True``.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
+import json
 import logging
 import math
 import time
@@ -35,14 +37,15 @@ from typing import Any
 import pandas as pd
 
 from immunomon.errors import UserError
-from immunomon.pipeline.unsupervised import EMBED_CELLS, TRAIN_CELLS
 
-from .cache import Cache, code_fingerprint, make_key, sha256_file
+from .cache import Cache, code_fingerprint, make_key, sha256_file, sha256_files
 from .executor import map_samples, worker_pool
-from .provenance import safe_keywords, utc_now, write_provenance
-from .rundir import write_table
+from .lock import run_lock
+from .provenance import safe_keywords, utc_now, versions, write_provenance
+from .rundir import FIGURES, TABLES, remove_stale_temporaries, write_error, write_table
 
-__all__ = ["run_study", "RunOptions", "SAMPLE_COLUMNS", "STAGES"]
+__all__ = ["run_study", "RunOptions", "not_analysed", "render_report", "SAMPLE_COLUMNS",
+           "STAGES"]
 
 log = logging.getLogger("immunomon.run")
 
@@ -68,6 +71,10 @@ _CODE["map"] = _CODE["prepare"]
 _SAMPLE_TABLES = ("qc_steps", "populations", "population_markers", "parameters", "gate_thresholds")
 #: Tables of the unsupervised branch, per panel.
 _CLUSTER_TABLES = ("clusters", "cluster_counts", "cluster_markers", "embedding")
+#: Default study-wide event draws for SOM training and the UMAP: the values of
+#: ``immunomon.pipeline.unsupervised`` (imported only when a clustering stage runs, so that
+#: a fully cached re-run never loads scikit-learn or numba).
+TRAIN_CELLS, EMBED_CELLS = 500_000, 20_000
 
 
 @dataclass(frozen=True)
@@ -150,7 +157,12 @@ def _prepare_task(job: _SampleJob) -> dict:
         prepared = prepare_for_gating(job.study, job.sample_id)
         tables = phenotype_sample(prepared, job.study, job.sample_id)
     except UserError as err:  # an unreadable or ungateable file: listed, not fatal
-        return {"sample_id": job.sample_id, "error": "; ".join(err.problems), "cached": False}
+        return {"sample_id": job.sample_id, "error": "; ".join(err.problems),
+                "problems": list(err.problems), "cached": False}
+    except MemoryError:
+        problem = f"{job.study.path_of(job.sample_id)}: not enough memory to process this file"
+        return {"sample_id": job.sample_id, "error": problem, "problems": [problem],
+                "cached": False}
     qc_steps = prepared.qc_steps.copy()
     qc_steps["panel"] = prepared.panel
     result = {
@@ -299,18 +311,40 @@ def run_study(
     Path
         The run directory.
     """
-    from immunomon.pipeline.checks import load_checked
-
     started = utc_now()
     out = Path(out_dir).resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise write_error(out, err) from None
     options = options or RunOptions()
+    with run_lock(out):
+        _remove_temporaries(out, cache_dir)
+        return _run_locked(study_dir, out, started, workers, scheduler, seed, quiet, cache_dir,
+                           options, report, overrides)
+
+
+def _remove_temporaries(out: Path, cache_dir) -> None:
+    """Temporary files a killed run left: all of them in the run directory (its lock is
+    held), only those older than an hour in a ``--cache`` folder other runs may share."""
+    remove_stale_temporaries(out)
+    if cache_dir is not None and Path(cache_dir).is_dir():
+        remove_stale_temporaries(cache_dir, older_than=3600)
+
+
+def _run_locked(study_dir, out: Path, started: str, workers: int, scheduler, seed, quiet: bool,
+                cache_dir, options: RunOptions, report: bool, overrides) -> Path:
+    """:func:`run_study` once the run directory exists and its lock is held."""
+    from immunomon.pipeline.checks import load_checked
+
     handler, level = _open_log(out / "run.log")
     try:
         log.info("run %s -> %s (workers=%s, scheduler=%s)", study_dir, out, workers, scheduler)
         study = load_checked(Path(study_dir).resolve(), overrides=overrides)
         seed = int(seed if seed is not None else
                    options.seed if options.seed is not None else study.config.seed)
+        if not 0 <= seed < 2**63:
+            raise UserError(f"--seed {seed}: a seed is a whole number from 0 to 2^63 - 1")
         cache = Cache(Path(cache_dir).resolve() if cache_dir is not None else out / ".cache")
         parallel = {"workers": workers, "scheduler": scheduler}
         remote = scheduler is not None or workers > 1
@@ -326,7 +360,10 @@ def run_study(
     finally:
         logging.getLogger("immunomon").removeHandler(handler)
         logging.getLogger("immunomon").setLevel(level)
-        handler.close()
+        try:
+            handler.close()
+        except OSError:  # the disk filled up: the run's own error says so
+            pass
 
 
 def _run(study, out: Path, seed: int, options: RunOptions, cache: Cache, parallel: dict,
@@ -335,8 +372,8 @@ def _run(study, out: Path, seed: int, options: RunOptions, cache: Cache, paralle
     samples = study.samples.reset_index(drop=True)
     code = {stage: code_fingerprint(*mods) for stage, mods in _CODE.items()}
     inputs = _input_files(study)
-    hashes = map_samples(sha256_file, [p for _, p in inputs],  # I/O bound: in this process
-                         progress=stages.start("hash", len(inputs)))
+    bar, task = stages.start("hash", len(inputs))
+    hashes = sha256_files([p for _, p in inputs], progress=lambda: bar.advance(task))
     sha = {rel: h for (rel, _), h in zip(inputs, hashes)}
     root = Path(study.root).resolve()
     file_sha = {s: make_key(*(sha[_relative(p, root)] for p in _sample_files(study, s)))
@@ -344,6 +381,13 @@ def _run(study, out: Path, seed: int, options: RunOptions, cache: Cache, paralle
                 sha[_relative(Path(study.path_of(s)).resolve(), root)]
                 for s in samples["sample_id"]}
     stages.done("hash", files=len(inputs), bytes=int(sum(p.stat().st_size for _, p in inputs)))
+    run_key = make_key("run", code_fingerprint("immunomon"), versions(), sorted(sha.items()),
+                       getattr(study, "overrides", {}), dataclasses.asdict(options), seed, report)
+    previous = _previous_record(out)
+    if _up_to_date(out, previous, run_key):  # inputs, options and code unchanged: reuse all
+        log.info("up to date: every input, option and the code are those of the run finished "
+                 "%s; its outputs are unchanged", previous.get("finished"))
+        return {**previous, "steps": stages.steps, "up_to_date": True}
 
     # prepare: every sample not excluded in study.yaml (all with include_excluded)
     listed = samples["excluded_reason"].fillna("").astype(str) == ""
@@ -357,8 +401,8 @@ def _run(study, out: Path, seed: int, options: RunOptions, cache: Cache, paralle
         n_train = math.ceil(options.train_cells / per_panel[panel])
         key = _prepare_key(study, sid, file_sha[sid], sha, seed, n_train, code["prepare"])
         jobs.append(_SampleJob(study, sid, panel, key, _root(cache), seed, n_train))
-    prepared = map_samples(_prepare_task, jobs, progress=stages.start("prepare", len(jobs)),
-                           **parallel)
+    prepared = _map_cached(_prepare_task, "prepare", jobs, cache,
+                           stages.start("prepare", len(jobs)), parallel)
     by_id = {r["sample_id"]: r for r in prepared}
     keys = {j.sample_id: j.key for j in jobs}
     stages.done("prepare", prepared, samples=len(jobs), cached=sum(r["cached"] for r in prepared),
@@ -379,6 +423,8 @@ def _run(study, out: Path, seed: int, options: RunOptions, cache: Cache, paralle
         prepared = prepared + list(cite.by_id.values())
     # ----
     failed = [f"{r['sample_id']}: {r['error']}" for r in prepared if r["error"]]
+    unanalysed = [{"sample_id": r["sample_id"], "problems": r.get("problems", [r["error"]])}
+                  for r in prepared if r["error"]]
     for line in failed:
         log.warning("sample left out: %s", line)
     table = _samples_table(samples, file_sha, by_id)
@@ -389,30 +435,38 @@ def _run(study, out: Path, seed: int, options: RunOptions, cache: Cache, paralle
     panels = sorted(set(analysed["panel"].astype(str)) - set(cite_panels))
 
     # train: one clustering per panel, on the pooled subsamples of its analysed samples
-    models = {}
+    train_keys, models = {}, {}
     progress = stages.start("train", len(panels))
+
+    def model_of(panel: str):
+        """The panel's clustering: loaded (or trained) only when a stage needs it."""
+        if models.get(panel) is None:
+            models[panel] = cache.get("train", train_keys[panel])
+        if models[panel] is None:
+            ids = analysed.loc[analysed["panel"] == panel, "sample_id"].tolist()
+            models[panel] = cache.put("train", train_keys[panel],
+                                      _train_panel(study, panel, ids, by_id, seed))
+        return models[panel]
+
     for panel in panels:
         ids = analysed.loc[analysed["panel"] == panel, "sample_id"].tolist()
-        key = make_key("train", code["train"], _panel_config(study, panel), seed,
-                       [keys[s] for s in ids])
-        model = cache.get("train", key)
-        if model is None:
-            model = cache.put("train", key, _train_panel(study, panel, ids, by_id, seed))
-        models[panel] = (key, model)
+        train_keys[panel] = make_key("train", code["train"], _panel_config(study, panel), seed,
+                                     [keys[s] for s in ids])
+        if not cache.has("train", train_keys[panel]):
+            model_of(panel)
         _advance(progress)
     stages.done("train", panels=len(panels),
                 training_events=int(sum(len(by_id[s].get("training", ())) for s in analysed["sample_id"])))
 
     # map: every analysed sample onto its panel's clusters (+ its cells for the UMAP)
     n_panel = analysed["panel"].astype(str).value_counts()
-    map_jobs = [_SampleJob(study, sid, p, make_key("map", code["map"], keys[sid], models[p][0],
+    map_jobs = [_SampleJob(study, sid, p, make_key("map", code["map"], keys[sid], train_keys[p],
                                                 options.embed_cells),
-                           _root(cache), seed, math.ceil(options.embed_cells / n_panel[p]),
-                           models[p][1])
+                           _root(cache), seed, math.ceil(options.embed_cells / n_panel[p]))
                 for sid, p in zip(analysed["sample_id"], analysed["panel"].astype(str))
                 if p not in cite_panels]
-    mapped = map_samples(_map_task, map_jobs, progress=stages.start("map", len(map_jobs)),
-                         **parallel)
+    mapped = _map_cached(_map_task, "map", map_jobs, cache, stages.start("map", len(map_jobs)),
+                         parallel, lambda job: dataclasses.replace(job, model=model_of(job.panel)))
     stages.done("map", mapped, samples=len(map_jobs), cached=sum(r["cached"] for r in mapped),
                 events_mapped=int(sum(by_id[r["sample_id"]]["events_after_qc"] for r in mapped)))
 
@@ -424,7 +478,7 @@ def _run(study, out: Path, seed: int, options: RunOptions, cache: Cache, paralle
         key = make_key("embed", code["train"], [k for k, _ in part])
         result = cache.get("embed", key)
         if result is None:
-            result = cache.put("embed", key, _embed_panel(models[panel][1], [r for _, r in part],
+            result = cache.put("embed", key, _embed_panel(model_of(panel), [r for _, r in part],
                                                           analysed, seed))
         for name in _CLUSTER_TABLES:
             frame = result[name]
@@ -459,32 +513,111 @@ def _run(study, out: Path, seed: int, options: RunOptions, cache: Cache, paralle
         "acquisition": {r["sample_id"]: r["keywords"] for r in prepared if r.get("keywords")},
         "preprocessing": _preprocessing(study, prepared),
         "tables": sorted(tables),
+        "not_analysed": unanalysed,
         "steps": stages.steps,
+        "run_key": run_key,
+        "up_to_date": False,
     }
     if cite is not None:
         record["citeseq"] = cite.facts
     if report:
-        write_provenance(out / "provenance.json", {**record, "finished": None})
-        from immunomon.report.html import render_report
-
+        shown = {k: v for k, v in record.items() if k not in ("steps", "run_key")}
+        shown["parameters"] = {k: v for k, v in record["parameters"].items()
+                               if k not in ("workers", "scheduler")}  # results do not depend on them
+        report_key = make_key("report", code_fingerprint("immunomon.report"),
+                              {n: _frame_digest(t) for n, t in tables.items()}, shown)
+        record["report_key"] = report_key
         progress = stages.start("report", 1)
-        render_report(out)
+        rendered = previous.get("report_key") != report_key or not (out / "report.html").is_file()
+        if rendered:
+            write_provenance(out / "provenance.json", {**record, "finished": None})
+            render_report(out)
         _advance(progress)
-        stages.done("report", figures=len(list((out / "figures").glob("*"))))
+        stages.done("report", figures=len(list((out / FIGURES).glob("*"))),
+                    rendered=int(rendered))
+    record["outputs"] = _output_digests(out, report)
     return record
+
+
+def _map_cached(task, stage: str, jobs: list, cache: Cache, progress: tuple, parallel: dict,
+                complete=None) -> list[dict]:
+    """``task`` over ``jobs`` (results in order): entries already in the cache are loaded
+    here, only the others go to :func:`map_samples` (so a cached stage starts no worker),
+    each first passed through ``complete`` (e.g. to attach a model)."""
+    results: list[dict | None] = [None] * len(jobs)
+    todo = []
+    for i, job in enumerate(jobs):
+        hit = cache.get(stage, job.key)
+        if hit is None:
+            todo.append(i)
+        else:
+            results[i] = {**hit, "cached": True}
+            _advance(progress)
+    work = [complete(jobs[i]) if complete else jobs[i] for i in todo]
+    for i, result in zip(todo, map_samples(task, work, progress=progress, **parallel)):
+        results[i] = result
+    return results
+
+
+def render_report(out: Path) -> Path:
+    """:func:`immunomon.report.html.render_report` (``report.html`` and ``figures/``); a
+    failed write (disk full) leaves no temporary file and is one :class:`UserError` naming
+    the file."""
+    from immunomon.report.html import render_report as render
+
+    try:
+        return render(out)
+    except OSError as err:
+        remove_stale_temporaries(out)
+        raise write_error(err.filename or out, err) from None
+
+
+def _previous_record(out: Path) -> dict:
+    """The ``provenance.json`` of the last run finished in ``out`` (empty if none)."""
+    try:
+        record = json.loads((out / "provenance.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) and record.get("finished") else {}
+
+
+def _output_digests(out: Path, report: bool) -> dict[str, str]:
+    """SHA-256 of every table, figure and the report of the run directory."""
+    files = sorted((out / TABLES).glob("*.*")) + sorted((out / FIGURES).rglob("*.*"))
+    if report and (out / "report.html").is_file():
+        files.append(out / "report.html")
+    files = [f for f in files if f.is_file() and not f.name.startswith(".")]
+    return {f.relative_to(out).as_posix(): sha256_file(f) for f in files}
+
+
+def _up_to_date(out: Path, previous: dict, run_key: str) -> bool:
+    """Whether the last run of ``out`` had the same run key (inputs, options, seed, code and
+    dependency versions), analysed every sample, and its outputs are all still there,
+    byte for byte."""
+    recorded = previous.get("outputs")
+    if previous.get("run_key") != run_key or previous.get("not_analysed") or not recorded:
+        return False
+    try:
+        return _output_digests(out, "report.html" in recorded) == recorded
+    except UserError:
+        return False
+
+
+def not_analysed(run_dir: str | Path) -> list[str]:
+    """One line per problem of the samples the last run of ``run_dir`` could not read or
+    process (``sample P001_D8 not analysed: FILE: PROBLEM (byte offset N)``); empty when
+    every sample was analysed or left out by design (QC failure, exclusion)."""
+    record = _previous_record(Path(run_dir))
+    return [f"sample {entry['sample_id']} not analysed: {problem}"
+            for entry in record.get("not_analysed", []) for problem in entry["problems"]]
 
 
 def _stats(study, tables: dict, analysed: pd.DataFrame, seed: int, options: RunOptions,
            cache: Cache, code: str, stages: _Stages) -> dict[str, pd.DataFrame]:
     """``immunomon.stats.analyze`` over the analysed samples' tables, cached under ``stats``."""
-    from immunomon.stats import StatsOptions, analyze
-
-    try:
-        plan = study.config.analysis
-        from_plan = {"alpha": plan.alpha, "min_patients": plan.min_patients} if plan else {}
-        stats_options = StatsOptions(**{**from_plan, **options.stats})
-    except TypeError as err:
-        raise UserError(f"statistics options {sorted(options.stats)}: {err}") from None
+    plan = study.config.analysis
+    from_plan = {"alpha": plan.alpha, "min_patients": plan.min_patients} if plan else {}
+    settings = {**from_plan, **options.stats}  # the key needs no import of immunomon.stats
     if "control" in analysed.columns:  # bridge/reference controls serve normalisation only
         analysed = analysed.loc[~analysed["control"].astype(bool)]
     ids = set(analysed["sample_id"])
@@ -502,11 +635,17 @@ def _stats(study, tables: dict, analysed: pd.DataFrame, seed: int, options: RunO
     visits = [v.name if hasattr(v, "name") else v["name"] for v in study.config.visits]
     baseline = study.config.baseline or visits[0]  # single-visit study: nothing to compare yet
     key = make_key("stats", code, {k: _frame_digest(v) for k, v in inputs.items()},
-                   baseline, visits, stats_options, seed)
+                   baseline, visits, settings, seed)
     progress = stages.start("stats", 1)
     result = cache.get("stats", key)
     cached = result is not None
     if not cached:
+        from immunomon.stats import StatsOptions, analyze
+
+        try:
+            stats_options = StatsOptions(**settings)
+        except TypeError as err:
+            raise UserError(f"statistics options {sorted(options.stats)}: {err}") from None
         result = cache.put("stats", key, dict(analyze(inputs, baseline=baseline,
                                                       visits=visits, options=stats_options)))
     _advance(progress)
@@ -516,10 +655,21 @@ def _stats(study, tables: dict, analysed: pd.DataFrame, seed: int, options: RunO
 
 
 # --------------------------------------------------------------------------- helpers
+class _LogFile(logging.FileHandler):
+    """``run.log``: a record that cannot be written (disk full) is dropped without the
+    traceback :mod:`logging` prints; the run's next write reports the full disk."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        pass
+
+
 def _open_log(path: Path) -> tuple[logging.Handler, int]:
     """Append this run's log records (``immunomon.*`` loggers, INFO and up) to ``run.log``;
     returns the handler and the logger's previous level."""
-    handler = logging.FileHandler(path, encoding="utf-8")
+    try:
+        handler = _LogFile(path, encoding="utf-8")
+    except OSError as err:
+        raise write_error(path, err) from None
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger("immunomon")
     level = root.level
@@ -666,6 +816,11 @@ def _train_panel(study, panel: str, ids: list[str], by_id: dict, seed: int):
     subsamples = [by_id[s]["training"] for s in ids]
     columns = [c for c in subsamples[0].columns if c != "sample_id"]
     markers, grid, k = panel_markers(study, panel, columns)
+    events = sum(len(sub) for sub in subsamples)
+    if events < grid[0] * grid[1]:
+        raise UserError(f"panel '{panel}': its {grid[0]}x{grid[1]} SOM needs at least "
+                        f"{grid[0] * grid[1]} training events but its analysed samples give "
+                        f"{events}; set a smaller clustering.grid in study.yaml")
     return train(subsamples, markers, grid=grid, k=k, seed=seed,
                  marker_table=panel_marker_table(study, panel))
 

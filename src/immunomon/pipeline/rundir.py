@@ -1,26 +1,37 @@
 """The run directory: atomic writes and the table format (``tables/NAME.parquet`` + ``.csv``).
 
-Every file the pipeline writes goes through :func:`atomic_write`: the bytes land in a
-temporary file in the same folder, which then replaces the target with
-:func:`os.replace`. A reader (or a run killed with ``kill -9``) therefore sees either
-the old file or the new one, never a half-written one.
+Every file immunomon writes goes through :func:`atomic_path` (or :func:`atomic_write`): the
+bytes land in a temporary file ``.NAME.XXXXXXXX.tmp`` in the same folder, which then
+replaces the target with :func:`os.replace`. A reader (or a run killed with ``kill -9``)
+therefore sees either the old file or the new one, never a half-written one. A failed
+write (full disk, read-only file system, missing folder, permission) removes the temporary
+file, leaves the target untouched and raises a :class:`~immunomon.errors.UserError` that
+names the path and the reason.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import re
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
 
-__all__ = ["atomic_write", "atomic_path", "write_table", "read_table", "TABLES", "FIGURES"]
+from immunomon.errors import UserError
+
+__all__ = ["atomic_write", "atomic_path", "write_error", "remove_stale_temporaries",
+           "write_table", "read_table", "TABLES", "FIGURES", "TEMPORARY"]
 
 TABLES = "tables"
 FIGURES = "figures"
+#: Glob of the temporary files of :func:`atomic_path` (and of the report's figure writers).
+TEMPORARY = ".*.tmp"
 
 
 def _umask() -> int:
@@ -34,22 +45,44 @@ def _umask() -> int:
 _FILE_MODE = 0o666 & ~_umask()
 
 
+def write_error(path: str | os.PathLike, err: OSError) -> UserError:
+    """The one-line :class:`UserError` of a failed write of ``path`` (``err``'s reason)."""
+    code = err.errno
+    if not code:  # libraries' own OSErrors (h5py) carry the errno inside a long text
+        found = re.search(r"errno = (\d+)", str(err))
+        code = int(found.group(1)) if found else None
+    reason = os.strerror(code) if code else " ".join(str(err).split())[:200]
+    return UserError(f"{path}: cannot write ({reason})")
+
+
 @contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, *, parents: bool = True) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success it replaces ``path`` atomically.
 
-    On an exception the temporary file is removed and ``path`` is left untouched.
+    ``parents`` creates missing folders; without it a missing folder is an error. On any
+    exception the temporary file is removed and ``path`` is left untouched; an
+    :class:`OSError` (disk full, read-only file system, permission ...) becomes a
+    :class:`~immunomon.errors.UserError` naming ``path``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    try:
+        if parents:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        elif not path.parent.is_dir():
+            raise UserError(f"{path}: cannot write (folder {path.parent} does not exist)")
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+    except OSError as err:
+        raise write_error(path, err) from None
     try:
         yield Path(tmp)
         os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as err:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if isinstance(err, OSError):
+            raise write_error(path, err) from None
         raise
 
 
@@ -62,6 +95,20 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
             handle.flush()
             os.fsync(handle.fileno())
     return Path(path)
+
+
+def remove_stale_temporaries(folder: str | os.PathLike, older_than: float = 0.0) -> int:
+    """Remove the temporary files (:data:`TEMPORARY`) that killed writers left anywhere below
+    ``folder``, if last written more than ``older_than`` seconds ago. With 0 (all of them)
+    it is only safe while no one else writes there (the run lock is held). Returns how many
+    were removed."""
+    removed, now = 0, time.time()
+    for tmp in Path(folder).rglob(TEMPORARY):
+        with contextlib.suppress(OSError):
+            if now - tmp.stat().st_mtime >= older_than:
+                tmp.unlink()
+                removed += 1
+    return removed
 
 
 def write_table(run_dir: str | os.PathLike, name: str, table: pd.DataFrame) -> Path:
