@@ -13,6 +13,8 @@ from scipy import stats
 from immunomon.pipeline.checks import load_checked
 from immunomon.pipeline.citeseq import cluster_citeseq_panel, prepare_citeseq_sample
 from immunomon.pipeline.run import RunOptions, run_study
+from immunomon.report.methods import methods_paragraphs
+from immunomon.report.rundata import load_run
 from immunomon.simulate.citeseq import simulate_citeseq
 
 ADTNORM = Path(__file__).parent / "data" / "citeseq" / "adtnorm_10x_pbmc"
@@ -130,6 +132,28 @@ def test_simulated_trial_tables_qc_provenance_report(planted_run):
     html = (run / "report.html").read_text()
     assert "CITE-seq: cell QC, markers and pseudobulk expression" in html
     assert "could not be drawn" not in html
+    methods = " ".join(methods_paragraphs(load_run(run)))
+    assert "demultiplexed HTODemux-style" in methods and "Pseudobulk RNA counts" in methods
+    assert "spillover" not in methods and "self-organising map" not in methods
+
+
+def test_methods_text_states_only_what_ran():
+    """No hashtag, no RNA: the CITE-seq methods name neither demultiplexing, RNA filters,
+    RNA doublets nor pseudobulk tests."""
+    from types import SimpleNamespace
+
+    from immunomon.report.sections_citeseq import methods_text
+
+    qc = pd.DataFrame({"step": ["hashtag", "adt_total", "rna_umis", "rna_doublets"],
+                       "status": ["skipped", "ran", "skipped", "skipped"]})
+    tables = {"qc_steps": qc}
+    run = SimpleNamespace(provenance={"citeseq": {"normalisation": {"s1": "CLR across cells"},
+                                                  "marker_table": {"cite": "built-in"}}},
+                          get=tables.get)
+    text = methods_text(run)
+    assert "CLR across cells" in text and "log ADT totals" in text
+    for absent in ("demultiplexed", "RNA UMIs", "scrublet", "Pseudobulk"):
+        assert absent not in text
 
 
 def test_null_trial_is_calibrated(tmp_path):

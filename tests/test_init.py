@@ -154,3 +154,27 @@ def test_baseline_guess_and_visit_days(tmp_path):
     d = discover(BCRXL, tmp_path / "study", pattern="PBMC_{patient}_{visit}.fcs")
     assert d.baseline == "Ref" and [v for v, _ in d.visits] == ["Ref", "BCRXL"]
     assert sorted(d.samples["patient_id"].unique()) == ["patient1", "patient2", "patient3", "patient4"]
+
+
+def test_init_on_cell_ranger_outputs(tmp_path, cli):
+    """A folder of Cell Ranger outputs (with and without outs/) gives a CITE-seq study whose
+    sample ids, patients and visits come from the folder names (--pattern)."""
+    source = DATA / "citeseq" / "adtnorm_10x_pbmc"
+    root = tmp_path / "libs"
+    for folder, name in (("10X_pbmc_1k_sample1", "P01_D1"), ("10X_pbmc_5k_v3_sample1", "P01_D8")):
+        target = root / name / ("outs" if name.endswith("D8") else "")
+        shutil.copytree(source / folder / "filtered_feature_bc_matrix",
+                        target / "filtered_feature_bc_matrix")
+    (root / "notes.fcs").write_text("not a cytometry file")
+    code, out, err = cli("init", root, "--out", tmp_path / "study", "--pattern", "{patient}_{visit}")
+    assert code == 0, err
+    assert "2 Cell Ranger output(s)" in out and "9 antibody features" in out
+    assert "1 FCS file(s)" in err and "were not added" in err
+    config = yaml.safe_load((tmp_path / "study" / "study.yaml").read_text())
+    panel = config["panels"]["citeseq"]
+    assert panel["assay"] == "citeseq" and config["baseline"] == "D1"
+    assert panel["features"]["CD127"] == {"marker": "CD127", "class": "type"}
+    samples = pd.read_csv(tmp_path / "study" / "samples.csv")
+    assert samples[["sample_id", "patient_id", "visit"]].values.tolist() == \
+        [["P01_D1", "P01", "D1"], ["P01_D8", "P01", "D8"]]
+    assert validate(tmp_path / "study") == []

@@ -1,4 +1,5 @@
-"""CLI verb ``init``: write a study folder (study.yaml + samples.csv) from a folder of FCS files."""
+"""CLI verb ``init``: write a study folder (study.yaml + samples.csv) from a folder of FCS files
+or of 10x Cell Ranger outputs."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from .app import app
 
 @app.command()
 def init(
-    fcs_dir: Path = typer.Argument(..., help="Folder of FCS files (searched recursively)."),
+    fcs_dir: Path = typer.Argument(..., help="Folder of FCS files or of Cell Ranger outputs "
+                                   "(searched recursively)."),
     out: Path = typer.Option(..., "--out", "-o", help="Study folder to write (study.yaml, samples.csv)."),
     pattern: str = typer.Option(None, "--pattern", help="File-name pattern, e.g. "
                                 "'{patient}_{visit}.fcs' (fields: patient, visit, batch, disease, "
@@ -35,9 +37,17 @@ def init(
     compensation, gating, samples.csv. Prints what it guessed and what is still to fill in.
 
     Files that are not FCS or cannot be read are listed (one line each, on stderr); exit status
-    0, or 2 when no usable FCS file is left.
+    0, or 2 when no usable FCS file is left. A folder holding Cell Ranger outputs (any folder
+    with ``filtered_feature_bc_matrix``, with or without ``outs/``) gives a CITE-seq study;
+    ``--pattern`` then applies to each sample folder's name.
     """
     from immunomon.io.discover import discover, write_study
+    from immunomon.io.tenx import find_outputs
+
+    outputs = find_outputs(fcs_dir) if fcs_dir.is_dir() else []
+    if outputs:
+        _init_citeseq(fcs_dir, out, outputs, pattern, study_id, force)
+        return
 
     d = discover(fcs_dir, out, pattern=pattern, patient_keyword=patient_keyword,
                  visit_keyword=visit_keyword, batch_keyword=batch_keyword, sheet=sheet,
@@ -81,4 +91,30 @@ def init(
         typer.echo("Still to fill in before `immunomon run`:")
         for g in d.gaps:
             typer.echo(f"  - {g}")
+    typer.echo(f"wrote {out / 'study.yaml'} and {out / 'samples.csv'}; next: immunomon validate {out}")
+
+
+def _init_citeseq(folder: Path, out: Path, outputs: list[Path], pattern: str | None,
+                  study_id: str | None, force: bool) -> None:
+    """``init`` on a folder of Cell Ranger outputs: a CITE-seq panel and one row per sample."""
+    from immunomon.io.discover_citeseq import discover_citeseq, write_citeseq_study
+
+    d = discover_citeseq(folder, out, pattern=pattern)
+    write_citeseq_study(d, out, study_id=study_id, force=force)
+    s = d.samples
+    classes = {c: [f["marker"] for f in d.features.values() if f["class"] == c]
+               for c in ("type", "state", "isotype")}
+    typer.echo(f"{folder}: {len(outputs)} Cell Ranger output(s); panel citeseq (CITE-seq, "
+               f"{len(d.features)} antibody features)")
+    for cls, markers in classes.items():
+        if markers:
+            typer.echo(f"    {cls} ({len(markers)}): {', '.join(markers)}")
+    typer.echo(f"  samples.csv: {len(s)} samples, {s['patient_id'].nunique()} patient(s), "
+               f"{len(d.visits)} visit(s)")
+    for g in d.guesses:
+        typer.echo(f"  guessed: {g}")
+    inside = [p for p in folder.rglob("*") if p.suffix.lower() in (".fcs", ".lmd")]
+    if inside:
+        typer.echo(f"warning: {len(inside)} FCS file(s) below {folder} were not added: run "
+                   "`immunomon init` on a folder holding only them", err=True)
     typer.echo(f"wrote {out / 'study.yaml'} and {out / 'samples.csv'}; next: immunomon validate {out}")

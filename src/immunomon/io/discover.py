@@ -412,7 +412,7 @@ def _guess_panels(files: list[FileInfo]) -> list[PanelGuess]:
 
 
 # ----------------------------------------------------------------------------- samples
-def _pattern_regex(pattern: str) -> re.Pattern:
+def pattern_regex(pattern: str) -> re.Pattern:
     """``"{patient}_{visit}.fcs"`` → a regex with one named group per field (``{*}`` or
     ``{_}``: any text, ignored)."""
     out, pos = [], 0
@@ -453,7 +453,7 @@ def _visit_day(name: str, order: int) -> int:
     return n * {"d": 1, "w": 7, "m": 30, "v": 1, "t": 1}[unit]
 
 
-def _visits(labels: list[str]) -> tuple[list[tuple[str, int]], str | None, str]:
+def visits_of(labels: list[str]) -> tuple[list[tuple[str, int]], str | None, str]:
     """Visits in protocol order with their study days, the baseline guess and why."""
     names = list(dict.fromkeys(v for v in labels if v))
     if not names:
@@ -524,7 +524,7 @@ def _samples(files: list[FileInfo], panels: list[PanelGuess], out_dir: Path, pat
              patient_keyword: str | None, visit_keyword: str | None, batch_keyword: str | None,
              sheet: Path | None) -> tuple[pd.DataFrame, list[str], list[str]]:
     panel_of = {id(f): p.name for p in panels for f in p.files}
-    regex = _pattern_regex(pattern) if pattern else None
+    regex = pattern_regex(pattern) if pattern else None
     sheet_rows, notes = _read_sheet(sheet, files) if sheet else ({}, [])
     problems: list[str] = []
     used: set[str] = set()
@@ -624,7 +624,7 @@ def discover(fcs_dir: str | Path, out_dir: str | Path, *, pattern: str | None = 
         samples["visit"] = "V1"
         guesses.append("one visit 'V1' for every sample (no visit given: --pattern {visit}, "
                        "--visit-keyword or a sample sheet)")
-    visits, baseline, why = _visits(samples["visit"].tolist())
+    visits, baseline, why = visits_of(samples["visit"].tolist())
     if len(visits) > 1:
         guesses.append(f"baseline visit '{baseline}' ({why}); visits in order: "
                        + ", ".join(f"{v} (day {d})" for v, d in visits))
@@ -651,7 +651,7 @@ def discover(fcs_dir: str | Path, out_dir: str | Path, *, pattern: str | None = 
 
 
 # -------------------------------------------------------------------------------- write
-def _yaml_scalar(value) -> str:
+def yaml_scalar(value) -> str:
     import yaml
 
     text = yaml.safe_dump(value, default_flow_style=True, width=10_000, sort_keys=False).strip()
@@ -659,7 +659,7 @@ def _yaml_scalar(value) -> str:
 
 
 def _panel_yaml(p: PanelGuess, gating: dict) -> list[str]:
-    y = _yaml_scalar
+    y = yaml_scalar
     kind = {"mass": "mass cytometry", "spectral": "spectral flow cytometry",
             "flow": "conventional flow cytometry"}[p.instrument]
     lines = [f"  {y(p.name)}:",
@@ -720,7 +720,7 @@ def study_yaml(d: Discovery, study_id: str) -> str:
     """The commented ``study.yaml`` of a discovery."""
     import yaml
 
-    y = _yaml_scalar
+    y = yaml_scalar
     lines = ["# study.yaml written by `immunomon init` from " + str(d.root),
              "# Check every line marked as guessed; `immunomon validate` lists what is missing.",
              f"study_id: {y(study_id)}",

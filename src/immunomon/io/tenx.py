@@ -316,15 +316,27 @@ def _check_h5(path: Path) -> None:
                         f"barcodes (and {n_ptr - 1} column pointers)")
 
 
-def discover(folder: str | Path, pattern: str | None = None
+def find_outputs(folder: str | Path) -> list[Path]:
+    """Every sample folder below ``folder`` holding a Cell Ranger ``filtered_feature_bc_matrix``
+    (folder or ``.h5``), directly or in ``outs/``, in path order."""
+    found: list[Path] = []
+    for stem in sorted({p.parent for p in Path(folder).rglob(f"{_FILTERED}*")
+                        if p.name in (_FILTERED, f"{_FILTERED}.h5")}):
+        sample_dir = stem.parent if stem.name == "outs" else stem
+        if sample_dir not in found:
+            found.append(sample_dir)
+    return found
+
+
+def discover(folder: str | Path, pattern: str | re.Pattern | None = None
              ) -> tuple[dict, pd.DataFrame]:
     """Find the Cell Ranger outputs under ``folder`` for ``immunomon init``.
 
     A sample is any folder holding ``filtered_feature_bc_matrix`` (folder or ``.h5``),
     directly or in ``outs/``; its name is that folder's name (the one above ``outs/``).
     ``pattern`` (a regular expression with named groups ``patient``, ``visit`` and
-    optionally ``sample``) is matched against the sample folder's name; without one each
-    sample is its own patient at visit ``V1``.
+    optionally ``sample``, ``batch``, ``disease``, ``arm``) is matched against the sample
+    folder's name; without one each sample is its own patient at visit ``V1``.
 
     Returns
     -------
@@ -334,7 +346,8 @@ def discover(folder: str | Path, pattern: str | None = None
         controls, found by name, get ``class: isotype``; the others ``type``).
     samples
         ``samples.csv`` rows: sample_id, file (relative to ``folder``), patient_id, visit,
-        panel (``citeseq``), in folder order.
+        panel (``citeseq``), and batch / disease / arm where the pattern gives them, in
+        folder order.
 
     Raises :class:`UserError` when no Cell Ranger output is found or a name does not match
     ``pattern``.
@@ -344,19 +357,14 @@ def discover(folder: str | Path, pattern: str | None = None
     root = Path(folder)
     if not root.is_dir():
         raise UserError(f"{root}: folder not found")
-    found: list[Path] = []
-    for stem in sorted({p.parent for p in root.rglob(f"{_FILTERED}*")
-                        if p.name in (_FILTERED, f"{_FILTERED}.h5")}):
-        sample_dir = stem.parent if stem.name == "outs" else stem
-        if sample_dir not in found:
-            found.append(sample_dir)
+    found = find_outputs(root)
     if not found:
         raise UserError(f"{root}: no Cell Ranger output ({_FILTERED} folder or .h5) found")
-    regex = re.compile(pattern) if pattern else None
+    regex = re.compile(pattern) if isinstance(pattern, str) else pattern
     rows, problems, features = [], [], {}
     for sample_dir in found:
         name = sample_dir.name if sample_dir != root else root.resolve().name
-        patient, visit, sid = name, "V1", name
+        patient, visit, sid, extra = name, "V1", name, {}
         if regex is not None:
             m = regex.search(name)
             if m is None:
@@ -367,13 +375,14 @@ def discover(folder: str | Path, pattern: str | None = None
             patient = groups.get("patient") or name
             visit = groups.get("visit") or "V1"
             sid = groups.get("sample") or (f"{patient}_{visit}" if "visit" in groups else name)
+            extra = {k: groups[k] for k in ("batch", "disease", "arm") if groups.get(k)}
         filtered, _ = locate(sample_dir)
         for fid, marker in _antibody_features(filtered).items():
             features.setdefault(fid, {"marker": marker,
                                       "class": "isotype" if is_isotype(marker) else "type"})
         rel = sample_dir.relative_to(root).as_posix() if sample_dir != root else "."
         rows.append({"sample_id": sid, "file": rel, "patient_id": patient, "visit": visit,
-                     "panel": "citeseq"})
+                     "panel": "citeseq", **extra})
     if problems:
         raise UserError(problems)
     return {"assay": "citeseq", "features": features}, pd.DataFrame(rows)

@@ -55,10 +55,16 @@ def methods_paragraphs(run: RunData) -> list[str]:
     panels = params.get("panels") if isinstance(params.get("panels"), Mapping) else {}
     done = prov.get("preprocessing") if isinstance(prov.get("preprocessing"), Mapping) else {}
     for name in sorted(set(panels) | set(done)):
+        if (panels.get(name) or {}).get("assay") == "citeseq":
+            continue  # CITE-seq panels: one paragraph of their own, below
         text = panel_sentences(run, name, panels.get(name) or {}, done.get(name) or {},
                                several=len(panels) > 1)
         if text:
             out.append(text)
+    from .sections_citeseq import methods_text  # CITE-seq: cell QC, ADT normalisation, Leiden
+
+    if text := methods_text(run):
+        out.append(text)
     st = statistics_sentences(run)
     seed = prov.get("seed", params.get("seed"))
     if seed is not None:

@@ -20,47 +20,55 @@ MAX_POINTS = 5000
 N_LABELS = 8
 
 
-def _table(run, name: str) -> pd.DataFrame | None:
-    """A table of the run (``stats_de`` is not among the tables RunData preloads)."""
-    got = run.get(name)
-    if got is not None:
-        return got
-    path = run.run_dir / "tables" / f"{name}.parquet"
-    return pd.read_parquet(path) if path.is_file() else None
-
-
 def _citeseq_panels(run) -> list[str]:
     return sorted((run.provenance.get("citeseq") or {}).get("marker_table", {}))
 
 
 def methods_text(run) -> str:
-    """The CITE-seq methods paragraph (plain text) from provenance and the tables."""
+    """The CITE-seq methods paragraph (plain text) from provenance and the tables: only the
+    steps that ran (``qc_steps.status``) and the tests whose tables exist."""
     facts = run.provenance.get("citeseq") or {}
     norm = sorted(set((facts.get("normalisation") or {}).values()))
     panels = (run.provenance.get("parameters") or {}).get("panels", {})
+    qc, de = run.get("qc_steps"), run.get("stats_de")
+    ran = set()
+    if qc is not None and "status" in qc.columns:
+        ran = set(qc.loc[qc["status"].astype(str) == "ran", "step"].astype(str))
     parts = []
     for name in _citeseq_panels(run):
         cfg = (panels.get(name) or {}).get("citeseq") or {}
-        parts.append(
-            f"CITE-seq panel {name}: Cell Ranger feature-barcode matrices were read with "
-            "immunomon (anndata); hashtag-pooled libraries were demultiplexed HTODemux-style "
-            "(CLR, k-means, negative-binomial background, 0.99 quantile); cells were "
-            "filtered on log ADT totals (and RNA UMIs and detected genes) within "
-            f"{cfg.get('qc', {}).get('mad', 4):g} median absolute deviations, mitochondrial "
-            "fraction, hashtag doublets and scrublet-class RNA doublets (counts per step in "
-            "qc_steps). ADT counts were normalised by "
-            + ("; ".join(norm) if norm else "the panel's method")
-            + " (dsb: Mulè, Martins & Tsang 2022; CLR across cells otherwise). Cells were "
-            f"clustered with Leiden (resolution {cfg.get('resolution', 1.0):g}) on the exact "
-            f"{cfg.get('neighbours', 15)}-nearest-neighbour graph (UMAP fuzzy weights) of the "
-            f"{'ADT type markers' if cfg.get('modality', 'adt') == 'adt' else 'ADT type markers and RNA principal components'}"
-            f", at most {cfg.get('graph_cells', 200000):,} cells in the graph (others took "
-            "the majority cluster of their nearest graph cells); clusters were named with "
-            f"the marker table {facts.get('marker_table', {}).get(name, '')}, small "
-            "populations (Treg) refined cell by cell within their parent's clusters. "
-            "Pseudobulk RNA counts per cluster and sample were tested for change from "
-            "baseline with a negative-binomial GLM (patient as block, edgeR-style "
-            "quasi-likelihood F test), Benjamini–Hochberg per cluster × visit.")
+        mad = (cfg.get("qc") or {}).get("mad", 4)
+        filters = ["log ADT totals"] + [what for step, what in (
+            ("rna_umis", "RNA UMIs"), ("rna_genes", "detected genes")) if step in ran]
+        text = (f"CITE-seq panel {name}: Cell Ranger feature-barcode matrices were read with "
+                "immunomon (anndata)")
+        if "hashtag" in ran:
+            text += ("; hashtag-pooled libraries were demultiplexed HTODemux-style (CLR, "
+                     "k-means, negative-binomial background, 0.99 quantile)")
+        text += (f"; cells were filtered on {', '.join(filters)} within {mad:g} median "
+                 "absolute deviations")
+        extra = [what for step, what in (("mito", "mitochondrial fraction"),
+                                         ("hashtag", "hashtag doublets"),
+                                         ("rna_doublets", "scrublet-class RNA doublets"))
+                 if step in ran]
+        text += (f", {', '.join(extra)}" if extra else "") + " (counts per step in qc_steps). "
+        text += ("ADT counts were normalised by " + ("; ".join(norm) if norm else
+                                                     "the panel's method")
+                 + " (dsb: Mulè, Martins & Tsang 2022; CLR across cells otherwise). ")
+        text += (f"Cells were clustered with Leiden (resolution {cfg.get('resolution', 1.0):g}) "
+                 f"on the exact {cfg.get('neighbours', 15)}-nearest-neighbour graph (UMAP fuzzy "
+                 "weights) of the "
+                 + ("ADT type markers" if cfg.get("modality", "adt") == "adt" else
+                    "ADT type markers and RNA principal components")
+                 + f", at most {cfg.get('graph_cells', 200000):,} cells in the graph (others "
+                 "took the majority cluster of their nearest graph cells); clusters were named "
+                 f"with the marker table {facts.get('marker_table', {}).get(name, '')}, small "
+                 "populations (e.g. Treg) refined cell by cell within their parent's clusters.")
+        if de is not None and len(de):
+            text += (" Pseudobulk RNA counts per cluster and sample were tested for change "
+                     "from baseline with a negative-binomial GLM (patient as block, edgeR-style "
+                     "quasi-likelihood F test), Benjamini–Hochberg per cluster × visit.")
+        parts.append(text)
     return " ".join(parts)
 
 
@@ -159,7 +167,7 @@ def citeseq(ctx: Context) -> Section:
     if not panels:
         return Section("citeseq", title, para("No CITE-seq panel in this study."))
     body = []
-    emb, de = run.get("embedding"), _table(run, "stats_de")
+    emb, de = run.get("embedding"), run.get("stats_de")
     for panel in panels:
         if len(panels) > 1:
             body.append(f"<h3>Panel {esc(panel)}</h3>")
