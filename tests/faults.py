@@ -8,7 +8,6 @@ import contextlib
 import hashlib
 import os
 import re
-import resource
 import signal
 import subprocess
 import sys
@@ -31,31 +30,50 @@ class Result:
         return self.err.strip().splitlines()
 
 
+# The CLI runs as the grandchild of a small launcher: the peak RSS the kernel reports for a
+# process includes the resident size of the process it was forked from (kept across exec), and
+# the test runner itself grows to hundreds of MiB over a session.
+_LAUNCHER = """
+import os, resource, signal, subprocess, sys
+limit = int(sys.argv[2])
+if limit:
+    resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
+child = subprocess.Popen(sys.argv[3:])
+_, status, usage = os.wait4(child.pid, 0)
+with open(sys.argv[1], "w") as handle:
+    handle.write(str(usage.ru_maxrss))
+code = os.waitstatus_to_exitcode(status)
+if code < 0:
+    signal.signal(-code, signal.SIG_DFL)
+    os.kill(os.getpid(), -code)
+sys.exit(code)
+"""
+
+
 def cli(*args, timeout: float = 300, data_limit: int | None = None, cwd=None) -> Result:
     """``immunomon ARGS`` in a child process (own session): exit status, stdout, stderr and
-    peak RSS (``wait4``). ``data_limit`` caps the child's data segment (RLIMIT_DATA, bytes);
-    past ``timeout`` seconds the child's process group is killed (status -9)."""
+    peak RSS (``wait4``, in a launcher forked from nothing larger than itself).
+    ``data_limit`` caps the child's data segment (RLIMIT_DATA, bytes); past ``timeout``
+    seconds the child's process group is killed (status -9)."""
     out_fd, err_fd = os.memfd_create("out"), os.memfd_create("err")
-
-    def limit():
-        if data_limit is not None:
-            resource.setrlimit(resource.RLIMIT_DATA, (data_limit, data_limit))
-
-    proc = subprocess.Popen([sys.executable, "-m", "immunomon", *map(str, args)], stdout=out_fd,
-                            stderr=err_fd, start_new_session=True, preexec_fn=limit, cwd=cwd)
+    peak_fd = os.memfd_create("peak")
+    peak_path = f"/proc/{os.getpid()}/fd/{peak_fd}"
+    proc = subprocess.Popen([sys.executable, "-c", _LAUNCHER, peak_path, str(data_limit or 0),
+                             sys.executable, "-m", "immunomon", *map(str, args)],
+                            stdout=out_fd, stderr=err_fd, start_new_session=True, cwd=cwd)
     timer = threading.Timer(timeout, lambda: os.killpg(proc.pid, signal.SIGKILL))
     timer.start()
     try:
-        _, status, usage = os.wait4(proc.pid, 0)
+        proc.wait()
     finally:
         timer.cancel()
-    proc.returncode = os.waitstatus_to_exitcode(status)
     texts = []
-    for fd in (out_fd, err_fd):
+    for fd in (out_fd, err_fd, peak_fd):
         os.lseek(fd, 0, os.SEEK_SET)
         with open(fd, "rb") as handle:
             texts.append(handle.read().decode("utf-8", "replace"))
-    return Result(proc.returncode, texts[0], texts[1], usage.ru_maxrss / 1024)
+    peak_kib = float(texts[2]) if texts[2].strip() else float("nan")
+    return Result(proc.returncode, texts[0], texts[1], peak_kib / 1024)
 
 
 def assert_contract(result: Result, code: int, *needles: str, lines: int | None = None) -> None:
