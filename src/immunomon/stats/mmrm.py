@@ -93,26 +93,21 @@ class _Structure:
     def psi_of(self, S: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
-    # -- derivatives (numerical by default, exact where overridden) -------------
     def dsigma_phi(self, phi: np.ndarray) -> np.ndarray:
         """(q, T, T) derivatives of Sigma with respect to phi."""
-        return _num_jac(self.sigma_phi, phi)
+        raise NotImplementedError
 
     def dsigma_psi(self, psi: np.ndarray) -> np.ndarray:
-        return _num_jac(self.sigma_psi, psi)
+        """(q, T, T) derivatives of Sigma with respect to psi."""
+        raise NotImplementedError
 
     def d2sigma_psi(self, psi: np.ndarray) -> np.ndarray | None:
         """(q, q, T, T) second derivatives with respect to psi; None when linear."""
-        if self.linear:
-            return None
-        q = len(psi)
-        h = 1e-4 * np.maximum(np.abs(psi), 1e-2)
-        out = np.empty((q, q, self.T, self.T))
-        for r in range(q):
-            e = np.zeros(q)
-            e[r] = h[r]
-            out[r] = (self.dsigma_psi(psi + e) - self.dsigma_psi(psi - e)) / (2 * h[r])
-        return 0.5 * (out + out.transpose(1, 0, 2, 3))
+        return None
+
+    def dpsi_dphi(self, phi: np.ndarray) -> np.ndarray:
+        """(q, q) Jacobian d psi / d phi."""
+        raise NotImplementedError
 
 
 def _num_jac(fn, x: np.ndarray) -> np.ndarray:
@@ -164,6 +159,9 @@ class _Unstructured(_Structure):
         S[self.rows, self.cols] = psi
         return S + np.tril(S, -1).T
 
+    def dpsi_dphi(self, phi):
+        return self.dsigma_phi(phi)[:, self.rows, self.cols].T
+
     def psi_of(self, S):
         return S[self.rows, self.cols].copy()
 
@@ -175,11 +173,16 @@ class _Unstructured(_Structure):
 
 
 class _Correlated(_Structure):
-    """Heterogeneous variances times a correlation matrix C(rho): psi = (v_1..v_T, rho)."""
+    """Heterogeneous variances times a correlation matrix C(rho) linear in rho:
+    psi = (v_1..v_T, rho); phi = (log sd_1..log sd_T, transformed rho)."""
 
     n_rho = 0
 
     def corr(self, rho: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def dcorr(self) -> np.ndarray:
+        """(n_rho, T, T) derivatives of C (constant: C is linear in rho)."""
         raise NotImplementedError
 
     def rho_of_phi(self, x: np.ndarray) -> np.ndarray:
@@ -198,9 +201,29 @@ class _Correlated(_Structure):
         sd = np.exp(phi[: self.T])
         return self.corr(self.rho_of_phi(phi[self.T:])) * np.outer(sd, sd)
 
+    def dsigma_phi(self, phi):
+        T = self.T
+        sd = np.exp(phi[:T])
+        rho = self.rho_of_phi(phi[T:])
+        S = self.corr(rho) * np.outer(sd, sd)
+        eye = np.eye(T)
+        d_sd = eye[:, :, None] * S[None] + eye[:, None, :] * S[None]  # d/d log sd_j
+        jac = _num_jac(lambda x: self.rho_of_phi(x), phi[T:]) if self.n_rho else np.empty((0, 0))
+        d_rho = np.einsum("ab,bjk->ajk", jac, self.dcorr() * np.outer(sd, sd)) \
+            if self.n_rho else np.empty((0, T, T))
+        return np.concatenate([d_sd, d_rho])
+
     def phi_of(self, S):
         sd = np.sqrt(np.diag(S))
         return np.concatenate([np.log(sd), self.phi_of_rho(self.rho_of_corr(S / np.outer(sd, sd)))])
+
+    def dpsi_dphi(self, phi):
+        T = self.T
+        J = np.zeros((len(phi), len(phi)))
+        J[np.arange(T), np.arange(T)] = 2 * np.exp(2 * phi[:T])
+        if self.n_rho:
+            J[T:, T:] = _num_jac(self.rho_of_phi, phi[T:]).T
+        return J
 
     def sigma_psi(self, psi):
         sd = np.sqrt(np.maximum(psi[: self.T], 0.0))
@@ -209,6 +232,50 @@ class _Correlated(_Structure):
     def psi_of(self, S):
         sd = np.sqrt(np.diag(S))
         return np.concatenate([np.diag(S), self.rho_of_corr(S / np.outer(sd, sd))])
+
+    def _ds(self, v):
+        """(T, T, T): d(s_j s_k)/d v_a with s = sqrt(v)."""
+        T = self.T
+        s = np.sqrt(v)
+        out = np.zeros((T, T, T))
+        for a in range(T):
+            out[a, a, :] = 0.5 * s / s[a]
+            out[a, :, a] = 0.5 * s / s[a]
+            out[a, a, a] = 1.0
+        return out
+
+    def dsigma_psi(self, psi):
+        v, rho = psi[: self.T], psi[self.T:]
+        ss = np.outer(np.sqrt(v), np.sqrt(v))
+        out = [self._ds(v) * self.corr(rho)[None]]
+        if self.n_rho:
+            out.append(self.dcorr() * ss[None])
+        return np.concatenate(out)
+
+    def d2sigma_psi(self, psi):
+        T, q = self.T, len(psi)
+        v, rho = psi[:T], psi[T:]
+        s = np.sqrt(v)
+        C = self.corr(rho)
+        out = np.zeros((q, q, T, T))
+        for a in range(T):
+            for b in range(T):
+                if a == b:  # d2 sqrt(v_j v_k) / d v_a^2, j != k with a in {j, k}
+                    m = np.zeros((T, T))
+                    m[a, :] = -0.25 * s / v[a] ** 1.5
+                    m[:, a] = -0.25 * s / v[a] ** 1.5
+                    m[a, a] = 0.0
+                else:
+                    m = np.zeros((T, T))
+                    m[a, b] = m[b, a] = 0.25 / (s[a] * s[b])
+                out[a, b] = m * C
+        if self.n_rho:
+            ds = self._ds(v)
+            dc = self.dcorr()
+            for a in range(T):
+                for r in range(self.n_rho):
+                    out[a, T + r] = out[T + r, a] = ds[a] * dc[r]
+        return out
 
 
 def _lags(T: int) -> np.ndarray:
@@ -225,6 +292,10 @@ class _HetToeplitz(_Correlated):
 
     def corr(self, rho):
         return np.concatenate([[1.0], rho])[_lags(self.T)]
+
+    def dcorr(self):
+        lags = _lags(self.T)
+        return np.array([(lags == k).astype(float) for k in range(1, self.T)])
 
     def rho_of_phi(self, x):
         return _pacf_to_acf(np.tanh(x))
@@ -249,6 +320,9 @@ class _HetCompoundSymmetry(_Correlated):
     def corr(self, rho):
         r = rho[0] if len(rho) else 0.0
         return np.where(np.eye(self.T, dtype=bool), 1.0, r)
+
+    def dcorr(self):
+        return (1.0 - np.eye(self.T))[None]
 
     def rho_of_phi(self, x):
         lo = self._low()
@@ -294,6 +368,35 @@ class _AR1(_Structure):
         if self.T == 1:
             return np.array([S[0, 0]])
         return np.array([S[0, 0], S[0, 1] / S[0, 0]])
+
+    def dsigma_psi(self, psi):
+        if self.T == 1:
+            return np.ones((1, 1, 1))
+        lag = _lags(self.T)
+        v, r = psi
+        return np.array([r ** lag, v * lag * r ** np.maximum(lag - 1, 0)])
+
+    def d2sigma_psi(self, psi):
+        out = np.zeros((len(psi), len(psi), self.T, self.T))
+        if self.T > 1:
+            lag = _lags(self.T)
+            v, r = psi
+            out[0, 1] = out[1, 0] = lag * r ** np.maximum(lag - 1, 0)
+            out[1, 1] = v * lag * (lag - 1) * r ** np.maximum(lag - 2, 0)
+        return out
+
+    def dpsi_dphi(self, phi):
+        if self.T == 1:
+            return np.array([[2 * np.exp(2 * phi[0])]])
+        return np.diag([2 * np.exp(2 * phi[0]), 1 - np.tanh(phi[1]) ** 2])
+
+    def dsigma_phi(self, phi):
+        v = np.exp(2 * phi[0])
+        if self.T == 1:
+            return np.full((1, 1, 1), 2 * v)
+        r = np.tanh(phi[1])
+        d = self.dsigma_psi(np.array([v, r]))
+        return np.array([2 * v * d[0], (1 - r ** 2) * d[1]])
 
 
 def _pacf_to_acf(pacf: np.ndarray) -> np.ndarray:
@@ -466,34 +569,44 @@ class _Model:
         b = np.zeros(self.p)
         yy = logdet = 0.0
         cache = []
+        if not all(np.all(np.isfinite(S)) for S in sigmas):
+            return None
         for pt in self.pats:
             S = sigmas[pt.group][np.ix_(pt.obs, pt.obs)]
             try:
-                c = linalg.cho_factor(S, lower=True)
-            except linalg.LinAlgError:
+                Li = np.linalg.inv(np.linalg.cholesky(S))
+            except np.linalg.LinAlgError:
                 return None
-            Sinv = linalg.cho_solve(c, np.eye(len(pt.obs)))
-            SX = np.einsum("ab,ibp->iap", Sinv, pt.X)
-            H += np.einsum("iap,iaq->pq", pt.X, SX)
-            b += np.einsum("iap,ia->p", SX, pt.y)
-            yy += float(np.einsum("ia,ab,ib->", pt.y, Sinv, pt.y))
-            logdet += pt.y.shape[0] * 2 * np.log(np.diag(c[0])).sum()
+            Sinv = Li.T @ Li
+            SX = np.matmul(Sinv, pt.X)                      # (m, o, p)
+            flatX, flatSX = pt.X.reshape(-1, self.p), SX.reshape(-1, self.p)
+            H += flatX.T @ flatSX
+            b += flatSX.T @ pt.y.ravel()
+            yy += float(np.sum((pt.y @ Sinv) * pt.y))
+            logdet -= pt.y.shape[0] * 2 * np.log(np.diagonal(Li)).sum()
             cache.append((Sinv, SX))
         try:
-            cH = linalg.cho_factor(H, lower=True)
-        except linalg.LinAlgError:
+            LH = np.linalg.cholesky(H)
+        except np.linalg.LinAlgError:
             return None
-        beta = linalg.cho_solve(cH, b)
-        crit = logdet + 2 * np.log(np.diag(cH[0])).sum() + yy - b @ beta + (self.N - self.p) * LOG_2PI
-        return crit, beta, cH, cache
+        LHi = np.linalg.inv(LH)
+        Phi = LHi.T @ LHi
+        beta = Phi @ b
+        crit = logdet + 2 * np.log(np.diagonal(LH)).sum() + yy - b @ beta + (self.N - self.p) * LOG_2PI
+        return crit, beta, Phi, cache
 
-    def matrix_gradient(self, beta, cH, cache):
-        """d(-2 l_R)/d Sigma_g (T x T per group; entries treated as independent)."""
-        Hinv = linalg.cho_solve(cH, np.eye(self.p))
-        G = np.zeros((self.G, self.T, self.T))
+    def _per_pattern(self, beta, Phi, cache):
+        """Per pattern: (Sinv, SX, e = Sinv r, A = sum_i SX_i Phi SX_i')."""
         for pt, (Sinv, SX) in zip(self.pats, cache):
-            e = np.einsum("ab,ib->ia", Sinv, pt.y - pt.X @ beta)
-            A = np.einsum("iap,pq,ibq->ab", SX, Hinv, SX)
+            e = (pt.y - pt.X @ beta) @ Sinv
+            SXP = SX @ Phi
+            A = np.tensordot(SXP, SX, axes=([0, 2], [0, 2]))
+            yield pt, Sinv, SX, e, A
+
+    def matrix_gradient(self, beta, Phi, cache):
+        """d(-2 l_R)/d Sigma_g (T x T per group; entries treated as independent)."""
+        G = np.zeros((self.G, self.T, self.T))
+        for pt, Sinv, SX, e, A in self._per_pattern(beta, Phi, cache):
             G[pt.group][np.ix_(pt.obs, pt.obs)] += pt.y.shape[0] * Sinv - A - e.T @ e
         return G
 
@@ -502,64 +615,67 @@ class _Model:
         got = self._pieces(sig)
         if got is None:
             return np.inf, np.zeros_like(phi)
-        crit, beta, cH, cache = got
-        G = self.matrix_gradient(beta, cH, cache)
+        crit, beta, Phi, cache = got
+        G = self.matrix_gradient(beta, Phi, cache)
         grad = np.concatenate([np.einsum("tab,ab->t", self.st.dsigma_phi(x), G[g])
                                for g, x in enumerate(self.split(phi))])
         return crit, grad
 
     # -- information in psi -------------------------------------------------------
-    def information(self, psi_all):
-        """Everything KR and Satterthwaite need at ``psi`` (all groups stacked)."""
+    def information(self, psi_all, full: bool = False):
+        """Criterion, score, expected and observed REML information at ``psi`` (all groups
+        stacked); with ``full`` also the KR matrices P_r, Q_rs and R_rs."""
         psis = self.split(psi_all)
         sig = [self.st.sigma_psi(x) for x in psis]
         got = self._pieces(sig)
         if got is None:
-            raise MMRMError("fitted covariance not positive definite")
-        crit, beta, cH, cache = got
-        Phi = linalg.cho_solve(cH, np.eye(self.p))
-        Q = self.q * self.G
-        p = self.p
+            raise MMRMError("covariance not positive definite")
+        crit, beta, Phi, cache = got
+        Q, p = self.q * self.G, self.p
         P = np.zeros((Q, p, p))
-        QQ = np.zeros((Q, Q, p, p))
-        RR = np.zeros((Q, Q, p, p))
-        Ktr = np.zeros((Q, Q))
-        trV2 = np.zeros((Q, Q))
-        t1 = np.zeros((Q, Q))
+        KQ = np.zeros((Q, Q, p, p)) if full else None
+        RR = np.zeros((Q, Q, p, p)) if full else None
+        Ktr, trQ, trV2, t1, ePe = (np.zeros((Q, Q)) for _ in range(5))
         bvec = np.zeros((Q, p))
-        ePe = np.zeros((Q, Q))
+        score = np.zeros(Q)
         dS = [self.st.dsigma_psi(x) for x in psis]
         d2S = [self.st.d2sigma_psi(x) for x in psis]
-        for pt, (Sinv, SX) in zip(self.pats, cache):
+        for pt, Sinv, SX, e, A in self._per_pattern(beta, Phi, cache):
             g, o, m = pt.group, pt.obs, pt.y.shape[0]
+            k = len(o)
             sl = slice(g * self.q, (g + 1) * self.q)
-            V = dS[g][:, o][:, :, o]
-            M = np.einsum("iap,ibq->abpq", SX, SX)
-            P[sl] -= np.einsum("rab,abpq->rpq", V, M)
-            K = np.einsum("rab,bc,scd->rsad", V, Sinv, V)
-            QQ[sl, sl] += np.einsum("rsad,adpq->rspq", K, M)
-            C = np.einsum("ab,rbc->rac", Sinv, V)
-            Ktr[sl, sl] += m * np.einsum("rab,sba->rs", C, C)
-            e = np.einsum("ab,ib->ia", Sinv, pt.y - pt.X @ beta)
-            a = np.einsum("rab,ib->ria", V, e)
-            t1[sl, sl] += np.einsum("ria,ab,sib->rs", a, Sinv, a)
-            bvec[sl] += np.einsum("iap,ria->rp", SX, a)
+            V = dS[g][:, o][:, :, o]                          # (q, o, o), symmetric
+            Vf = V.reshape(len(V), k * k)
+            C = np.matmul(Sinv, V)                            # Sinv V_r
+            Ct = C.transpose(0, 2, 1).reshape(len(V), k * k)
+            Ktr[sl, sl] += m * (C.reshape(len(V), k * k) @ Ct.T)
+            trQ[sl, sl] += Vf @ np.matmul(C, A).transpose(0, 2, 1).reshape(len(V), k * k).T
+            VSX = np.matmul(V[:, None], SX[None])             # (q, m, o, p): V_r SX_i
+            P[sl] -= np.tensordot(VSX, SX, axes=([1, 2], [0, 1]))
+            a_ = np.matmul(e, V)                              # (q, m, o): (V_r e_i)'
+            af = a_.reshape(len(V), -1)
+            t1[sl, sl] += np.matmul(a_, Sinv).reshape(len(V), -1) @ af.T
+            bvec[sl] += np.tensordot(a_, SX, axes=([1, 2], [0, 1]))
+            G = m * Sinv - A - e.T @ e
+            score[sl] += -0.5 * (Vf @ G.ravel())
             if d2S[g] is not None:
                 V2 = d2S[g][:, :, o][:, :, :, o]
-                RR[sl, sl] += np.einsum("rsab,abpq->rspq", V2, M)
-                trV2[sl, sl] += m * np.einsum("ab,rsba->rs", Sinv, V2)
-                ePe[sl, sl] += np.einsum("ia,rsab,ib->rs", e, V2, e)
-        PhiP = np.einsum("pq,rqs->rps", Phi, P)
-        trPhiQ = np.einsum("pq,rsqp->rs", Phi, QQ)
+                V2f = V2.reshape(len(V), len(V), k * k)
+                trV2[sl, sl] += V2f @ (m * Sinv - A).ravel()
+                ePe[sl, sl] += V2f @ (e.T @ e).ravel()
+            if full:
+                M = np.einsum("iap,ibq->abpq", SX, SX)
+                if d2S[g] is not None:
+                    RR[sl, sl] += np.tensordot(V2, M, axes=([2, 3], [0, 1]))
+                K = np.matmul(np.matmul(V[:, None], Sinv), V[None])   # V_r Sinv V_s
+                KQ[sl, sl] += np.tensordot(K, M, axes=([2, 3], [0, 1]))
+        PhiP = np.matmul(Phi, P)
         trPP = np.einsum("rpq,sqp->rs", PhiP, PhiP)
-        IE2 = Ktr - 2 * trPhiQ + trPP                      # tr(P V_r P V_s)
-        trPV2 = trV2 - np.einsum("pq,rsqp->rs", Phi, RR)   # tr(P V_rs)
+        IE2 = Ktr - 2 * trQ + trPP                             # tr(P V_r P V_s)
         expected = 0.5 * IE2
-        observed = -0.5 * IE2 + 0.5 * trPV2 + (t1 - bvec @ Phi @ bvec.T) - 0.5 * ePe
-        score = -0.5 * np.concatenate([np.einsum("tab,ab->t", dS[g], G_g) for g, G_g in
-                                       enumerate(self.matrix_gradient(beta, cH, cache))])
-        return dict(crit=crit, beta=beta, Phi=Phi, P=P, Q=QQ, R=RR, expected=expected,
-                    observed=observed, score=score, sigma=sig)
+        observed = -0.5 * IE2 + 0.5 * trV2 + (t1 - bvec @ Phi @ bvec.T) - 0.5 * ePe
+        return dict(crit=crit, beta=beta, Phi=Phi, P=P, Q=KQ, R=RR, expected=expected,
+                    observed=0.5 * (observed + observed.T), score=score, sigma=sig, psi=psi_all)
 
 
 def _start(pats: list[_Pattern], T: int, G: int, p: int) -> list[np.ndarray]:
@@ -640,73 +756,125 @@ def fit_mmrm(y, X, subject, visit, *, group=None, structure: str = "us",
     pats = _patterns(y, X, subject, visit, group)
     G = int(group.max()) + 1
     model = _Model(pats, T, G, structure, p)
+    name = STRUCTURE_NAMES[structure]
     if N - p < model.q * G:
-        raise MMRMError(f"{STRUCTURE_NAMES[structure]} covariance not identifiable: "
-                        f"{model.q * G} covariance parameters, {N - p} residual df")
-    phi0 = np.concatenate([model.st.phi_of(S) for S in _start(pats, T, G, p)])
-    res = optimize.minimize(model.objective, phi0, jac=True, method="BFGS",
-                            options={"gtol": 1e-6, "maxiter": 2000})
-    if not np.isfinite(res.fun):
-        raise MMRMError(f"{STRUCTURE_NAMES[structure]} REML did not converge")
-    psi = np.concatenate([model.st.psi_of(model.st.sigma_phi(x)) for x in model.split(res.x)])
-    info = _newton(model, psi)
-    psi = info["psi"]
-    _check(model, info, structure)
+        raise MMRMError(f"{name}: not identifiable ({model.q * G} covariance parameters, "
+                        f"{N - p} residual df)")
+    start = np.concatenate([model.st.phi_of(S) for S in _start(pats, T, G, p)])
+    info = _scoring(model, start)
+    if info is None:  # the robust path: BFGS on the unconstrained parametrisation
+        res = optimize.minimize(model.objective, start, jac=True, method="BFGS",
+                                options={"gtol": 1e-6, "maxiter": 300})
+        if not np.isfinite(res.fun):
+            raise MMRMError(f"{name}: REML did not converge")
+        info = _scoring(model, res.x)
+        if info is None:
+            raise MMRMError(f"{name}: REML did not converge")
+    _check(info, name)
+    info = model.information(info["psi"], full=True)
     W_e = np.linalg.inv(info["expected"])
     W_o = np.linalg.inv(info["observed"])
     Phi, P, Q, R = info["Phi"], info["P"], info["Q"], info["R"]
-    U = np.einsum("rs,rspq->pq", W_e, Q - np.einsum("rpa,ab,sbq->rspq", P, Phi, P) - R / 4)
+    inner = Q - np.matmul(P[:, None], np.matmul(Phi, P)[None]) - (0 if R is None else R / 4)
+    U = np.tensordot(W_e, inner, axes=([0, 1], [0, 1]))
     Phi_A = Phi + 2 * Phi @ U @ Phi
     n_sub = int(sum(pt.y.shape[0] for pt in pats))
     return MMRMFit(beta=info["beta"], vcov=Phi, vcov_kr=0.5 * (Phi_A + Phi_A.T),
                    structure=structure, sigma=info["sigma"], n_subjects=n_sub, n_obs=N,
-                   loglik=-0.5 * info["crit"], psi=psi, P=P, W_expected=W_e, W_observed=W_o)
+                   loglik=-0.5 * info["crit"], psi=info["psi"], P=P, W_expected=W_e,
+                   W_observed=W_o)
 
 
-def _newton(model: _Model, psi: np.ndarray, steps: int = 8) -> dict:
-    """Newton steps on the observed REML information from ``psi`` (each accepted only when
-    the criterion does not increase); returns the information at the final psi."""
-    info = model.information(psi)
+def _near_boundary(sigmas) -> bool:
+    """A variance near zero (or 10^6 times another) or a correlation matrix near
+    singular."""
+    for S in sigmas:
+        d = np.sqrt(np.clip(np.diag(S), 0, None))
+        if np.any(d <= 1e-3 * max(d.max(), 1e-300)):
+            return True
+        if np.linalg.eigvalsh(S / np.outer(d, d))[0] < 1e-5:
+            return True
+    return False
+
+
+def _scoring(model: _Model, phi: np.ndarray, max_iter: int = 30) -> dict | None:
+    """Fisher scoring on the unconstrained ``phi`` (expected information mapped through
+    d psi / d phi, step halving on the REML criterion), then Newton steps in psi on the
+    observed information. Returns the information at convergence, or None when no step
+    improves the criterion (the caller then tries BFGS); raises :class:`MMRMError` when
+    the estimate runs onto the boundary (a variance near zero or a singular correlation
+    matrix) or does not converge in ``max_iter`` steps (a flat likelihood)."""
+    def psi_of(x):
+        return np.concatenate([model.st.psi_of(model.st.sigma_phi(y)) for y in model.split(x)])
+
+    name = STRUCTURE_NAMES[model.st.key]
+    try:
+        info = model.information(psi_of(phi))
+    except MMRMError:
+        return None
+    for it in range(max_iter):
+        J = linalg.block_diag(*[model.st.dpsi_dphi(y) for y in model.split(phi)])
+        g = J.T @ info["score"]
+        try:
+            step = np.linalg.solve(J.T @ info["expected"] @ J, g)
+        except np.linalg.LinAlgError:
+            return None
+        if float(step @ g) < 1e-9:
+            return _newton(model, info)
+        step *= min(1.0, 3.0 / np.max(np.abs(step)))  # at most a factor e^3 per step
+        for h in (1.0, 0.5, 0.25, 0.125, 0.0625, 0.03125):
+            psi = psi_of(phi + h * step)
+            got = model._pieces([model.st.sigma_psi(x) for x in model.split(psi)])
+            if got is not None and got[0] <= info["crit"] + 1e-12:
+                phi, info = phi + h * step, model.information(psi)
+                break
+        else:
+            if _near_boundary(info["sigma"]):
+                break
+            return None
+        if it >= 2 and _near_boundary(info["sigma"]):
+            break
+    if _near_boundary(info["sigma"]):
+        raise MMRMError(f"{name}: estimate at the boundary (zero variance or singular "
+                        "correlation)")
+    raise MMRMError(f"{name}: REML did not converge")
+
+
+def _newton(model: _Model, info: dict, steps: int = 4) -> dict:
+    """Newton steps in psi on the observed information (each kept only when the criterion
+    does not increase): the last digits of the optimum."""
     for _ in range(steps):
         try:
             step = np.linalg.solve(info["observed"], info["score"])
-        except np.linalg.LinAlgError:
+            new = model.information(info["psi"] + step)
+        except (np.linalg.LinAlgError, MMRMError):
             break
-        if np.max(np.abs(info["score"])) * max(1.0, np.max(np.abs(step))) < 1e-10:
+        if new["crit"] > info["crit"] + 1e-12:
             break
-        for shrink in (1.0, 0.5, 0.25):
-            cand = psi + shrink * step
-            try:
-                new = model.information(cand)
-            except MMRMError:
-                continue
-            if new["crit"] <= info["crit"] + 1e-10:
-                psi, info = cand, new
-                break
-        else:
+        done = abs(float(step @ info["score"])) < 1e-14
+        info = new
+        if done:
             break
-    info["psi"] = psi
     return info
 
 
-def _check(model: _Model, info: dict, structure: str) -> None:
+def _check(info: dict, name: str) -> None:
     """Raise :class:`MMRMError` unless the fit is an interior, identifiable optimum."""
-    name = STRUCTURE_NAMES[structure]
     for S in info["sigma"]:
         d = np.sqrt(np.clip(np.diag(S), 0, None))
         if np.any(d <= 1e-8 * max(d.max(), 1e-300)):
-            raise MMRMError(f"{name} covariance at the boundary (a variance is zero)")
+            raise MMRMError(f"{name}: estimate at the boundary (zero variance)")
         w = np.linalg.eigvalsh(S / np.outer(d, d))
         if w[0] < 1e-6:
-            raise MMRMError(f"{name} covariance at the boundary (correlation matrix singular)")
+            raise MMRMError(f"{name}: estimate at the boundary (singular correlation)")
     for key in ("expected", "observed"):
         w = np.linalg.eigvalsh(0.5 * (info[key] + info[key].T))
         if w[0] <= 1e-10 * max(abs(w[-1]), 1e-300):
-            raise MMRMError(f"{name} covariance not identifiable (singular {key} information)")
-    scale = np.abs(np.linalg.solve(info["observed"], info["score"]))
+            raise MMRMError(f"{name}: not identifiable (singular {key} information)")
+    step = np.abs(np.linalg.solve(info["observed"], info["score"]))
     psi = np.abs(info["psi"])
-    if np.any(scale > 1e-4 * np.maximum(psi, 1e-3 * max(psi.max(), 1e-12))):
-        raise MMRMError(f"{name} REML did not converge")
+    if np.any(step > 1e-4 * np.maximum(psi, 1e-3 * max(psi.max(), 1e-12))):
+        raise MMRMError(f"{name}: REML did not converge")
 
 
 def fit_mmrm_fallback(y, X, subject, visit, *, group=None, order=FALLBACK_ORDER,
