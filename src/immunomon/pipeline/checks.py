@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from immunomon.errors import UserError
 
 #: Checkers of the study's settings, in the order their problems are listed.
-CHECKS: tuple[str, ...] = ()
+CHECKS: tuple[str, ...] = ("immunomon.stats.plan_check:check_plan",)
 
 
 def check_study(study) -> list[str]:

@@ -453,13 +453,12 @@ def _run(study, out: Path, seed: int, options: RunOptions, cache: Cache, paralle
 
 def _stats(study, tables: dict, analysed: pd.DataFrame, seed: int, options: RunOptions,
            cache: Cache, code: str, stages: _Stages) -> dict[str, pd.DataFrame]:
-    """``immunomon.stats.analyze`` over the analysed samples' tables, cached under ``stats``."""
+    """``immunomon.stats.analyze`` over the analysed samples' tables with the study's
+    analysis plan, cached under ``stats``."""
     from immunomon.stats import StatsOptions, analyze
 
     try:
-        plan = study.config.analysis
-        from_plan = {"alpha": plan.alpha, "min_patients": plan.min_patients} if plan else {}
-        stats_options = StatsOptions(**{**from_plan, **options.stats})
+        stats_options = StatsOptions(**options.stats)
     except TypeError as err:
         raise UserError(f"statistics options {sorted(options.stats)}: {err}") from None
     if "control" in analysed.columns:  # bridge/reference controls serve normalisation only
@@ -476,15 +475,17 @@ def _stats(study, tables: dict, analysed: pd.DataFrame, seed: int, options: RunO
         "patients": _patients(study.samples),
     }
     visits = [v.name if hasattr(v, "name") else v["name"] for v in study.config.visits]
-    baseline = study.config.baseline or visits[0]  # single-visit study: nothing to compare yet
+    baseline = study.config.baseline  # None: a single-visit study compares groups
+    plan = study.config.analysis
+    plan = plan.model_dump(mode="json") if plan is not None else None
     key = make_key("stats", code, {k: _frame_digest(v) for k, v in inputs.items()},
-                   baseline, visits, stats_options, seed)
+                   baseline, visits, stats_options, plan, seed)
     progress = stages.start("stats", 1)
     result = cache.get("stats", key)
     cached = result is not None
     if not cached:
-        result = cache.put("stats", key, dict(analyze(inputs, baseline=baseline,
-                                                      visits=visits, options=stats_options)))
+        result = cache.put("stats", key, dict(analyze(inputs, baseline=baseline, visits=visits,
+                                                      options=stats_options, plan=plan)))
     _advance(progress)
     stages.done("stats", samples=len(ids), tables=len(result), cached=int(cached),
                 rows=int(sum(len(t) for t in result.values())))

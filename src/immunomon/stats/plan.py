@@ -289,8 +289,10 @@ def selectivity(sup: pd.DataFrame, plan: Plan | None, visits: list[str]) -> pd.D
     lo, hi = plan.margins
     a = plan.alpha
     s = sup[(sup["comparison"] == comparison) & (sup["method"] == method)]
+    keys = ["visit", "disease", "arm"] + (["panel"] if "panel" in s else [])
     rows = []
-    for (visit, disease, arm), g in s.groupby(["visit", "disease", "arm"], sort=False):
+    for key, g in s.groupby(keys, sort=False):
+        visit, disease, arm = key[:3]
         g = g.set_index("parameter")
         tg, og = g.reindex(list(plan.targets)), g.reindex(list(plan.off_targets))
         where = f"At {visit} ({'all patients' if disease == ALL else disease}" + \
@@ -298,7 +300,8 @@ def selectivity(sup: pd.DataFrame, plan: Plan | None, visits: list[str]) -> pd.D
         missing = [p for p, r in pd.concat([tg, og]).iterrows() if pd.isna(r["n"])]
         n = int(np.nanmax(g["n"].to_numpy(float))) if len(g) else 0
         base = dict(visit=visit, disease=disease, arm=arm, comparison=comparison, method=method,
-                    n_targets=len(tg), n_off_targets=len(og), margin_low=lo, margin_high=hi, n=n)
+                    n_targets=len(tg), n_off_targets=len(og), margin_low=lo, margin_high=hi, n=n,
+                    **({"panel": key[3]} if len(key) > 3 else {}))
         if missing:
             reason = f"no {method} result for {', '.join(missing)}"
             rows.append(dict(base, verdict=None, targets_changed=None, n_targets_changed=0,
@@ -333,4 +336,4 @@ def selectivity(sup: pd.DataFrame, plan: Plan | None, visits: list[str]) -> pd.D
         rows.append(dict(base, verdict=verdict, targets_changed=changed, n_targets_changed=k_t,
                          n_off_within=within, n_off_beyond=beyond, status=OK, reason="",
                          summary=summary))
-    return pd.DataFrame(rows, columns=SELECTIVITY_COLUMNS)
+    return pd.DataFrame(rows, columns=SELECTIVITY_COLUMNS + (["panel"] if "panel" in s else []))

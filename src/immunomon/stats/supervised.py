@@ -103,72 +103,68 @@ def observations(samples: pd.DataFrame, parameters: pd.DataFrame,
 
 # ----------------------------------------------------------------------- repeated visits
 
-def _mmrm(W: pd.DataFrame, info: pd.DataFrame, design: Design, pooled: bool, options: StatsOptions):
+def _mmrm(W: pd.DataFrame, info: pd.DataFrame, design: Design, pooled: bool):
     """Fit the MMRM of one stratum. ``W``: patients × visits on the model scale. Returns
     (fit, {(arm, visit): L}, {(active arm, visit): L}, note) or (None, {}, {}, reason)."""
     post = list(design.visits[1:])
-    base = W[design.baseline]
-    keep = base.notna() & W[post].notna().any(axis=1)
-    no_base = int((base.isna() & W[post].notna().any(axis=1)).sum())
-    W, info, base = W[keep], info[keep], base[keep]
-    long = (W[post].sub(base, axis=0).stack().rename("change").reset_index()
-            .rename(columns={"level_1": "visit"}))
-    if long.empty or W.shape[0] < 2:
+    base = W[design.baseline].to_numpy()
+    D = W[post].to_numpy() - base[:, None]
+    later = np.isfinite(W[post].to_numpy()).any(axis=1)
+    no_base = int((~np.isfinite(base) & later).sum())
+    keep = np.isfinite(base) & later
+    if keep.sum() < 2:
         return None, {}, {}, "fewer than 2 patients with a baseline and a later visit"
-    long.columns = ["patient_id", "visit", "change"]
-    long = long.merge(info, left_on="patient_id", right_index=True)
-    long["base"] = base.reindex(long["patient_id"]).to_numpy() - base.mean()
-    vis = [v for v in post if (long["visit"] == v).any()]
-    arms = [a for a in design.arms if (info["arm"] == a).any()]
+    i, j = np.nonzero(np.isfinite(D) & keep[:, None])
+    change, pid = D[i, j], W.index.to_numpy()[i]
+    arm_of, dis_of = info["arm"].to_numpy()[i], info["disease"].to_numpy()[i]
+    bc = base[i] - base[keep].mean()
+    vis = sorted(set(j.tolist()))
+    arms = [a for a in design.arms if (info["arm"][keep] == a).any()]
     active = [a for a in design.active if a in arms] if design.control in arms else []
-    k = 2 + len(active)
-    slope_per_visit = long.groupby("visit").size().reindex(vis).min() >= k + 2
+    slope_per_visit = min(np.sum(j == v) for v in vis) >= 2 + len(active) + 2
     cols, names = [], []
-
-    def add(col, name):
-        cols.append(np.asarray(col, float))
-        names.append(name)
-
     for v in vis:
-        add(long["visit"] == v, ("visit", v))
+        cols.append(j == v)
+        names.append(("visit", v))
     if slope_per_visit:
-        for v in vis:
-            add((long["visit"] == v) * long["base"], ("base", v))
+        cols += [(j == v) * bc for v in vis]
+        names += [("base", v) for v in vis]
     else:
-        add(long["base"], ("base", None))
+        cols.append(bc)
+        names.append(("base", None))
     for a in active:
-        for v in vis:
-            add((long["visit"] == v) & (long["arm"] == a), ("arm", a, v))
+        cols += [(j == v) & (arm_of == a) for v in vis]
+        names += [("arm", a, v) for v in vis]
     if pooled and design.arms:
-        dis = sorted(long["disease"].unique())
-        for d in dis[1:]:
-            x = (long["disease"] == d).to_numpy(float)
-            add(x - x.mean(), ("disease", d))
-    X = np.column_stack(cols)
-    if np.linalg.matrix_rank(X) < X.shape[1] and pooled and design.arms:
-        keep_cols = [i for i, n in enumerate(names) if n[0] != "disease"]
-        X, names = X[:, keep_cols], [names[i] for i in keep_cols]
+        for d in sorted(set(dis_of))[1:]:
+            x = (dis_of == d).astype(float)
+            cols.append(x - x.mean())
+            names.append(("disease", d))
+    X = np.column_stack(cols).astype(float)
+    if pooled and design.arms and np.linalg.matrix_rank(X) < X.shape[1]:
+        kept = [k for k, n in enumerate(names) if n[0] != "disease"]
+        X, names = X[:, kept], [names[k] for k in kept]
     try:
-        fit = fit_mmrm_fallback(long["change"].to_numpy(), X, long["patient_id"].to_numpy(),
-                                long["visit"].map({v: i for i, v in enumerate(vis)}).to_numpy(),
-                                n_visits=len(vis))
+        fit = fit_mmrm_fallback(change, X, pid, np.searchsorted(vis, j), n_visits=len(vis))
     except MMRMError as err:
         return None, {}, {}, f"MMRM not fitted: {err}"
-    pos = {n: i for i, n in enumerate(names)}
+    pos = {n: k for k, n in enumerate(names)}
     within, diff = {}, {}
     for v in vis:
         for a in (arms or [ALL]):
-            L = np.zeros(len(names))
-            L[pos[("visit", v)]] = 1.0
-            if ("arm", a, v) in pos:
-                L[pos[("arm", a, v)]] = 1.0
-            elif a in design.active and design.control in arms:
+            if a in active:
+                L = np.zeros(len(names))
+                L[[pos[("visit", v)], pos[("arm", a, v)]]] = 1.0
+            elif a == design.control or not design.arms:
+                L = np.zeros(len(names))
+                L[pos[("visit", v)]] = 1.0
+            else:  # an active arm without the control in this stratum
                 continue
-            within[(a, v)] = L
+            within[(a, post[v])] = L
         for a in active:
             L = np.zeros(len(names))
             L[pos[("arm", a, v)]] = 1.0
-            diff[(a, v)] = L
+            diff[(a, post[v])] = L
     notes = [f"{no_base} patients without a baseline value left out"] if no_base else []
     if fit.notes:
         notes.append(f"covariance fallback ({'; '.join(fit.notes)})")
@@ -195,7 +191,7 @@ def _repeated_rows(name: str, W: pd.DataFrame, info: pd.DataFrame, disease: str,
     base = W[design.baseline]
     fit = None
     if "mmrm" in methods:
-        fit, within, diff, note = _mmrm(W, info, design, disease == ALL, options)
+        fit, within, diff, note = _mmrm(W, info, design, disease == ALL)
     rows = []
 
     def put(visit, arm, comparison, method, n, n_missing, r):
@@ -310,12 +306,22 @@ def supervised_tests(obs: pd.DataFrame, design: Design, options: StatsOptions) -
 
 # ----------------------------------------------------------------------- responders
 
+def clopper_pearson(k: np.ndarray, n: np.ndarray, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+    """Exact (Clopper–Pearson) CI of k successes in n trials (NaN where n = 0)."""
+    from scipy import stats
+
+    k, n = np.asarray(k, float), np.asarray(n, float)
+    a = (1 - level) / 2
+    with np.errstate(invalid="ignore", divide="ignore"):
+        lo = np.where(k > 0, stats.beta.ppf(a, k, n - k + 1), 0.0)
+        hi = np.where(k < n, stats.beta.ppf(1 - a, k + 1, n - k), 1.0)
+    return np.where(n > 0, lo, np.nan), np.where(n > 0, hi, np.nan)
+
+
 def responders(obs: pd.DataFrame, design: Design, ratio: float) -> pd.DataFrame:
     """``responders``: per parameter, visit, stratum and arm, the complete pairs and how many
     patients reached ``visit/baseline >= ratio`` (the value ratio; exp of the difference on
     a transformed scale), with the exact (Clopper–Pearson) 95 % CI of the fraction."""
-    from scipy import stats
-
     rows = []
     if not design.repeated:
         return pd.DataFrame(columns=RESPONDERS_COLUMNS)
@@ -324,20 +330,18 @@ def responders(obs: pd.DataFrame, design: Design, ratio: float) -> pd.DataFrame:
         W = g.pivot_table(index="patient_id", columns="visit", values=col,
                           aggfunc="mean").reindex(columns=list(design.visits))
         info = g.drop_duplicates("patient_id").set_index("patient_id").reindex(W.index)
-        for visit in design.visits[1:]:
-            d = W[visit] - W[design.baseline]
-            for s in design.strata:
-                for arm in design.arm_labels:
-                    m = d.notna()
-                    if s != ALL:
-                        m &= info["disease"] == s
-                    if design.arms:
-                        m &= info["arm"] == arm
-                    x = d[m].to_numpy()
-                    n, k = int(x.size), int((x >= np.log(ratio)).sum())
-                    lo, hi = ((np.nan, np.nan) if n == 0 else
-                              stats.binomtest(k, n).proportion_ci(0.95, method="exact"))
-                    rows.append(dict(parameter=name, visit=visit, disease=s, arm=arm, n=n,
-                                     threshold=ratio, n_responders=k,
-                                     fraction=k / n if n else np.nan, ci_low=lo, ci_high=hi))
-    return pd.DataFrame(rows, columns=RESPONDERS_COLUMNS)
+        D = W[list(design.visits[1:])].sub(W[design.baseline], axis=0)
+        for s in design.strata:
+            for arm in design.arm_labels:
+                m = np.ones(len(D), bool) if s == ALL else (info["disease"] == s).to_numpy()
+                if design.arms:
+                    m &= (info["arm"] == arm).to_numpy()
+                sub = D[m]
+                n = sub.notna().sum().to_numpy()
+                k = (sub >= np.log(ratio)).sum().to_numpy()
+                for visit, nv, kv in zip(design.visits[1:], n, k):
+                    rows.append((name, visit, s, arm, int(nv), ratio, int(kv)))
+    df = pd.DataFrame(rows, columns=RESPONDERS_COLUMNS[:7])
+    df["fraction"] = np.where(df["n"] > 0, df["n_responders"] / df["n"].clip(lower=1), np.nan)
+    df["ci_low"], df["ci_high"] = clopper_pearson(df["n_responders"], df["n"])
+    return df[RESPONDERS_COLUMNS]
