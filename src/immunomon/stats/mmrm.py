@@ -832,7 +832,7 @@ def _scoring(model: _Model, phi: np.ndarray, max_iter: int = 30) -> dict | None:
             if _near_boundary(info["sigma"]):
                 break
             return None
-        if it >= 2 and _near_boundary(info["sigma"]):
+        if it >= 1 and _near_boundary(info["sigma"]):
             break
     if _near_boundary(info["sigma"]):
         raise MMRMError(f"{name}: estimate at the boundary (zero variance or singular "
