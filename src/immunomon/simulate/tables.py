@@ -217,7 +217,7 @@ def simulate_tables(patients: int = 46, visits=VISITS, *, seed: int = 1,
         log_prop = np.log(base_prop) + rng.normal(0.0, 0.25, len(clusters))
         marker_shift = rng.normal(0.0, 0.06, len(MARKERS))
         last = len(visits)
-        if rng.random() < dropout:
+        if rng.random() < dropout and len(visits) > 2:
             last = int(rng.integers(2, len(visits)))
         for j, (visit, day) in enumerate(visits[:last]):
             if j > 0 and rng.random() < missing:
