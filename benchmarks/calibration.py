@@ -114,8 +114,8 @@ def one_trial(task) -> list[dict]:
     cpu = time.process_time()
     t = _trial(kw, seed)
     per_disease = bool(kw.get("diseases"))
-    res = analyze(t, baseline="D1", options=StatsOptions(per_disease=per_disease,
-                                                         min_patients=min_patients))
+    res = analyze(t, baseline="D1", options=StatsOptions(
+        per_disease=per_disease, min_patients=min_patients, tables=("stats_supervised",)))
     sup = res["stats_supervised"]
     sup = sup[sup["visit"] == visit]
     effect = kw.get("effect", 0.0)

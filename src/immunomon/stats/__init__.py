@@ -108,30 +108,36 @@ def _analyze(inputs, baseline, visits, options, plan: Plan | None) -> dict[str, 
     def put(name, df, panel):
         out.setdefault(name, []).append(_tag(df, panel))
 
+    want = options.wants
     for panel, smp in _per_panel(samples):
         if inputs.get("parameters") is not None and len(inputs["parameters"]):
             obs = observations(smp, inputs["parameters"])
-            put("stats_supervised", supervised_tests(obs, design, options), panel)
-            if design.repeated:
+            if want("stats_supervised", "selectivity"):
+                put("stats_supervised", supervised_tests(obs, design, options), panel)
+            if design.repeated and want("responders"):
                 put("responders", responders(obs, design, plan.responder_ratio if plan else 1.25),
                     panel)
+            if design.repeated and want("fold_changes", "clinical_immune"):
                 put("fold_changes", fold_changes(obs, visits), panel)
-            scores, var = pca(observations(smp, inputs["parameters"], per_sample=True))
-            put("pca", scores, panel)
-            put("pca_variance", var, panel)
-        if inputs.get("cluster_counts") is not None and len(inputs["cluster_counts"]):
+            if want("pca", "pca_variance"):
+                scores, var = pca(observations(smp, inputs["parameters"], per_sample=True))
+                put("pca", scores, panel)
+                put("pca_variance", var, panel)
+        if inputs.get("cluster_counts") is not None and len(inputs["cluster_counts"]) \
+                and want("stats_da"):
             put("stats_da", differential_abundance(smp, inputs["cluster_counts"], design,
                                                    options), panel)
-        if inputs.get("cluster_markers") is not None and len(inputs["cluster_markers"]):
+        if inputs.get("cluster_markers") is not None and len(inputs["cluster_markers"]) \
+                and want("stats_ds"):
             put("stats_ds", differential_state(smp, inputs["cluster_markers"], design,
                                                options), panel)
     tables = {k: pd.concat(v, ignore_index=True) for k, v in out.items()}
     _finish(tables, plan, design, visits)
     _clinical(tables, inputs, patients, plan, design, options)
     ae = inputs.get("adverse_events")
-    if ae is not None:
+    if ae is not None and want("adverse_events_summary"):
         tables["adverse_events_summary"] = adverse_events_summary(ae, patients)
-    return tables
+    return {k: v for k, v in tables.items() if want(k)}
 
 
 def _finish(tables: dict, plan: Plan | None, design: Design, visits: list[str]) -> None:
@@ -161,7 +167,8 @@ def _clinical(tables: dict, inputs: Mapping, patients: pd.DataFrame, plan: Plan 
               design: Design, options: StatsOptions) -> None:
     """Clinical change, summaries and their link with the immune response (in place)."""
     clinical = inputs.get("clinical")
-    if clinical is None or not len(clinical) or not design.repeated:
+    if clinical is None or not len(clinical) or not design.repeated or not options.wants(
+            "clinical_change", "clinical_summary", "clinical_categories", "clinical_immune"):
         return
     visits = list(design.visits)
     ch = sort_rows(clinical_change(clinical, patients, design.baseline),

@@ -57,6 +57,9 @@ class StatsOptions:
     immune_parameters
         Parameters correlated with clinical change; ``None`` = the plan's end points and
         selectivity targets, or every parameter when there is no plan.
+    tables
+        Names of the tables to compute (e.g. ``("stats_supervised",)`` to re-run the plan's
+        analyses alone); ``None`` = every table the inputs allow.
     """
 
     alpha: float | None = None
@@ -70,6 +73,11 @@ class StatsOptions:
     min_sample_fraction: float = 0.5
     immune_visit: str | None = None
     immune_parameters: tuple[str, ...] | None = None
+    tables: tuple[str, ...] | None = None
+
+    def wants(self, *names: str) -> bool:
+        """Whether any of the tables ``names`` is to be computed."""
+        return self.tables is None or any(n in self.tables for n in names)
 
     def resolved(self, alpha: float | None = None, min_patients: int | None = None
                  ) -> "StatsOptions":
