@@ -15,6 +15,7 @@ from pathlib import Path
 from plotly.offline import get_plotlyjs
 
 from . import sections_more as more
+from . import sections_plan as plan
 from . import sections_study as study
 from .assets import CSS, TABLE_JS
 from .figures import write_figures
@@ -29,17 +30,18 @@ log = logging.getLogger(__name__)
 CSP = ("default-src 'none'; script-src 'unsafe-inline' 'unsafe-eval'; "
        "style-src 'unsafe-inline'; img-src data: blob:; font-src data:; connect-src 'none'")
 
-#: Section builders in page order.
-SECTIONS: tuple[Callable[[Context], Section], ...] = (
-    study.overview, study.primary, study.kinetics, study.volcano, study.fold_changes, study.pca,
-    more.clusters, more.differential, study.selectivity, more.clinical, more.adverse_events,
-    more.methods, more.provenance,
+#: Section builders in page order: the analysis plan first (a builder returning None — a
+#: plan section of a run without a plan — adds no section).
+SECTIONS: tuple[Callable[[Context], Section | None], ...] = (
+    plan.primary, plan.key_secondary, study.overview, study.kinetics, study.volcano,
+    study.fold_changes, study.pca, more.clusters, more.differential, plan.selectivity,
+    more.clinical, more.adverse_events, more.methods, more.provenance,
 )
 #: At most this many other PNGs of figures/ (e.g. gate plots) are shown in the gallery.
 MAX_EXTRA_FIGURES = 24
 
 
-def _safe(builder: Callable[[Context], Section], ctx: Context) -> Section:
+def _safe(builder: Callable[[Context], Section | None], ctx: Context) -> Section | None:
     """Run a section builder; a table it cannot draw gives a notice, not a failed report."""
     try:
         return builder(ctx)
@@ -87,7 +89,7 @@ def _annotated(run: RunData, emb, cl):
 def build_html(run: RunData, figures: list[Path]) -> str:
     """The whole page as a string (deterministic for the same tables and figures)."""
     ctx = Context.of(run)
-    sections = [_safe(b, ctx) for b in SECTIONS]
+    sections = [s for s in (_safe(b, ctx) for b in SECTIONS) if s is not None]
     sections.insert(-2, more.gallery(ctx, figures))
     prov = run.provenance
     study_id = prov.get("study_id") or (prov.get("parameters") or {}).get("study_id") or \
@@ -100,7 +102,7 @@ def build_html(run: RunData, figures: list[Path]) -> str:
         if prov.get(key):
             sub.append(f"run finished {prov[key]}")
             break
-    headline = _safe_text(study.headline, ctx)
+    headline = _safe_text(plan.headline, ctx)
     nav = "".join(f'<a href="#{esc(s.id)}">{esc(s.title.split(":")[0])}</a>' for s in sections)
     body = "\n".join(f'<section id="{esc(s.id)}"><h2>{esc(s.title)}</h2>\n{s.body}</section>'
                      for s in sections)
