@@ -45,6 +45,7 @@ published KR/Satterthwaite formulas: ``tests/test_mmrm.py`` and ``tests/data/sta
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -66,48 +67,50 @@ class MMRMError(ValueError):
 
 # ----------------------------------------------------------------------- structures
 
-class _Structure:
+class _Structure(ABC):
     """A covariance parametrisation: ``phi`` (unconstrained, for the optimiser) and
     ``psi`` (the SAS-style parameters used for the information and KR)."""
 
     key = ""
-    linear = False  # Sigma linear in psi (no second derivatives)
 
     def __init__(self, T: int):
         self.T = T
 
-    # -- subclasses -----------------------------------------------------------
+    @abstractmethod
     def n_params(self) -> int:
-        raise NotImplementedError
+        """q, the number of covariance parameters."""
 
+    @abstractmethod
     def sigma_phi(self, phi: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+        """Sigma (T, T) of an unconstrained ``phi``."""
 
+    @abstractmethod
     def phi_of(self, S: np.ndarray) -> np.ndarray:
         """The phi whose Sigma is closest to the PD matrix ``S`` within the structure."""
-        raise NotImplementedError
 
+    @abstractmethod
     def sigma_psi(self, psi: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+        """Sigma (T, T) of the SAS-style parameters ``psi``."""
 
+    @abstractmethod
     def psi_of(self, S: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+        """psi of a Sigma of the structure."""
 
+    @abstractmethod
     def dsigma_phi(self, phi: np.ndarray) -> np.ndarray:
         """(q, T, T) derivatives of Sigma with respect to phi."""
-        raise NotImplementedError
 
+    @abstractmethod
     def dsigma_psi(self, psi: np.ndarray) -> np.ndarray:
         """(q, T, T) derivatives of Sigma with respect to psi."""
-        raise NotImplementedError
+
+    @abstractmethod
+    def dpsi_dphi(self, phi: np.ndarray) -> np.ndarray:
+        """(q, q) Jacobian d psi / d phi."""
 
     def d2sigma_psi(self, psi: np.ndarray) -> np.ndarray | None:
         """(q, q, T, T) second derivatives with respect to psi; None when linear."""
         return None
-
-    def dpsi_dphi(self, phi: np.ndarray) -> np.ndarray:
-        """(q, q) Jacobian d psi / d phi."""
-        raise NotImplementedError
 
 
 def _num_jac(fn, x: np.ndarray) -> np.ndarray:
@@ -122,7 +125,7 @@ def _num_jac(fn, x: np.ndarray) -> np.ndarray:
 
 
 class _Unstructured(_Structure):
-    key, linear = "us", True
+    key = "us"
 
     def __init__(self, T: int):
         super().__init__(T)
@@ -178,21 +181,25 @@ class _Correlated(_Structure):
 
     n_rho = 0
 
+    @abstractmethod
     def corr(self, rho: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+        """The correlation matrix C (T, T)."""
 
+    @abstractmethod
     def dcorr(self) -> np.ndarray:
         """(n_rho, T, T) derivatives of C (constant: C is linear in rho)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def rho_of_phi(self, x: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+        """Correlation parameters of their unconstrained transform."""
 
+    @abstractmethod
     def phi_of_rho(self, rho: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+        """The unconstrained transform of correlation parameters."""
 
+    @abstractmethod
     def rho_of_corr(self, C: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+        """The structure's correlation parameters closest to the correlation matrix C."""
 
     def n_params(self):
         return self.T + self.n_rho
