@@ -70,7 +70,7 @@ def analyze(inputs: Mapping[str, pd.DataFrame], *, baseline: str | None = "D1",
         ``patients`` (patient_id, disease). Other keys are ignored.
     baseline
         Baseline visit name; ``None`` for a cross-sectional study (groups are compared at
-        each visit instead of change from baseline).
+        each visit instead of change from baseline), as is a study with a single visit.
     visits
         Visit names in study order (default: order of ``day`` in samples).
     options
@@ -100,6 +100,8 @@ def _analyze(inputs, baseline, visits, options, plan: Plan | None) -> dict[str, 
         raise UserError("stats inputs: a samples table is required")
     samples = kept_samples(inputs["samples"])
     visits = visit_order(samples, baseline, visits)
+    if len(visits) == 1:  # a single visit: nothing changes from baseline, groups are compared
+        baseline = None
     design = study_design(samples, baseline, visits, options,
                           plan.control_arm if plan else None, plan.reference_group if plan else None)
     patients = patients_table(samples, inputs.get("patients"))
