@@ -155,10 +155,10 @@ def _mmrm(W: pd.DataFrame, info: pd.DataFrame, design: Design, pooled: bool):
             if a in active:
                 L = np.zeros(len(names))
                 L[[pos[("visit", v)], pos[("arm", a, v)]]] = 1.0
-            elif a == design.control or not design.arms:
+            elif a == design.control or len(arms) <= 1:  # the reference arm, or one arm
                 L = np.zeros(len(names))
                 L[pos[("visit", v)]] = 1.0
-            else:  # an active arm without the control in this stratum
+            else:  # several arms but not the control: no reference for the visit terms
                 continue
             within[(a, post[v])] = L
         for a in active:
