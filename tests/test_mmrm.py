@@ -119,3 +119,23 @@ def test_rank_deficient_design_and_too_few_subjects_are_reported():
     fit = fit_mmrm_fallback(few["change"], _design(few).to_numpy(), few["subject"].to_numpy(),
                             few["visit_index"])
     assert fit.structure != "us" and "not identifiable" in fit.notes[0]
+
+
+def test_covariance_groups_equal_separate_fits():
+    """A covariance per group with group-specific fixed effects is two separate fits."""
+    d = pd.read_csv(DATA / "dropouts.csv")
+    X = _design(d).to_numpy()
+    g = (d["subject"].str[1:].astype(int) % 2).to_numpy()
+    joint = fit_mmrm(d["change"], np.column_stack([X * (g == 0)[:, None], X * (g == 1)[:, None]]),
+                     d["subject"].to_numpy(), d["visit_index"], group=g)
+    p = X.shape[1]
+    for k in (0, 1):
+        m = g == k
+        alone = fit_mmrm(d["change"][m], X[m], d["subject"].to_numpy()[m], d["visit_index"][m])
+        np.testing.assert_allclose(joint.beta[k * p:(k + 1) * p], alone.beta, rtol=1e-6)
+        np.testing.assert_allclose(np.diag(joint.vcov)[k * p:(k + 1) * p], np.diag(alone.vcov),
+                                   rtol=1e-5)
+        L = np.zeros(2 * p)
+        L[k * p] = 1.0
+        assert joint.contrast(L).df == pytest.approx(alone.contrast(L[k * p:(k + 1) * p]).df,
+                                                     rel=1e-4)
