@@ -46,6 +46,13 @@ def _rows(run, role: str) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
 
+def _columns(df: pd.DataFrame) -> list[str]:
+    """The confirmatory columns worth showing: a stratum column that only says ``all`` is
+    left out (the sentence above the table says it)."""
+    return [c for c in CONFIRMATORY_COLUMNS if not (
+        c in ("disease", "arm") and c in df.columns and (df[c].astype(str) == POOLED).all())]
+
+
 def _plan(run) -> dict:
     """The analysis plan recorded in provenance (``{}`` when none)."""
     return (run.provenance.get("parameters") or {}).get("analysis") or {}
@@ -112,7 +119,7 @@ def primary(ctx: Context) -> Section | None:
     else:
         body.append(para(f"Pre-specified in the analysis plan (study.yaml analysis:), "
                          f"two-sided alpha = {alpha:g}."))
-    body.append(table_html(prim, columns=CONFIRMATORY_COLUMNS))
+    body.append(table_html(prim, columns=_columns(prim)))
     sup = run.get("stats_supervised")
     for _, r in prim[prim["_table"] == "stats_supervised"].iterrows():
         body.append(_paired_figure(ctx, r["end point"], str(r["visit"])))
@@ -123,7 +130,7 @@ def primary(ctx: Context) -> Section | None:
             if len(sens):
                 body.append("<h3>Sensitivity analyses of the same end point</h3>")
                 body.append(table_html(sens.assign(**{"end point": r["end point"]}),
-                                       columns=CONFIRMATORY_COLUMNS))
+                                       columns=_columns(sens)))
         resp = run.get("responders")
         if resp is not None and "threshold" in resp.columns:
             x = resp[(resp["parameter"] == r["end point"]) & (resp["visit"] == r["visit"])]
@@ -153,7 +160,7 @@ def key_secondary(ctx: Context) -> Section | None:
     body = para(f"Tested only when the primary analysis is significant (serial gatekeeping), "
                 f"{how}; significant when p_adjusted < {alpha:g}.")
     sig = rows["p_adjusted"].astype(float) < alpha
-    table = table_html(rows, columns=CONFIRMATORY_COLUMNS,
+    table = table_html(rows, columns=_columns(rows),
                        row_class=["good" if s else "" for s in sig])
     return Section("key_secondary", "Key secondary end points", body + table)
 

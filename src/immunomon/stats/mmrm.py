@@ -335,6 +335,14 @@ class _HetCompoundSymmetry(_Correlated):
         lo = self._low()
         return lo + (1 - lo) / (1 + np.exp(-x)) if len(x) else x
 
+    def dpsi_dphi(self, phi):
+        T = self.T
+        J = np.diag(np.r_[2 * np.exp(2 * phi[:T]), np.zeros(self.n_rho)])
+        if self.n_rho:
+            u = 1 / (1 + np.exp(-phi[T]))
+            J[T, T] = (1 - self._low()) * u * (1 - u)
+        return J
+
     def phi_of_rho(self, rho):
         if not len(rho):
             return rho
@@ -629,9 +637,9 @@ class _Model:
         return crit, grad
 
     # -- information in psi -------------------------------------------------------
-    def information(self, psi_all, full: bool = False):
-        """Criterion, score, expected and observed REML information at ``psi`` (all groups
-        stacked); with ``full`` also the KR matrices P_r, Q_rs and R_rs."""
+    def information(self, psi_all, full: bool = False, observed: bool = True):
+        """Criterion, score, expected and (``observed``) observed REML information at
+        ``psi`` (all groups stacked); with ``full`` also the KR matrices P_r, Q_rs and R_rs."""
         psis = self.split(psi_all)
         sig = [self.st.sigma_psi(x) for x in psis]
         got = self._pieces(sig)
@@ -646,7 +654,7 @@ class _Model:
         bvec = np.zeros((Q, p))
         score = np.zeros(Q)
         dS = [self.st.dsigma_psi(x) for x in psis]
-        d2S = [self.st.d2sigma_psi(x) for x in psis]
+        d2S = [self.st.d2sigma_psi(x) if observed or full else None for x in psis]
         for pt, Sinv, SX, e, A in self._per_pattern(beta, Phi, cache):
             g, o, m = pt.group, pt.obs, pt.y.shape[0]
             k = len(o)
@@ -659,10 +667,11 @@ class _Model:
             trQ[sl, sl] += Vf @ np.matmul(C, A).transpose(0, 2, 1).reshape(len(V), k * k).T
             VSX = np.matmul(V[:, None], SX[None])             # (q, m, o, p): V_r SX_i
             P[sl] -= np.tensordot(VSX, SX, axes=([1, 2], [0, 1]))
-            a_ = np.matmul(e, V)                              # (q, m, o): (V_r e_i)'
-            af = a_.reshape(len(V), -1)
-            t1[sl, sl] += np.matmul(a_, Sinv).reshape(len(V), -1) @ af.T
-            bvec[sl] += np.tensordot(a_, SX, axes=([1, 2], [0, 1]))
+            if observed:
+                a_ = np.matmul(e, V)                          # (q, m, o): (V_r e_i)'
+                af = a_.reshape(len(V), -1)
+                t1[sl, sl] += np.matmul(a_, Sinv).reshape(len(V), -1) @ af.T
+                bvec[sl] += np.tensordot(a_, SX, axes=([1, 2], [0, 1]))
             G = m * Sinv - A - e.T @ e
             score[sl] += -0.5 * (Vf @ G.ravel())
             if d2S[g] is not None:
@@ -679,10 +688,12 @@ class _Model:
         PhiP = np.matmul(Phi, P)
         trPP = np.einsum("rpq,sqp->rs", PhiP, PhiP)
         IE2 = Ktr - 2 * trQ + trPP                             # tr(P V_r P V_s)
-        expected = 0.5 * IE2
-        observed = -0.5 * IE2 + 0.5 * trV2 + (t1 - bvec @ Phi @ bvec.T) - 0.5 * ePe
-        return dict(crit=crit, beta=beta, Phi=Phi, P=P, Q=KQ, R=RR, expected=expected,
-                    observed=0.5 * (observed + observed.T), score=score, sigma=sig, psi=psi_all)
+        obs = None
+        if observed:
+            obs = -0.5 * IE2 + 0.5 * trV2 + (t1 - bvec @ Phi @ bvec.T) - 0.5 * ePe
+            obs = 0.5 * (obs + obs.T)
+        return dict(crit=crit, beta=beta, Phi=Phi, P=P, Q=KQ, R=RR, expected=0.5 * IE2,
+                    observed=obs, score=score, sigma=sig, psi=psi_all)
 
 
 def _start(pats: list[_Pattern], T: int, G: int, p: int) -> list[np.ndarray]:
@@ -816,7 +827,7 @@ def _scoring(model: _Model, phi: np.ndarray, max_iter: int = 30) -> dict | None:
 
     name = STRUCTURE_NAMES[model.st.key]
     try:
-        info = model.information(psi_of(phi))
+        info = model.information(psi_of(phi), observed=False)
     except MMRMError:
         return None
     for it in range(max_iter):
@@ -827,13 +838,13 @@ def _scoring(model: _Model, phi: np.ndarray, max_iter: int = 30) -> dict | None:
         except np.linalg.LinAlgError:
             return None
         if float(step @ g) < 1e-9:
-            return _newton(model, info)
+            return _newton(model, model.information(info["psi"]))
         step *= min(1.0, 3.0 / np.max(np.abs(step)))  # at most a factor e^3 per step
         for h in (1.0, 0.5, 0.25, 0.125, 0.0625, 0.03125):
             psi = psi_of(phi + h * step)
             got = model._pieces([model.st.sigma_psi(x) for x in model.split(psi)])
             if got is not None and got[0] <= info["crit"] + 1e-12:
-                phi, info = phi + h * step, model.information(psi)
+                phi, info = phi + h * step, model.information(psi, observed=False)
                 break
         else:
             if _near_boundary(info["sigma"]):
