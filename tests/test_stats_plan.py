@@ -154,3 +154,20 @@ def test_arm_without_patients(study, tmp_path, capsys):
     code, err = _validate(copy, capsys)
     assert code == 2
     assert "arm 'reference' has no patient" in err
+
+
+def test_planned_end_point_missing_from_the_run_is_reported_and_gates():
+    """A primary parameter the run does not report: one not-estimable primary row, and the
+    key secondaries behind it are not tested."""
+    t = simulate_tables(patients=8, seed=34)
+    par = t["parameters"][t["parameters"]["parameter"] == "CD8 T Ki67+ %"]
+    plan = {"primary": [{"parameter": "Treg % of CD8 T", "visits": ["D8"]}],
+            "key_secondary": {"endpoints": [{"parameter": "CD8 T Ki67+ %", "visits": ["D8"]}]}}
+    sup = analyze({"samples": t["samples"], "parameters": par},
+                  options=StatsOptions(per_disease=False), plan=plan)["stats_supervised"]
+    prim = sup[sup["role"] == "primary"].iloc[0]
+    assert prim["parameter"] == "Treg % of CD8 T" and prim["status"] == "not estimable"
+    assert "not in this run's tables" in prim["reason"]
+    ks = sup[sup["role"] == "key_secondary"].iloc[0]
+    assert np.isfinite(ks["p"]) and np.isnan(ks["p_adjusted"])
+    assert "not tested" in ks["reason"]

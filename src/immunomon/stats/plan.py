@@ -216,7 +216,11 @@ def apply_plan(tables: dict[str, pd.DataFrame], plan: Plan | None, visits: list[
         if ep.table not in tables:
             continue
         df = tables[ep.table]
-        idx = df.index[_matches(df, ep, control)]
+        idx = list(df.index[_matches(df, ep, control)])
+        if not idx:  # planned but not in the run's tables: say so in the table
+            df = tables[ep.table] = _missing_endpoint(df, ep, visits)
+            idx = list(df.index[df["role"] == "_missing"])
+            df.loc[idx, "role"] = role
         order = sorted(idx, key=lambda i: (rank.get(df.at[i, "visit"], len(rank)), str(df.at[i, "arm"])))
         conf[role] += [(ep.table, i) for i in order]
     keys = {"stats_supervised": ["parameter"], "stats_da": ["cluster"], "stats_ds": ["cluster", "marker"]}
@@ -252,6 +256,25 @@ def apply_plan(tables: dict[str, pd.DataFrame], plan: Plan | None, visits: list[
         df.loc[explo.index, "q"] = q
         df.loc[explo.index, "p_adjusted"] = q
         tables[t] = df.drop(columns="_confirmatory")
+
+
+def _missing_endpoint(df: pd.DataFrame, ep: Endpoint, visits: list[str]) -> pd.DataFrame:
+    """``df`` plus one ``not estimable`` row per visit of an end point it has no row for."""
+    what = ("parameter" if ep.parameter else "cluster") + (" × marker" if ep.marker else "")
+    rows = []
+    for visit in ep.visits or visits[1:] or visits:
+        row = {c: np.nan for c in df.columns}
+        row.update(visit=visit, disease=ALL, arm=ALL, comparison=ep.comparison,
+                   method=ep.resolved_method, role="_missing", status=NOT_ESTIMABLE,
+                   reason=f"planned {what} not in this run's tables", _confirmatory=True)
+        if ep.parameter:
+            row["parameter"] = ep.parameter
+        else:
+            row.update(cluster=ep.cluster, label=ep.cluster, marker=ep.marker)
+        if ep.panel and "panel" in df.columns:
+            row["panel"] = ep.panel
+        rows.append(row)
+    return pd.concat([df, pd.DataFrame(rows)], ignore_index=True)
 
 
 # ----------------------------------------------------------------------- selectivity
