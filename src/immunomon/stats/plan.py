@@ -38,7 +38,6 @@ import pandas as pd
 from ._common import ALL, DESCRIPTIVE, NOT_ESTIMABLE, OK
 from .multiple import add_q
 
-COMPARISONS = ("change_from_baseline", "arm_difference", "group_difference")
 #: Methods of each comparison of a parameter; the first is the default (main) one.
 SUPERVISED_METHODS = {"change_from_baseline": ("mmrm", "paired_t", "wilcoxon"),
                       "arm_difference": ("mmrm", "welch_t", "rank_sum"),
@@ -46,7 +45,6 @@ SUPERVISED_METHODS = {"change_from_baseline": ("mmrm", "paired_t", "wilcoxon"),
 #: Methods of cluster (``stats_da``) and cluster × marker (``stats_ds``) end points.
 CLUSTER_METHODS = {"stats_da": ("edger_ql", "edger_lrt", "gee_binomial"),
                    "stats_ds": ("limma",)}
-ROLES = ("primary", "key_secondary", "exploratory", "sensitivity")
 FAMILY = ["method", "visit", "disease", "arm", "comparison"]
 
 
@@ -77,11 +75,6 @@ class Endpoint:
         if self.table == "stats_supervised":
             return SUPERVISED_METHODS[self.comparison][0]
         return CLUSTER_METHODS[self.table][0]
-
-    @property
-    def label(self) -> str:
-        what = self.parameter or (f"cluster {self.cluster}" + (f" {self.marker}" if self.marker else ""))
-        return what + (f" ({self.panel})" if self.panel else "")
 
 
 @dataclass(frozen=True)
