@@ -69,20 +69,23 @@ def test_selectivity_verdicts_follow_the_margins():
 
 
 def test_no_plan_no_confirmatory_rows_and_no_selectivity():
-    t = simulate_tables(patients=12, seed=32)
-    res = analyze({"samples": t["samples"], "parameters": t["parameters"]},
-                  options=StatsOptions(per_disease=False))
+    t = simulate_tables(patients=12, seed=32, n_clusters=4)
+    par = t["parameters"][t["parameters"]["parameter"].isin(SELECTIVITY["targets"])]
+    res = analyze({**t, "parameters": par}, options=StatsOptions(per_disease=False))
     assert "selectivity" not in res
-    assert set(res["stats_supervised"]["role"]) == {"exploratory", "sensitivity"}
+    for name in ("stats_supervised", "stats_da", "stats_ds"):
+        assert set(res[name]["role"]) <= {"exploratory", "sensitivity"}
 
 
 def test_cluster_end_point_gets_the_primary_role():
-    t = simulate_tables(patients=16, seed=33)
+    t = simulate_tables(patients=16, seed=33, n_clusters=8)
+    t["parameters"] = t["parameters"][t["parameters"]["parameter"] == "Treg % of CD4 T"]
     plan = {"primary": [{"cluster": "Treg memory", "visits": ["D8"]}],
             "key_secondary": {"strategy": "holm", "endpoints": [
                 {"parameter": "Treg % of CD4 T", "visits": ["D8"]},
                 {"cluster": "Treg memory", "marker": "CD25", "visits": ["D8"]}]}}
-    res = analyze(t, options=StatsOptions(per_disease=False), plan=plan)
+    res = analyze(t, options=StatsOptions(per_disease=False, tables=(
+        "stats_supervised", "stats_da", "stats_ds")), plan=plan)
     da = res["stats_da"]
     prim = da[da["role"] == "primary"]
     assert len(prim) == 1 and prim.iloc[0]["method"] == "edger_ql"
