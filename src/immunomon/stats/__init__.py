@@ -143,8 +143,17 @@ def _analyze(inputs, baseline, visits, options, plan: Plan | None) -> dict[str, 
 
 
 def _finish(tables: dict, plan: Plan | None, design: Design, visits: list[str]) -> None:
-    """Roles, multiplicity, column order, row order, selectivity (in place)."""
+    """Roles, multiplicity, column order, row order, selectivity (in place); the design's
+    own choices (a control arm or reference group the plan does not name) in the
+    ``reason`` of the rows they shape."""
     apply_plan(tables, plan, visits, design.control)
+    for name in SORT_KEYS:
+        if name in tables and design.notes:
+            df = tables[name]
+            shaped = df["comparison"].isin(["arm_difference", "group_difference"])
+            note = "; ".join(design.notes)
+            df.loc[shaped, "reason"] = [f"{r}; {note}" if r else note
+                                        for r in df.loc[shaped, "reason"].astype(str)]
     for name, keys in SORT_KEYS.items():
         if name not in tables:
             continue
