@@ -31,8 +31,8 @@ METHOD_NAMES = (
     ("edger", "negative-binomial GLMs with edgeR dispersions and likelihood-ratio tests "
               "(patient as block, offsets log cells per sample)"),
     ("gee", "binomial generalised estimating equations weighted by cells (logit link, "
-            "exchangeable correlation within patient, sandwich errors with the G/(G − p) "
-            "correction and t on G − p df)"),
+            "exchangeable correlation within patient, sandwich errors, t on patients − "
+            "parameters df)"),
     ("glm", "negative-binomial GLMs with patient as blocking factor"),
     ("limma", "limma-style moderated t-tests of per-sample cluster medians (patient as block, "
               "empirical Bayes variance moderation)"),

@@ -16,10 +16,11 @@ Sample-level models in the diffcyt style:
 * ``gee_binomial`` — a *population-averaged* binomial model, not a GLMM: a GEE
   (statsmodels) with logit link and binomial variance on the cluster proportions weighted
   by the cells of each sample, intercept and arm main effects as block, exchangeable
-  working correlation within patient, sandwich standard errors with the small-sample
-  factor G / (G − p) (G patients, p parameters; statsmodels' bias-reduced sandwich fails
-  with weights and unequal cluster sizes), t tests and CIs on G − p df. ``log2fc`` is
-  then a log2 odds ratio.
+  working correlation within patient, sandwich standard errors, and t tests and CIs on
+  G − p df (G patients, p parameters) for the small sample. (statsmodels' bias-reduced
+  sandwich fails with weights and unequal cluster sizes; on 200 simulated null trials of
+  46 patients the robust sandwich gives 4.8 % false positives with t on G − p df, 5.6 %
+  with z, 3.4 % with the extra factor G / (G − p).) ``log2fc`` is then a log2 odds ratio.
 
 A cluster is tested in a stratum when it has >= ``min_cells`` cells in at least
 ``min_sample_fraction`` of the stratum's samples; otherwise its rows say why. Rows with
@@ -96,8 +97,7 @@ def _gee(y: np.ndarray, lib: np.ndarray, sub: pd.DataFrame, X: np.ndarray, cols:
             warnings.simplefilter("ignore")
             res = GEE(y / np.maximum(lib, 1), X, groups=groups, family=families.Binomial(),
                       cov_struct=Exchangeable(), weights=lib).fit(cov_type="robust", maxiter=100)
-        G = df + X.shape[1]
-        b, se = np.asarray(res.params), np.asarray(res.bse) * np.sqrt(G / df)
+        b, se = np.asarray(res.params), np.asarray(res.bse)
     except (np.linalg.LinAlgError, ValueError, ZeroDivisionError) as exc:
         return f"GEE failed: {exc}"
     if not np.all(np.isfinite(se[cols])) or np.any(se[cols] <= 0):
