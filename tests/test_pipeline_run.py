@@ -133,10 +133,11 @@ def test_treg_percentage_matches_truth(study, reference):
 def test_stats_rows_have_status(reference):
     run_dir, _ = reference
     stats = pd.read_parquet(run_dir / "tables" / "stats_supervised.parquet")
-    assert len(stats) and set(stats["status"]) <= {"ok", "not estimable"}
+    assert len(stats) and set(stats["status"]) <= {"ok", "descriptive", "not estimable"}
     assert (stats.loc[stats["status"] != "ok", "reason"].astype(str).str.len() > 0).all()
     ok = stats[stats["status"] == "ok"]
-    assert ok["p"].between(0, 1).all() and ok["q"].between(0, 1).all()
+    assert ok["p"].between(0, 1).all() and ok["q"].dropna().between(0, 1).all()
+    assert (ok["q"].notna() | ok["role"].isin(["primary", "key_secondary", "sensitivity"])).all()
 
 
 def test_stats_option_reruns_only_statistics(study, reference, tmp_path):

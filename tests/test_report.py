@@ -34,10 +34,10 @@ def rendered(tmp_path_factory) -> tuple[Path, str]:
 def test_every_section_is_drawn(rendered):
     run, page = rendered
     ids = re.findall(r'<section id="([^"]+)">', page)
-    assert ids[:2] == ["overview", "primary"]
+    assert ids[:2] == ["primary", "overview"]                  # the plan leads
     assert {"kinetics", "volcano", "foldchange", "pca", "clusters", "differential", "selectivity",
             "clinical", "safety", "methods", "provenance", "figures"} <= set(ids)
-    assert len(ids) == len(SECTIONS) + 1                      # + the figure gallery
+    assert len(ids) == len(SECTIONS)  # + the figure gallery - key secondaries (none planned)
     assert "could not be drawn" not in page and 'class="missing"' not in page
     assert page.count('class="plot"') == page.count("Plotly.newPlot(") > 10
 
@@ -51,9 +51,10 @@ def test_report_states_what_the_tables_hold(rendered):
     for sid in left_out["sample_id"]:
         assert f"<td>{sid}</td>" in page
     assert "excluded: haemolysed sample (lab note)" in page
-    row = st[(st["parameter"] == "Treg % of CD4 T") & (st["visit"] == "D8")
-             & (st["disease"] == "all") & (st["method"] == "wilcoxon")].iloc[0]
-    assert f"q = {fmt_p(row['q'])}" in page                    # the header's headline
+    row = st[st["role"] == "primary"].iloc[0]
+    header = page.split("</header>")[0]
+    assert "Primary analysis — Treg % of CD4 T at D8" in header  # the plan's headline
+    assert f"p = {fmt_p(row['p'])}" in header
     sel = pd.read_parquet(run / "tables" / "selectivity.parquet")
     assert sel["summary"].iloc[0].replace("'", "&#x27;") in page
 

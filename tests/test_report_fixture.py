@@ -114,8 +114,11 @@ def _stats(s, params, baseline):
             g = frame if disease == "all" else frame[frame["disease"] == disease]
             for par, gp in g.groupby("parameter"):
                 x = gp["l2"].to_numpy()
-                resp_rows.append(dict(parameter=par, visit=visit, disease=disease, n=len(x),
-                                      n_up=int((x > 0).sum()), fraction_up=float((x > 0).mean())))
+                k = int((x >= np.log2(1.25)).sum())
+                ci = stats.binomtest(k, len(x)).proportion_ci(method="exact")
+                resp_rows.append(dict(parameter=par, visit=visit, disease=disease, arm="all",
+                                      n=len(x), threshold=1.25, n_responders=k,
+                                      fraction=k / len(x), ci_low=ci.low, ci_high=ci.high))
                 for method in ("wilcoxon", "paired_t"):
                     row = dict(parameter=par, visit=visit, disease=disease, method=method,
                                n=len(x), effect=float(2 ** np.mean(x)), effect_scale="fold change")
@@ -129,25 +132,35 @@ def _stats(s, params, baseline):
                         row.update(ci_low=2 ** (np.mean(x) - half), ci_high=2 ** (np.mean(x) + half),
                                    p=float(p), status="ok", reason="")
                     st_rows.append(row)
-    st = pd.DataFrame(st_rows)
+    st = pd.DataFrame(st_rows).assign(arm="all", comparison="change_from_baseline")
+    # the plan: primary Treg % of CD4 T at D8 by paired t; Wilcoxon rows are sensitivity
+    primary = (st["parameter"] == "Treg % of CD4 T") & (st["visit"] == "D8") & \
+        (st["disease"] == "all")
+    st["role"] = np.where(st["method"] == "paired_t", "exploratory", "sensitivity")
+    st.loc[primary & (st["method"] == "paired_t"), "role"] = "primary"
     st["q"] = np.nan
-    for _, idx in st.groupby(["method", "visit", "disease"]).groups.items():
+    for _, idx in st[~primary].groupby(["method", "visit", "disease"]).groups.items():
         st.loc[idx, "q"] = _bh(st.loc[idx, "p"].to_numpy())
+    st["p_adjusted"] = np.where(st["role"] == "primary", st["p"], st["q"])
     return pd.DataFrame(fc_rows), st, pd.DataFrame(resp_rows)
 
 
 def _selectivity(st):
     rows = []
-    treg = st["parameter"].str.startswith("Treg")
-    eff = st["parameter"].isin(["CD4 Tconv Ki67+ %", "CD8 T % of T cells"])
-    for (visit, disease), g in st[st["method"] == "wilcoxon"].groupby(["visit", "disease"]):
-        t = bool((g.loc[treg[g.index], "q"] < 0.05).any())
-        e = bool((g.loc[eff[g.index], "q"] < 0.05).any())
-        summary = (f"At {visit} ({disease}), Treg parameters "
-                   f"{'changed' if t else 'did not change'} and effector parameters "
-                   f"{'changed' if e else 'did not change'}.")
-        rows.append(dict(visit=visit, disease=disease, treg_changed=t, effector_changed=e,
-                         summary=summary))
+    targets = st["parameter"].str.startswith("Treg")
+    off = st["parameter"].isin(["CD4 Tconv Ki67+ %", "CD8 T % of T cells"])
+    for (visit, disease), g in st[st["method"] == "paired_t"].groupby(["visit", "disease"]):
+        changed = bool((g.loc[targets[g.index], "p"] < 0.05).any())
+        o = g.loc[off[g.index]]
+        within = int(((o["ci_low"] >= 0.8) & (o["ci_high"] <= 1.25)).sum())
+        beyond = int(((o["ci_low"] > 1.25) | (o["ci_high"] < 0.8)).sum())
+        verdict = ("no change" if not changed else "not selective" if beyond else
+                   "selective" if within == len(o) else "inconclusive")
+        rows.append(dict(visit=visit, disease=disease, arm="all", verdict=verdict, n=len(g),
+                         n_targets_changed=int(changed), n_targets=int(targets[g.index].sum()),
+                         n_off_within=within, n_off_beyond=beyond, n_off_targets=len(o),
+                         margin_low=0.8, margin_high=1.25, status="ok",
+                         summary=f"At {visit} ({disease}): {verdict}."))
     return pd.DataFrame(rows)
 
 
@@ -215,6 +228,9 @@ def _provenance(s, seed):
         "versions": {"immunomon": "0.1.0", "python": "3.11.2", "numpy": "1.26.4",
                      "scipy": "1.11.4", "statsmodels": "0.14.1"},
         "parameters": {"baseline": "D1", "workers": 2,
+                       "analysis": {"alpha": 0.05, "min_patients": 3, "primary": [
+                           {"parameter": "Treg % of CD4 T", "visits": ["D8"],
+                            "comparison": "change_from_baseline", "method": "paired_t"}]},
                        "panels": {"treg": {"transform": {"type": "arcsinh", "cofactor": 150},
                                            "clustering": {"grid": [10, 10],
                                                           "metaclusters": 20}}}},

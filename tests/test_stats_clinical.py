@@ -1,5 +1,5 @@
-"""Clinical change, clinical-immune correlation, adverse events, selectivity, fold changes,
-PCA, and the analyze() entry point."""
+"""Clinical change, clinical-immune correlation, adverse events, fold changes, PCA, and the
+analyze() entry point."""
 
 import numpy as np
 import pandas as pd
@@ -8,7 +8,7 @@ from scipy import stats
 
 from immunomon.errors import UserError
 from immunomon.simulate.tables import simulate_tables
-from immunomon.stats import StatsOptions, analyze, effector_parameters
+from immunomon.stats import StatsOptions, analyze
 from immunomon.stats.clinical import clinical_change
 from immunomon.stats.safety import adverse_events_summary
 
@@ -95,37 +95,24 @@ def test_pca_scores(small):
     assert np.allclose(np.var(p["pc1"], ddof=1) / np.var(p["pc2"], ddof=1), var[0] / var[1])
 
 
-def test_selectivity_sentence(small):
-    t, res = small
-    sel = res["selectivity"].set_index(["visit", "disease"])
-    d8 = sel.loc[("D8", "all")]
-    assert d8["status"] == "ok" and d8["treg_changed"] and not d8["effector_changed"]
-    assert "Treg-selective" in d8["summary"] and f"{d8['n_treg_changed']} of {d8['n_treg']}" in d8["summary"]
-    small_strata = sel.xs("D8", level="visit").drop(index="all")
-    assert (small_strata["status"] == "not estimable").all()
-    assert small_strata["treg_changed"].isna().all()
-
-
-def test_effector_set_is_explicit():
-    params = ["CD4 Tconv Ki67+ %", "CD8 T HLA-DR+ %", "CD25 median in CD4 Tconv",
-              "CD4 Tconv % of CD4 T", "Treg Ki67+ %", "CD8 T count/uL", "Ki67 gMFI in CD8 T"]
-    assert effector_parameters(params) == ["CD25 median in CD4 Tconv", "CD4 Tconv Ki67+ %",
-                                           "CD8 T HLA-DR+ %", "Ki67 gMFI in CD8 T"]
-
-
 def test_analyze_tables_and_contracts(small):
     t, res = small
-    expected = {"stats_supervised", "responders", "selectivity", "fold_changes", "pca",
+    expected = {"stats_supervised", "responders", "fold_changes", "pca",
                 "pca_variance", "stats_da", "stats_ds", "clinical_change", "clinical_summary",
                 "clinical_categories", "clinical_immune", "adverse_events_summary"}
-    assert expected == set(res)
-    cols = {"stats_supervised": ["parameter", "visit", "disease", "method", "n", "effect",
-                                 "effect_scale", "ci_low", "ci_high", "p", "q", "status", "reason"],
-            "stats_da": ["cluster", "label", "visit", "disease", "method", "log2fc", "p", "q",
+    assert expected == set(res)  # no plan: no selectivity sets, no selectivity table
+    cols = {"stats_supervised": ["parameter", "visit", "disease", "arm", "comparison", "method",
+                                 "role", "n", "n_missing", "effect", "effect_scale", "ci_low",
+                                 "ci_high", "df", "df_method", "covariance", "p", "p_adjusted",
+                                 "q", "status", "reason"],
+            "stats_da": ["cluster", "label", "visit", "disease", "arm", "comparison", "method",
+                         "role", "log2fc", "ci_low", "ci_high", "p", "p_adjusted", "q", "status",
+                         "reason"],
+            "stats_ds": ["cluster", "label", "marker", "visit", "disease", "arm", "comparison",
+                         "method", "role", "effect", "ci_low", "ci_high", "p", "p_adjusted", "q",
                          "status", "reason"],
-            "stats_ds": ["cluster", "label", "marker", "visit", "disease", "method", "effect",
-                         "p", "q", "status", "reason"],
-            "selectivity": ["visit", "disease", "treg_changed", "effector_changed", "summary"],
+            "responders": ["parameter", "visit", "disease", "arm", "n", "threshold",
+                           "n_responders", "fraction", "ci_low", "ci_high"],
             "pca": ["sample_id", "pc1", "pc2", "pc3", "visit", "disease"],
             "adverse_events_summary": ["aebodsys", "aedecod", "grade", "serious", "related",
                                        "disease", "patients", "events", "n_at_risk"]}
@@ -133,7 +120,9 @@ def test_analyze_tables_and_contracts(small):
         assert set(c) <= set(res[name].columns), name
     for name in ("stats_supervised", "stats_da", "stats_ds"):
         df = res[name]
-        assert set(df["status"]) <= {"ok", "not estimable"}
+        assert set(df["status"]) <= {"ok", "descriptive", "not estimable"}
         assert (df["p"].notna() | (df["reason"] != "")).all()
+        assert set(df["role"]) <= {"exploratory", "sensitivity"}  # no plan: nothing confirmatory
+        assert df.loc[df["status"] != "ok", "p"].isna().all()
     with pytest.raises(UserError):
         analyze({"samples": t["samples"]}, baseline="D0")

@@ -9,7 +9,8 @@ from scipy import stats
 
 from immunomon.simulate.tables import simulate_tables
 from immunomon.stats import StatsOptions
-from immunomon.stats._common import kept_samples, strata, visit_order
+from immunomon.stats._common import kept_samples, visit_order
+from immunomon.stats.design import study_design
 from immunomon.stats.da import differential_abundance
 from immunomon.stats.ds import differential_state, fit_f_dist
 from immunomon.stats.nbglm import fit_f_dist_trend, fit_nb, lrt, ql_ftest
@@ -74,6 +75,14 @@ def test_nb_fit_is_the_mle_of_a_poisson_limit():
         assert np.allclose(b[i], ref.params, atol=1e-5)
 
 
+ALL_DA = StatsOptions(da_methods=("edger_ql", "edger_lrt", "gee_binomial")).resolved()
+
+
+def _design(s, per_disease=False, **kw):
+    return study_design(s, "D1", visit_order(s, "D1", None), StatsOptions(per_disease=per_disease),
+                        **kw)
+
+
 @pytest.fixture(scope="module")
 def trial():
     t = simulate_tables(patients=24, seed=11)
@@ -83,26 +92,61 @@ def trial():
 
 def test_da_finds_planted_clusters_and_explains_rare(trial):
     t, s, visits = trial
-    da = differential_abundance(s, t["cluster_counts"], visits, ["all"], StatsOptions())
+    da = differential_abundance(s, t["cluster_counts"], _design(s), ALL_DA)
     d8 = da[da["visit"] == "D8"].set_index(["label", "method"])
     for label in ("Treg naive", "Treg memory", "NK CD56bright"):
         for method in ("edger_ql", "edger_lrt", "gee_binomial"):
             assert d8.loc[(label, method), "p"] < 1e-4
             assert d8.loc[(label, method), "log2fc"] > 0.4
+            lo, hi = d8.loc[(label, method), ["ci_low", "ci_high"]]
+            assert 0 < lo < d8.loc[(label, method), "log2fc"] < hi
+    gee = d8.xs("gee_binomial", level="method")
+    assert (gee["df"].dropna() == 24 - 7).all()  # t on patients - parameters df
     rare = da[da["label"] == "Rare"]
     assert (rare["status"] == "not estimable").all()
     assert rare["reason"].str.match(r"cluster has < 3 cells in \d+ % of samples").all()
     assert (da["p"].notna() | (da["reason"] != "")).all()
 
 
-def test_da_per_disease_small_strata(trial):
-    t, s, visits = trial
-    da = differential_abundance(s, t["cluster_counts"], visits, strata(s["disease"], True),
-                                StatsOptions(da_methods=("edger_ql", "edger_lrt")))
+def test_da_ci_inverts_the_ql_f_test(trial):
+    """The edgeR QL CI excludes 0 exactly when p < 0.05."""
+    t, s, _ = trial
+    da = differential_abundance(s, t["cluster_counts"], _design(s), StatsOptions().resolved())
+    ok = da[(da["status"] == "ok") & (da["method"] == "edger_ql")]
+    excludes = (ok["ci_low"] > 0) | (ok["ci_high"] < 0)
+    assert (excludes == (ok["p"] < 0.05)).all()
+
+
+def test_da_per_disease_small_strata_are_descriptive(trial):
+    t, s, _ = trial
+    da = differential_abundance(s, t["cluster_counts"], _design(s, True),
+                                StatsOptions(da_methods=("edger_ql", "edger_lrt")).resolved())
     per = da[(da["disease"] != "all") & (da["label"] == "Treg memory") & (da["visit"] == "D8")]
-    assert (per["status"] == "not estimable").all()
-    assert per["reason"].str.contains("too few patients").all()
+    assert (per["status"] == "descriptive").all() and per["p"].isna().all()
+    assert per["reason"].str.contains("min_patients 6: descriptive").all()
     assert (per["log2fc"].dropna() > 0).mean() > 0.8
+    assert np.isfinite(per[["ci_low", "ci_high"]].to_numpy()).all()
+
+
+def test_da_and_ds_compare_randomised_arms():
+    """Two arms: within-arm change and the arm difference; the effect only in ld-IL2."""
+    t = simulate_tables(patients=24, seed=12, arms=("placebo", "ld-IL2"), dropout=0.0)
+    s = kept_samples(t["samples"])
+    d = _design(s, control_arm="placebo")
+    da = differential_abundance(s, t["cluster_counts"], d, StatsOptions().resolved())
+    d8 = da[(da["visit"] == "D8") & (da["label"] == "Treg memory") & (da["method"] == "edger_ql")]
+    got = d8.set_index("arm")
+    assert set(got.index) == {"placebo", "ld-IL2", "ld-IL2 vs placebo"}
+    assert got.loc["ld-IL2 vs placebo", "comparison"] == "arm_difference"
+    assert got.loc["ld-IL2 vs placebo", "p"] < 1e-3 and got.loc["placebo", "p"] > 0.01
+    assert got.loc["ld-IL2 vs placebo", "log2fc"] == pytest.approx(
+        got.loc["ld-IL2", "log2fc"] - got.loc["placebo", "log2fc"], abs=0.05)
+    ds = differential_state(s, t["cluster_markers"], d, StatsOptions().resolved())
+    x = ds[(ds["visit"] == "D8") & (ds["label"] == "Treg memory") & (ds["marker"] == "CD25")]
+    x = x.set_index("arm")
+    assert x.loc["ld-IL2 vs placebo", "effect"] == pytest.approx(
+        x.loc["ld-IL2", "effect"] - x.loc["placebo", "effect"], abs=1e-9)
+    assert x.loc["ld-IL2 vs placebo", "p"] < 1e-3
 
 
 def test_fit_f_dist_recovers_prior():
@@ -133,7 +177,7 @@ def test_ds_detects_planted_markers_only(trial):
     cm = t["cluster_markers"]
     gone = cm["sample_id"].isin(s["sample_id"].iloc[: int(0.6 * len(s))])
     cm = cm[~(gone & (cm["label"] == "MAIT"))]  # MAIT absent from 60 % of the samples
-    ds = differential_state(s, cm, visits, ["all"], StatsOptions())
+    ds = differential_state(s, cm, _design(s), StatsOptions().resolved())
     from immunomon.stats.multiple import add_q
     ds = add_q(ds, ["method", "visit", "disease"])
     d8 = ds[(ds["visit"] == "D8") & (ds["status"] == "ok")]

@@ -45,6 +45,8 @@ def simulate(
     seed: int = typer.Option(1, help="Master random seed."),
     effect: str = typer.Option("planted", help="'planted' treatment effects or 'none'."),
     effect_size: float = typer.Option(1.0, help="Multiplies every planted log fold change."),
+    arms: str = typer.Option(None, help="Randomised arms, control first, e.g. "
+                             "'placebo,ld-IL2' (1:1; the effects only in the other arms)."),
     workers: int = typer.Option(1, help="Parallel processes (output does not depend on it)."),
     force: bool = typer.Option(False, "--force", help="Write into a non-empty folder."),
     assay: str = typer.Option("cytometry", help="'cytometry' (FCS files) or 'citeseq' "
@@ -79,8 +81,10 @@ def simulate(
         raise UserError(f"--workers: {workers} (need at least 1)")
     root = simulate_study(out_dir, patients=patients,
                           visits=[v for v in visits.split(",") if v.strip()], events=events,
-                          seed=seed, effect=effect, effect_size=effect_size, workers=workers,
+                          seed=seed, effect=effect, effect_size=effect_size,
+                          arms=tuple(a.strip() for a in arms.split(",")) if arms else None,
+                          workers=workers,
                           overwrite=force)
     n = len(list((root / "fcs").glob("*.fcs")))
     typer.echo(f"{root}: {n} FCS files, {patients} patients, effect={effect} "
-               f"(size {effect_size:g}), seed {seed}")
+               f"(size {effect_size:g})" + (f", arms {arms}" if arms else "") + f", seed {seed}")

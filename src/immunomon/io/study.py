@@ -278,7 +278,10 @@ class Panel(_Model):
 
 class Endpoint(_Model):
     """One end point of the analysis plan: a supervised ``parameter`` (or a ``cluster``, or a
-    ``cluster`` × ``marker``), the visit(s) it is tested at, the comparison and the method."""
+    ``cluster`` × ``marker``), the visit(s) it is tested at (none = every visit after
+    baseline), the comparison and the method (none = the comparison's default: ``mmrm``
+    for change from baseline and arm differences, ``welch_t`` for group differences,
+    ``edger_ql`` for clusters, ``limma`` for cluster × marker)."""
 
     parameter: str | None = None
     cluster: str | None = None
@@ -287,7 +290,7 @@ class Endpoint(_Model):
     visits: list[str] = Field(default_factory=list)
     comparison: Literal["change_from_baseline", "arm_difference",
                         "group_difference"] = "change_from_baseline"
-    method: str = "mmrm"
+    method: str | None = None
 
 
 class KeySecondary(_Model):

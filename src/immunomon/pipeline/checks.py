@@ -19,6 +19,7 @@ from immunomon.errors import UserError
 CHECKS: tuple[str, ...] = (
     "immunomon.pipeline.supervised:check_gating",
     "immunomon.pipeline.citeseq:check_citeseq",
+    "immunomon.stats.plan_check:check_plan",
 )
 
 

@@ -614,10 +614,8 @@ def not_analysed(run_dir: str | Path) -> list[str]:
 
 def _stats(study, tables: dict, analysed: pd.DataFrame, seed: int, options: RunOptions,
            cache: Cache, code: str, stages: _Stages) -> dict[str, pd.DataFrame]:
-    """``immunomon.stats.analyze`` over the analysed samples' tables, cached under ``stats``."""
-    plan = study.config.analysis
-    from_plan = {"alpha": plan.alpha, "min_patients": plan.min_patients} if plan else {}
-    settings = {**from_plan, **options.stats}  # the key needs no import of immunomon.stats
+    """``immunomon.stats.analyze`` over the analysed samples' tables with the study's
+    analysis plan, cached under ``stats`` (the key needs no import of immunomon.stats)."""
     if "control" in analysed.columns:  # bridge/reference controls serve normalisation only
         analysed = analysed.loc[~analysed["control"].astype(bool)]
     ids = set(analysed["sample_id"])
@@ -633,9 +631,11 @@ def _stats(study, tables: dict, analysed: pd.DataFrame, seed: int, options: RunO
         "patients": _patients(study.samples),
     }
     visits = [v.name if hasattr(v, "name") else v["name"] for v in study.config.visits]
-    baseline = study.config.baseline or visits[0]  # single-visit study: nothing to compare yet
+    baseline = study.config.baseline  # None: a single-visit study compares groups
+    plan = study.config.analysis
+    plan = plan.model_dump(mode="json") if plan is not None else None
     key = make_key("stats", code, {k: _frame_digest(v) for k, v in inputs.items()},
-                   baseline, visits, settings, seed)
+                   baseline, visits, options.stats, plan, seed)
     progress = stages.start("stats", 1)
     result = cache.get("stats", key)
     cached = result is not None
@@ -643,11 +643,11 @@ def _stats(study, tables: dict, analysed: pd.DataFrame, seed: int, options: RunO
         from immunomon.stats import StatsOptions, analyze
 
         try:
-            stats_options = StatsOptions(**settings)
+            stats_options = StatsOptions(**options.stats)
         except TypeError as err:
             raise UserError(f"statistics options {sorted(options.stats)}: {err}") from None
-        result = cache.put("stats", key, dict(analyze(inputs, baseline=baseline,
-                                                      visits=visits, options=stats_options)))
+        result = cache.put("stats", key, dict(analyze(inputs, baseline=baseline, visits=visits,
+                                                      options=stats_options, plan=plan)))
     _advance(progress)
     stages.done("stats", samples=len(ids), tables=len(result), cached=int(cached),
                 rows=int(sum(len(t) for t in result.values())))

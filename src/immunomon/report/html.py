@@ -16,12 +16,13 @@ from plotly.offline import get_plotlyjs
 
 from . import sections_citeseq as citeseq
 from . import sections_more as more
+from . import sections_plan as plan
 from . import sections_study as study
 from .assets import CSS, TABLE_JS
 from .figures import write_figures
 from .htmltable import esc
 from .methods import versions
-from .rundata import PRIMARY_PARAMETER, RunData, load_run
+from .rundata import RunData, load_run
 from .section import Context, Section
 
 log = logging.getLogger(__name__)
@@ -30,27 +31,21 @@ log = logging.getLogger(__name__)
 CSP = ("default-src 'none'; script-src 'unsafe-inline' 'unsafe-eval'; "
        "style-src 'unsafe-inline'; img-src data: blob:; font-src data:; connect-src 'none'")
 
-#: Section builders in page order.
-SECTIONS: tuple[Callable[[Context], Section], ...] = (
-    study.overview, study.primary, study.kinetics, study.volcano, study.fold_changes, study.pca,
-    more.clusters, more.differential, citeseq.citeseq, study.selectivity, more.clinical, more.adverse_events,
-    more.methods, more.provenance,
+#: Section builders in page order: the analysis plan first (a builder returning None — a
+#: plan section of a run without a plan — adds no section).
+SECTIONS: tuple[Callable[[Context], Section | None], ...] = (
+    plan.primary, plan.key_secondary, study.overview, study.kinetics, study.volcano,
+    study.fold_changes, study.pca, more.clusters, more.differential, citeseq.citeseq,
+    plan.selectivity, more.clinical, more.adverse_events, more.methods, more.provenance,
 )
 #: At most this many other PNGs of figures/ (e.g. gate plots) are shown in the gallery.
 MAX_EXTRA_FIGURES = 24
 
 
-def _applies(builder: Callable[[Context], Section], run: RunData) -> bool:
-    """Whether the study holds the subject of a section: the Treg end point and the Treg
-    selectivity are drawn only for runs that measured them (a study of another panel gets
-    no Treg section), the supervised sections only when the study was gated, the clinical and
-    safety sections only for studies with those tables."""
-    if builder is study.primary:
-        params = run.get("parameters")
-        return params is not None and PRIMARY_PARAMETER in set(params["parameter"].astype(str))
-    if builder is study.selectivity:
-        sel = run.get("selectivity")
-        return sel is not None and "treg_changed" in sel.columns and sel["treg_changed"].notna().any()
+def _applies(builder: Callable[[Context], Section | None], run: RunData) -> bool:
+    """Whether the study holds the subject of a section: the supervised sections only when
+    the study was gated, the clinical and safety sections only for studies with those
+    tables (the plan's sections follow the plan: their builders return None without one)."""
     if builder in (study.kinetics, study.volcano, study.fold_changes, study.pca):
         # a study without gating has empty population tables: no supervised sections
         return not run.problems.get("parameters", "").endswith("has no rows")
@@ -63,7 +58,7 @@ def _applies(builder: Callable[[Context], Section], run: RunData) -> bool:
     return True
 
 
-def _safe(builder: Callable[[Context], Section], ctx: Context) -> Section:
+def _safe(builder: Callable[[Context], Section | None], ctx: Context) -> Section | None:
     """Run a section builder; a table it cannot draw gives a notice, not a failed report."""
     try:
         return builder(ctx)
@@ -111,7 +106,8 @@ def _annotated(run: RunData, emb, cl):
 def build_html(run: RunData, figures: list[Path]) -> str:
     """The whole page as a string (deterministic for the same tables and figures)."""
     ctx = Context.of(run)
-    sections = [_safe(b, ctx) for b in SECTIONS if _applies(b, run)]
+    sections = [s for s in (_safe(b, ctx) for b in SECTIONS if _applies(b, run))
+                if s is not None]
     sections.insert(-2, more.gallery(ctx, figures))
     prov = run.provenance
     study_id = prov.get("study_id") or (prov.get("parameters") or {}).get("study_id") or \
@@ -124,7 +120,7 @@ def build_html(run: RunData, figures: list[Path]) -> str:
         if prov.get(key):
             sub.append(f"run finished {prov[key]}")
             break
-    headline = _safe_text(study.headline, ctx)
+    headline = _safe_text(plan.headline, ctx)
     nav = "".join(f'<a href="#{esc(s.id)}">{esc(s.title.split(":")[0])}</a>' for s in sections)
     body = "\n".join(f'<section id="{esc(s.id)}"><h2>{esc(s.title)}</h2>\n{s.body}</section>'
                      for s in sections)

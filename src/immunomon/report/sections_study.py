@@ -1,4 +1,6 @@
-"""Report sections of the supervised analysis: overview, end point, kinetics, statistics."""
+"""Report sections of the supervised analysis: overview, kinetics, statistics (the plan-led
+sections — primary analysis, key secondaries, selectivity, headline — are in
+:mod:`.sections_plan`)."""
 
 from __future__ import annotations
 
@@ -7,14 +9,14 @@ import pandas as pd
 
 from . import interactive as ip
 from . import interactive_maps as im
-from .htmltable import esc, fmt_num, fmt_p, table_html
-from .prep import (FDR, POOLED, fold_change_matrix, named_strata, paired_values, pc_labels,
+from .htmltable import table_html
+from .prep import (FDR, POOLED, fold_change_matrix, named_strata, pc_labels,
                    pooled_stats, sample_values)
 from .rundata import PRIMARY_PARAMETER
 from .section import Context, Section, missing_note, para
 
-STATS_COLUMNS = ["parameter", "visit", "disease", "method", "n", "effect", "effect_scale",
-                 "ci_low", "ci_high", "p", "q", "status", "reason"]
+STATS_COLUMNS = ["parameter", "visit", "disease", "arm", "method", "role", "n", "effect",
+                 "effect_scale", "ci_low", "ci_high", "p", "q", "status", "reason"]
 
 
 def overview(ctx: Context) -> Section:
@@ -134,49 +136,6 @@ def gates_at_bound(thresholds: pd.DataFrame | None) -> pd.DataFrame | None:
     return out.reset_index().rename(columns={"dimension": "marker", "n": "positions"})
 
 
-def primary(ctx: Context) -> Section:
-    """The primary end point: Treg % of CD4 T at the first visit after baseline vs baseline."""
-    run, title = ctx.run, f"Primary end point: {PRIMARY_PARAMETER}"
-    note = missing_note(run, "samples", "parameters")
-    b, v = run.baseline, run.primary_visit
-    if note or b is None or v is None:
-        return Section("primary", title, note or para("Fewer than two visits: no end point."))
-    paired = paired_values(run, PRIMARY_PARAMETER, (b, v))
-    body = [para(f"{PRIMARY_PARAMETER} at {v} versus baseline {b}: each line joins one "
-                 f"patient's two samples ({len(paired)} patients with both samples analysed).")]
-    resp = run.get("responders")
-    if resp is not None:
-        r = resp[(resp["parameter"] == PRIMARY_PARAMETER) & (resp["visit"].astype(str) == v)]
-        pooled = r[r["disease"].astype(str) == POOLED]
-        if len(pooled):
-            x = pooled.iloc[0]
-            body.append(f'<p class="headline">{esc(fmt_num(x["n_up"]))} of {esc(fmt_num(x["n"]))}'
-                        f" patients ({esc(fmt_num(100 * float(x['fraction_up']), 3))} %) had a "
-                        f"higher {esc(PRIMARY_PARAMETER)} at {esc(v)} than at {esc(b)}.</p>")
-    if paired.empty:
-        body.append(para(f"No patient has {PRIMARY_PARAMETER} at both {b} and {v}.", "missing"))
-    else:
-        body.append(ip.plotly_div(ip.fig_primary(paired, (b, v), ctx.disease_colours,
-                                                 PRIMARY_PARAMETER), ctx.plot_id()))
-    st = run.get("stats_supervised")
-    body.append("<h3>Change from baseline</h3>")
-    if st is None:
-        body.append(missing_note(run, "stats_supervised"))
-    else:
-        rows = st[(st["parameter"] == PRIMARY_PARAMETER) & (st["visit"].astype(str) == v)]
-        rows = rows.assign(_o=rows["disease"].astype(str) != POOLED).sort_values(
-            ["_o", "disease", "method"], kind="stable")
-        body.append(table_html(rows, columns=STATS_COLUMNS[2:]))
-    if resp is not None:
-        r = resp[(resp["parameter"] == PRIMARY_PARAMETER) & (resp["visit"].astype(str) == v)]
-        body.append("<h3>Responders (value above baseline)</h3>")
-        body.append(table_html(r, columns=["disease", "n", "n_up", "fraction_up"],
-                               labels={"n_up": "responders", "fraction_up": "fraction"}))
-    else:
-        body.append(missing_note(run, "responders"))
-    return Section("primary", title, "".join(body))
-
-
 def kinetics(ctx: Context) -> Section:
     """Per-patient trajectories of every parameter over visits, coloured by disease."""
     run, title = ctx.run, "Kinetics of every population"
@@ -251,41 +210,3 @@ def pca(ctx: Context) -> Section:
     body = para(f"{len(p)} samples on the first two principal components of their parameters.")
     fig = im.fig_pca(p, ctx.visit_colours, ctx.disease_colours, pc_labels(run))
     return Section("pca", title, body + ip.plotly_div(fig, ctx.plot_id()))
-
-
-def selectivity(ctx: Context) -> Section:
-    """The Treg-selectivity statements per visit and disease."""
-    run, title = ctx.run, "Selectivity of the Treg response"
-    sel = run.get("selectivity")
-    if sel is None:
-        return Section("selectivity", title, missing_note(run, "selectivity"))
-    order = {v: i for i, v in enumerate(run.visits)}
-    sel = sel.assign(_v=sel["visit"].astype(str).map(order),
-                     _d=sel["disease"].astype(str) != POOLED).sort_values(["_v", "_d", "disease"])
-    pooled = sel[~sel["_d"]]
-    items = "".join(f"<li><b>{esc(r.visit)}</b>: {esc(r.summary)}</li>"
-                    for r in pooled.itertuples())
-    body = (f"<ul class=\"sentences\">{items}</ul>" if items else "") + \
-        "<h3>Per visit and disease</h3>" + table_html(
-            sel, columns=["visit", "disease", "treg_changed", "effector_changed", "summary"],
-            labels={"treg_changed": "Treg changed", "effector_changed": "effectors changed"},
-            row_class=["good" if t and not e else ("bad" if e else "")
-                       for t, e in zip(sel["treg_changed"], sel["effector_changed"])])
-    return Section("selectivity", title, body)
-
-
-def headline(ctx: Context) -> str:
-    """One line for the page header: the pooled primary-end-point result of every method."""
-    st, v = ctx.run.get("stats_supervised"), ctx.run.primary_visit
-    if st is None or v is None:
-        return ""
-    r = st[(st["parameter"] == PRIMARY_PARAMETER) & (st["visit"].astype(str) == v)
-           & (st["disease"].astype(str) == POOLED)]
-    if "status" in r.columns:
-        r = r[r["status"].astype(str) == "ok"]
-    if r.empty:
-        return ""
-    parts = [f"{x['method']}: {x.get('effect_scale', 'effect')} {fmt_num(x['effect'])}, "
-             f"q = {fmt_p(x['q'])}" for _, x in r.iterrows()]
-    return (f"Primary end point — {PRIMARY_PARAMETER}, {v} vs {ctx.run.baseline}, all patients: "
-            + "; ".join(parts) + ".")

@@ -181,7 +181,7 @@ def simulate_citeseq(out_dir, patients: int = 8, visits=("D1", "D8"), cells: int
     adt_feats = pd.DataFrame({"id": [m.replace(" ", "_") + "_ADT" for m in markers],
                               "name": markers, "type": "Antibody Capture", "genome": ""})
     for li, lib in enumerate(libraries):
-        counts, tags, cell_types, owner = [], [], [], []
+        counts, cell_types, owner = [], [], []
         for si, (p, v) in enumerate(lib):
             frac = fractions[(p, v)]
             ct = rng.choice(len(types), size=cells, p=frac)

@@ -60,14 +60,51 @@ def _batch_gains(seed: int, n_batches: int) -> np.ndarray:
     return gains
 
 
-def _study_yaml(visits, seed: int) -> dict:
+#: The model trial's analysis plan: key secondary end points (tested in this order at the
+#: primary visit) and the selectivity sets (targets: the Treg response; off-targets:
+#: effector T-cell activation, which ld-IL2 should leave unchanged).
+KEY_SECONDARY = ("Treg Ki67+ %", "CD25 median in Treg", "NK CD56bright % of NK")
+SELECTIVITY_TARGETS = ("Treg % of CD4 T", "Treg Ki67+ %", "Treg HLA-DR+ %", "CD25 median in Treg")
+SELECTIVITY_OFF_TARGETS = ("CD4 Tconv Ki67+ %", "CD4 Tconv HLA-DR+ %", "CD8 T Ki67+ %",
+                           "CD8 T HLA-DR+ %", "CD25 median in CD4 Tconv")
+
+
+def analysis_plan(visits: list[str], arms: tuple[str, ...] | None = None) -> dict:
+    """The ``analysis:`` block of the model trial: primary Treg % of CD4 T at D8 (the first
+    visit after baseline when D8 is not a visit) as change from baseline (single arm) or
+    the difference between arms in that change (``arms``: control first); with a single
+    visit, the arms compared at that visit (no plan end point without arms)."""
+    plan = {"alpha": 0.05, "min_patients": 6}
+    if arms:
+        plan["control_arm"] = arms[0]
+    if len(visits) == 1:
+        if arms:
+            plan["reference_group"] = arms[0]
+            plan["primary"] = [{"parameter": "Treg % of CD4 T", "visits": list(visits),
+                                "comparison": "group_difference", "method": "welch_t"}]
+        return plan
+    peak = "D8" if "D8" in visits[1:] else visits[1]
+    comparison = "arm_difference" if arms else "change_from_baseline"
+    plan["primary"] = [{"parameter": "Treg % of CD4 T", "visits": [peak],
+                        "comparison": comparison, "method": "mmrm"}]
+    plan["key_secondary"] = {"strategy": "fixed_sequence", "endpoints": [
+        {"parameter": name, "visits": [peak], "comparison": comparison}
+        for name in KEY_SECONDARY]}
+    plan["responder"] = {"ratio": 1.25}
+    plan["selectivity"] = {"targets": list(SELECTIVITY_TARGETS),
+                           "off_targets": list(SELECTIVITY_OFF_TARGETS), "margins": [0.8, 1.25]}
+    return plan
+
+
+def _study_yaml(visits, seed: int, arms: tuple[str, ...] | None = None) -> dict:
     channels = {c: {"marker": c, "class": "none", "role": "time" if c == "Time" else "scatter"}
                 for c in SCATTER_CHANNELS}
     channels.update({c: {"marker": m, "fluorochrome": f, **MARKER_ROLES.get(m, {"class": "type", "role": "marker"})}
                      for c, m, f in FLUORESCENCE})
     return {
         "study_id": STUDY_ID,
-        "description": "Simulated low-dose IL-2 basket trial (immunomon simulate)",
+        "description": ("Simulated randomised low-dose IL-2 trial (immunomon simulate --arms)"
+                        if arms else "Simulated low-dose IL-2 basket trial (immunomon simulate)"),
         "seed": seed,
         "visits": [{"name": v, "day": d} for v, d in visits],
         "baseline": visits[0][0],
@@ -81,6 +118,7 @@ def _study_yaml(visits, seed: int) -> dict:
             "qc": {"dead_bounds": [1.0, 4.0]},  # the simulated dye's live/dead valley (arcsinh 150)
         }},
         "exclusions": [],
+        "analysis": analysis_plan([v for v, _ in visits], arms),
     }
 
 
@@ -111,9 +149,18 @@ def _simulate_file(job: dict) -> tuple[np.ndarray, dict]:
     return counts, {"params": params, "lymph_per_ul": state.lymph_per_ul}
 
 
+def randomise(patient_ids: list[str], arms: tuple[str, ...], seed: int) -> dict[str, str]:
+    """Patient -> arm, randomised in balanced blocks of ``len(arms)`` (1:1 for two arms)."""
+    rng = rng_for(seed, "randomisation")
+    order = np.concatenate([rng.permutation(len(arms))
+                            for _ in range(-(-len(patient_ids) // len(arms)))])
+    return {pid: arms[int(k)] for pid, k in zip(patient_ids, order)}
+
+
 def simulate_study(out_dir, patients: int = 46, visits=DEFAULT_VISITS, events: int = 50_000,
                    seed: int = 1, effect: str = "planted", effect_size: float = 1.0, *,
-                   workers: int = 1, overwrite: bool = False) -> Path:
+                   arms: tuple[str, ...] | None = None, workers: int = 1,
+                   overwrite: bool = False) -> Path:
     """Simulate a low-dose IL-2 basket trial and write it as a study folder.
 
     Parameters
@@ -133,6 +180,10 @@ def simulate_study(out_dir, patients: int = 46, visits=DEFAULT_VISITS, events: i
         patients and noise, no effect).
     effect_size
         Multiplies every planted log fold change.
+    arms
+        Treatment arms, the control first (e.g. ``("placebo", "ld-IL2")``): patients are
+        randomised 1:1 (balanced blocks), the treatment effects act only in the other arms,
+        ``samples.csv`` gets the ``arm`` column and the plan compares the arms.
     workers
         Processes that write FCS files in parallel (the output does not depend on it).
     overwrite
@@ -153,6 +204,9 @@ def simulate_study(out_dir, patients: int = 46, visits=DEFAULT_VISITS, events: i
         problems.append(f"--events: {events} (need at least 100)")
     if not math.isfinite(float(effect_size)):
         problems.append(f"--effect-size: {effect_size} is not a finite number")
+    if arms is not None and (len(arms) < 2 or len(set(arms)) != len(arms) or not all(arms)):
+        problems.append(f"--arms: {','.join(arms)} (need two or more distinct names, the "
+                        f"control first)")
     visit_days, vp = _visit_days(list(visits))
     problems += vp
     root = Path(out_dir)
@@ -169,6 +223,8 @@ def simulate_study(out_dir, patients: int = 46, visits=DEFAULT_VISITS, events: i
         disease = DISEASES[i % len(DISEASES)][0]
         cohort.append(make_patient(pid, disease, rng_for(seed, "patient", pid)))
 
+    arm_of = randomise([p.patient_id for p in cohort], tuple(arms), seed) if arms else {}
+    treated = {p.patient_id: not arms or arm_of[p.patient_id] != arms[0] for p in cohort}
     samples = [(p, v, d) for p in cohort for v, d in visit_days]
     n_batches = max(1, round(len(samples) / BATCH_SIZE))
     order = rng_for(seed, "batches").permutation(len(samples))
@@ -181,7 +237,8 @@ def simulate_study(out_dir, patients: int = 46, visits=DEFAULT_VISITS, events: i
         date = _FIRST_BATCH_DATE + dt.timedelta(days=7 * int(b))
         jobs.append({
             "sample_id": f"{p.patient_id}_{v}", "patient": p, "day": d, "seed": seed,
-            "effect": effect, "effect_size": float(effect_size), "events": int(events),
+            "effect": effect if treated[p.patient_id] else "none",
+            "effect_size": float(effect_size), "events": int(events),
             "gain": gains[b], "root": str(root), "date": date.strftime("%d-%b-%Y").upper(),
         })
     if workers > 1:
@@ -194,7 +251,8 @@ def simulate_study(out_dir, patients: int = 46, visits=DEFAULT_VISITS, events: i
     for (p, v, d), b, job, (counts, info) in zip(samples, batch_of, jobs, results):
         sid = job["sample_id"]
         rows.append({"sample_id": sid, "file": f"fcs/{sid}.fcs", "patient_id": p.patient_id,
-                     "disease": p.disease, "visit": v, "panel": PANEL, "batch": f"B{b + 1:02d}",
+                     "disease": p.disease, **({"arm": arm_of[p.patient_id]} if arms else {}),
+                     "visit": v, "panel": PANEL, "batch": f"B{b + 1:02d}",
                      "dataset": 1, "lymphocytes_per_ul": round(info["lymph_per_ul"], 1)})
         total = counts[0]
         for (pop, parent), count in zip(HIERARCHY.items(), counts):
@@ -215,13 +273,22 @@ def simulate_study(out_dir, patients: int = 46, visits=DEFAULT_VISITS, events: i
                   effect_size=float(effect_size)).to_csv(
         root / "truth" / "effects.csv", index=False, lineterminator="\n")
     pd.DataFrame([{"patient_id": p.patient_id, "disease": p.disease,
+                   **({"arm": arm_of[p.patient_id]} if arms else {}),
                    "treg_responsiveness": round(p.r_treg, 4),
                    "nk_responsiveness": round(p.r_nk, 4)} for p in cohort]).to_csv(
         root / "truth" / "patients.csv", index=False, lineterminator="\n")
     clinical, aes = clinical_tables(cohort, visit_days, STUDY_ID, effect, float(effect_size),
                                     seed)
+    if arms:  # the placebo arm: the same draws without the treatment effect
+        control = [p for p in cohort if not treated[p.patient_id]]
+        c0, _ = clinical_tables(control, visit_days, STUDY_ID, "none", float(effect_size), seed)
+        placebo = clinical["patient_id"].isin([p.patient_id for p in control])
+        clinical = pd.concat([clinical[~placebo], c0]).sort_values(
+            "patient_id", key=lambda c: c.map({p.patient_id: i for i, p in enumerate(cohort)}),
+            kind="stable").reset_index(drop=True)
     clinical.to_csv(root / "clinical.csv", index=False, lineterminator="\n")
     aes.to_csv(root / "adverse_events.csv", index=False, lineterminator="\n")
     with open(root / "study.yaml", "w", encoding="utf-8") as fh:
-        yaml.safe_dump(_study_yaml(visit_days, seed), fh, sort_keys=False)
+        yaml.safe_dump(_study_yaml(visit_days, seed, tuple(arms) if arms else None), fh,
+                       sort_keys=False)
     return root

@@ -88,9 +88,13 @@ def _log_fold(state: str, k: float, r: dict) -> tuple[str, float]:
     return scale, k * r[responder] * np.log(fold)
 
 
-def _sample_values(base: dict, r: dict, k: float, lymph: float, rng) -> dict[str, float]:
-    """Parameter string -> value for one sample of a patient (``k`` = effect at the visit)."""
+def _sample_values(base: dict, r: dict, k: float, lymph: float, rng,
+                   extra: dict[str, float] | None = None) -> dict[str, float]:
+    """Parameter string -> value for one sample of a patient (``k`` = effect at the visit;
+    ``extra``: state -> log odds shift of off-target effects at the visit)."""
     logits = {s: v + rng.normal(0.0, VISIT_SD) for s, v in base["logit"].items()}
+    for s, shift in (extra or {}).items():
+        logits[s] += shift
     for s in ("treg", "treg_mem", "ki67_treg", "hladr_treg", "nk_bright"):
         scale, lf = _log_fold(s, k, r)
         if scale == "odds":
@@ -128,10 +132,20 @@ def _measure(parameter: str) -> tuple[str, str]:
     return parameter.split(" % of ")[0], "percent"
 
 
+def _state_of(name: str) -> str:
+    """The binary state of a fraction parameter string (or the state name itself)."""
+    for s, (parameter, *_) in FRACTIONS.items():
+        if name in (s, parameter):
+            return s
+    raise ValueError(f"off_target: {name!r} is not a fraction of the simulator "
+                     f"({', '.join(v[0] for v in FRACTIONS.values())})")
+
+
 def simulate_tables(patients: int = 46, visits=VISITS, *, seed: int = 1,
                     effect: str = "planted", effect_size: float = 1.0, dropout: float = 0.1,
                     missing: float = 0.03, qc_fail: float = 0.02, n_clusters: int = 20,
-                    events: tuple[int, int] = (20_000, 60_000)) -> dict[str, pd.DataFrame]:
+                    events: tuple[int, int] = (20_000, 60_000), arms: tuple[str, ...] | None = None,
+                    off_target: dict[str, float] | None = None) -> dict[str, pd.DataFrame]:
     """Simulate the tidy tables of one trial.
 
     Parameters
@@ -152,6 +166,14 @@ def simulate_tables(patients: int = 46, visits=VISITS, *, seed: int = 1,
         Number of metaclusters (<= 20; the first ``n_clusters`` of :data:`CLUSTERS`).
     events
         Range of events per sample (uniform) for the cluster counts.
+    arms
+        Treatment arms, the control first (e.g. ``("placebo", "ld-IL2")``): patients are
+        randomised in balanced blocks and the treatment effects (planted and off-target)
+        act only in the other arms; ``samples`` gets an ``arm`` column. None: one arm.
+    off_target
+        Extra effects on fractions the treatment does not change in the model trial, as
+        odds fold at the peak visit with the same time profile (e.g. ``{"CD8 T Ki67+ %":
+        3.0}``), in every treated patient.
 
     Returns
     -------
@@ -169,8 +191,15 @@ def simulate_tables(patients: int = 46, visits=VISITS, *, seed: int = 1,
     base_prop = np.array([c[1] for c in clusters])
     marker_level = np.random.default_rng(12345).uniform(0.5, 4.0, (len(clusters), len(MARKERS)))
     sample_rows, par_rows, count_rows, marker_rows, clin_rows, ae_rows, pat_rows = ([] for _ in range(7))
+    if arms:
+        blocks = [np.random.default_rng([seed, b]).permutation(len(arms))
+                  for b in range(-(-patients // len(arms)))]
+        arm_of = [arms[int(x)] for x in np.concatenate(blocks)[:patients]]
+    extra = {_state_of(k): np.log(v) for k, v in (off_target or {}).items()}
     for i in range(patients):
         pid, disease = f"P{i + 1:03d}", DISEASES[i % len(DISEASES)]
+        arm = arm_of[i] if arms else ""
+        treated = not arms or arm != arms[0]
         pat_rows.append((pid, disease))
         base = {"logit": {}, "median": {}}
         for s, (_, _, p0, sd) in FRACTIONS.items():
@@ -188,16 +217,17 @@ def simulate_tables(patients: int = 46, visits=VISITS, *, seed: int = 1,
         log_prop = np.log(base_prop) + rng.normal(0.0, 0.25, len(clusters))
         marker_shift = rng.normal(0.0, 0.06, len(MARKERS))
         last = len(visits)
-        if rng.random() < dropout:
+        if rng.random() < dropout and len(visits) > 2:
             last = int(rng.integers(2, len(visits)))
         for j, (visit, day) in enumerate(visits[:last]):
             if j > 0 and rng.random() < missing:
                 continue
             sid = f"{pid}_{visit}"
-            k = profile(day) * size
+            k = profile(day) * size * treated
             qc = bool(rng.random() >= qc_fail)
-            sample_rows.append((sid, pid, disease, visit, day, "treg", qc, ""))
-            for name, value in _sample_values(base, r, k, lymph, rng).items():
+            sample_rows.append((sid, pid, disease, arm, visit, day, "treg", qc, ""))
+            shifts = {st: profile(day) * treated * lf for st, lf in extra.items()}
+            for name, value in _sample_values(base, r, k, lymph, rng, shifts).items():
                 par_rows.append((sid, name, value if qc else value * 5.0))
             lp = log_prop.copy()
             for c, (_, _, state) in enumerate(clusters):
@@ -216,10 +246,10 @@ def simulate_tables(patients: int = 46, visits=VISITS, *, seed: int = 1,
                 noise = rng.normal(0.0, 0.04 + 0.5 / np.sqrt(counts[c]), len(MARKERS))
                 for m, v in zip(MARKERS, level + noise):
                     marker_rows.append((sid, c + 1, label, m, float(v)))
-        _clinical(pid, disease, visits[:last], size, r["treg"], rng, clin_rows)
+        _clinical(pid, disease, visits[:last], size * treated, r["treg"], rng, clin_rows)
         _adverse_events(pid, rng, ae_rows)
-    samples = pd.DataFrame(sample_rows, columns=["sample_id", "patient_id", "disease", "visit", "day",
-                                                 "panel", "qc_pass", "excluded_reason"])
+    samples = pd.DataFrame(sample_rows, columns=["sample_id", "patient_id", "disease", "arm", "visit",
+                                                 "day", "panel", "qc_pass", "excluded_reason"])
     if len(samples) > 3:  # one excluded sample, as a manifest exclusion would give
         samples.loc[3, "excluded_reason"] = "haemolysed (simulated exclusion)"
     params = pd.DataFrame(par_rows, columns=["sample_id", "parameter", "value"])
@@ -308,3 +338,69 @@ def _adverse_events(pid, rng, rows) -> None:
             sev = {1: "MILD", 2: "MODERATE", 3: "SEVERE"}[grade]
             day = int(rng.integers(1, 8)) if related == "Y" else int(rng.integers(1, 241))
             rows.append((pid, pt, pt, soc, day, sev, grade, serious, related))
+
+
+def simulate_endpoint(patients: int = 46, visits=VISITS, *, seed: int = 1,
+                      effect: float = 0.0, response_sd: float = 0.0, response_visit: str | None = None,
+                      visit_sd=VISIT_SD, patient_sd: float = PATIENT_SD, baseline_pct: float = 5.0,
+                      mar_dropout: float = 0.0, dropout_after: str = "D29",
+                      arms: tuple[str, ...] | None = None) -> dict[str, pd.DataFrame]:
+    """One percentage end point of one trial, drawn on the logit scale: the calibration
+    bench of the supervised statistics (thousands of trials; hundreds a second).
+
+    ``logit(value / 100) = logit(baseline_pct / 100) + u_i + profile(day) (effect + s_i) +
+    e_iv`` with the patient effect u_i ~ N(0, ``patient_sd``), the visit noise e_iv ~ N(0,
+    ``visit_sd``) (a number, or one per visit: unequal visit variances), the mean effect
+    ``effect`` (log odds ratio at the peak, in treated patients only) and a patient-specific
+    response s_i ~ N(0, ``response_sd``) (heterogeneous response with mean zero; only at
+    ``response_visit`` when given, else with the time profile).
+
+    ``mar_dropout``: probability that a patient leaves after ``dropout_after``, missing at
+    random: the chance grows with the value observed at that visit (logistic, slope 2 per
+    unit of the visit's sd), so completers are a biased subset at later visits.
+    ``arms``: randomised 1:1 (balanced blocks), the control first; effects act only in the
+    other arms.
+
+    Returns ``samples`` (sample_id, patient_id, disease (empty), arm, visit, day, panel,
+    qc_pass, excluded_reason) and ``parameters`` (one parameter, ``Treg % of CD4 T``,
+    measure ``percent``).
+    """
+    rng = np.random.default_rng(seed)
+    visits = [(str(v), float(d)) for v, d in visits]
+    sd = np.broadcast_to(np.asarray(visit_sd, float), (len(visits),))
+    n_arms = len(arms) if arms else 1
+    arm_idx = (np.concatenate([rng.permutation(n_arms) for _ in range(-(-patients // n_arms))])
+               [:patients] if arms else np.zeros(patients, int))
+    u = rng.normal(0.0, patient_sd, patients)
+    s_i = rng.normal(0.0, response_sd, patients)
+    e = rng.normal(0.0, 1.0, (patients, len(visits))) * sd
+    leave = rng.random(patients)
+    day = np.array([d for _, d in visits])
+    prof = np.array([profile(d) for d in day])
+    if response_visit is not None:
+        shape = np.array([float(v == response_visit) for v, _ in visits])
+    else:
+        shape = prof
+    treated = (arm_idx > 0) if arms else np.ones(patients, bool)
+    y = (_logit(baseline_pct / 100) + u[:, None] + e + shape[None] * s_i[:, None]
+         + prof[None] * effect * treated[:, None])
+    names = [v for v, _ in visits]
+    last = np.full(patients, len(visits))
+    if mar_dropout > 0 and dropout_after in names:
+        j = names.index(dropout_after)
+        z = (y[:, j] - y[:, j].mean()) / y[:, j].std()
+        p_leave = _expit(_logit(mar_dropout) + 2.0 * z)
+        last = np.where(leave < p_leave, j + 1, last)
+    rows, par = [], []
+    for i in range(patients):
+        pid = f"P{i + 1:03d}"
+        arm = arms[arm_idx[i]] if arms else ""
+        for j in range(last[i]):
+            sid = f"{pid}_{names[j]}"
+            rows.append((sid, pid, "", arm, names[j], day[j], "treg", True, ""))
+            par.append((sid, "Treg % of CD4 T", "Treg", "percent", 100 * float(_expit(y[i, j]))))
+    return {"samples": pd.DataFrame(rows, columns=["sample_id", "patient_id", "disease", "arm",
+                                                   "visit", "day", "panel", "qc_pass",
+                                                   "excluded_reason"]),
+            "parameters": pd.DataFrame(par, columns=["sample_id", "parameter", "population",
+                                                     "measure", "value"])}

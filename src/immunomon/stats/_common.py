@@ -6,7 +6,7 @@ Every stats table row carries ``status`` (:data:`OK` or :data:`NOT_ESTIMABLE`) a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -15,6 +15,8 @@ from ..errors import UserError
 
 OK = "ok"
 NOT_ESTIMABLE = "not estimable"
+#: A row below ``min_patients``: estimate and CI, never a p.
+DESCRIPTIVE = "descriptive"
 ALL = "all"
 
 #: ``measure`` values (see :mod:`immunomon.gating.statistics`) analysed on the logit scale.
@@ -28,37 +30,68 @@ class StatsOptions:
     Attributes
     ----------
     alpha
-        Significance level for q values (selectivity, summaries).
+        Significance level (multiplicity procedures, selectivity, summaries); ``None`` =
+        the analysis plan's, else 0.05.
     min_patients
-        Strata with fewer patients (complete pairs for paired tests) are reported with
-        n, effect and CI but ``status = not estimable`` and no p.
+        Inferential threshold: rows with fewer patients (complete pairs for paired tests,
+        the smaller group for two-group comparisons) keep n, the estimate and its CI but
+        get ``status = descriptive`` and no p. ``None`` = the plan's, else 6.
     per_disease
-        Also analyse each disease stratum (pooled ``all`` is always analysed).
+        Also analyse each disease stratum (pooled ``all`` is always analysed; a study whose
+        ``disease`` column is empty has no disease strata).
     supervised_methods
-        Subset of ``("paired_t", "wilcoxon", "lmm")``.
+        Subset of ``("mmrm", "paired_t", "wilcoxon", "welch_t", "rank_sum")``; each is
+        used where it applies (paired tests within arms, two-group tests between arms or
+        groups).
+    df_method
+        Denominator df of the MMRM: ``kr`` (Kenward–Roger) or ``satterthwaite``.
     da_methods
         Subset of ``("edger_ql", "edger_lrt", "gee_binomial")``.
     min_cells, min_sample_fraction
         DA/DS: a cluster is tested in a stratum when it has >= ``min_cells`` cells in at
         least ``min_sample_fraction`` of the stratum's samples.
     immune_visit
-        Visit of the immune response (log2 fold change vs baseline) in ``clinical_immune``.
+        Visit of the immune response (log2 fold change vs baseline) in ``clinical_immune``;
+        ``None`` = the first primary visit of the plan, else the first visit after
+        baseline.
     immune_parameters
-        Parameters correlated with clinical change; ``None`` = the Treg parameters.
-    selectivity_method
-        ``stats_supervised`` method whose q values ``selectivity`` uses.
+        Parameters correlated with clinical change; ``None`` = the plan's end points and
+        selectivity targets, or every parameter when there is no plan.
+    tables
+        Names of the tables to compute (e.g. ``("stats_supervised",)`` to re-run the plan's
+        analyses alone); ``None`` = every table the inputs allow.
     """
 
-    alpha: float = 0.05
-    min_patients: int = 6
+    alpha: float | None = None
+    min_patients: int | None = None
     per_disease: bool = True
-    supervised_methods: tuple[str, ...] = ("paired_t", "wilcoxon", "lmm")
-    da_methods: tuple[str, ...] = ("edger_ql", "edger_lrt", "gee_binomial")
+    supervised_methods: tuple[str, ...] = ("mmrm", "paired_t", "wilcoxon", "welch_t",
+                                           "rank_sum")
+    df_method: str = "kr"
+    da_methods: tuple[str, ...] = ("edger_ql", "gee_binomial")
     min_cells: int = 3
     min_sample_fraction: float = 0.5
-    immune_visit: str = "D8"
+    immune_visit: str | None = None
     immune_parameters: tuple[str, ...] | None = None
-    selectivity_method: str = "paired_t"
+    tables: tuple[str, ...] | None = None
+
+    def wants(self, *names: str) -> bool:
+        """Whether any of the tables ``names`` is to be computed."""
+        return self.tables is None or any(n in self.tables for n in names)
+
+    def resolved(self, alpha: float | None = None, min_patients: int | None = None
+                 ) -> "StatsOptions":
+        """A copy with ``alpha``/``min_patients`` filled from the plan (when not set here)
+        or the defaults 0.05 and 6."""
+        a = self.alpha if self.alpha is not None else (alpha if alpha is not None else 0.05)
+        m = (self.min_patients if self.min_patients is not None
+             else (min_patients if min_patients is not None else 6))
+        return replace(self, alpha=float(a), min_patients=int(m))
+
+
+def too_few(n: int, options: StatsOptions, what: str = "patients") -> str:
+    """The ``reason`` of a descriptive row."""
+    return f"{n} {what} < min_patients {options.min_patients}: descriptive, no test"
 
 
 def is_logit(parameter: str, measure: str | None) -> bool:
@@ -106,7 +139,7 @@ def truthy(x) -> bool:
 
 def kept_samples(samples: pd.DataFrame) -> pd.DataFrame:
     """Samples with ``qc_pass`` true and an empty ``excluded_reason`` (others are left out)."""
-    need = ["sample_id", "patient_id", "disease", "visit"]
+    need = ["sample_id", "patient_id", "visit"]
     missing = [c for c in need if c not in samples.columns]
     if missing:
         raise UserError(f"samples table: missing column(s) {', '.join(missing)}")
@@ -117,14 +150,17 @@ def kept_samples(samples: pd.DataFrame) -> pd.DataFrame:
         r = samples["excluded_reason"].fillna("").astype(str).str.strip()
         keep &= (r == "").to_numpy()
     out = samples.loc[keep].copy()
-    for c in ["sample_id", "patient_id", "disease", "visit"]:
-        out[c] = out[c].astype(str)
+    for c in ("disease", "arm"):
+        if c not in out:
+            out[c] = ""
+    for c in ["sample_id", "patient_id", "disease", "arm", "visit"]:
+        out[c] = out[c].fillna("").astype(str)
     return out.reset_index(drop=True)
 
 
-def visit_order(samples: pd.DataFrame, baseline: str, visits) -> list[str]:
+def visit_order(samples: pd.DataFrame, baseline: str | None, visits) -> list[str]:
     """Visit names in study order: ``visits`` if given (plus unseen visits by day), the
-    baseline first."""
+    baseline first (``baseline=None``: a cross-sectional study, study order only)."""
     seen = samples["visit"].astype(str)
     if "day" in samples:
         by_day = samples.groupby(seen)["day"].min().sort_values(kind="stable")
@@ -133,14 +169,17 @@ def visit_order(samples: pd.DataFrame, baseline: str, visits) -> list[str]:
         derived = sorted(seen.unique())
     order = [str(v) for v in visits] if visits is not None else []
     order += [v for v in derived if v not in order]
+    if baseline is None:
+        return order
     if baseline not in order:
         raise UserError(f"samples table: baseline visit {baseline!r} has no sample")
     return [baseline] + [v for v in order if v != baseline]
 
 
 def strata(diseases, per_disease: bool) -> list[str]:
-    """``all`` first, then each disease (sorted) when ``per_disease``."""
-    ds = sorted({str(d) for d in diseases}) if per_disease else []
+    """``all`` first, then each disease (sorted) when ``per_disease``; empty disease values
+    (a study without a disease column) make no stratum."""
+    ds = sorted({str(d) for d in diseases} - {"", "nan", "None"}) if per_disease else []
     return [ALL] + [d for d in ds if d != ALL]
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from ._common import ALL, NOT_ESTIMABLE, OK, StatsOptions, sort_rows
+from ._common import ALL, DESCRIPTIVE, NOT_ESTIMABLE, OK, StatsOptions, sort_rows, too_few
 from .multiple import add_q
 
 CHANGE_COLUMNS = ["patient_id", "disease", "score", "visit", "value", "baseline", "change", "reason"]
@@ -58,12 +58,12 @@ def clinical_summary(change: pd.DataFrame, visits: list[str]) -> tuple[pd.DataFr
 
 
 def clinical_immune(change: pd.DataFrame, fold: pd.DataFrame, parameters: list[str],
-                    visits: list[str], options: StatsOptions) -> pd.DataFrame:
+                    visits: list[str], immune_visit: str, options: StatsOptions) -> pd.DataFrame:
     """``clinical_immune``: Spearman correlation, over patients, of the immune response
-    (log2 fold change of each parameter at ``options.immune_visit``) with the clinical
+    (log2 fold change of each parameter at ``immune_visit``) with the clinical
     response at each visit (change from baseline, or the value itself for scores without
     baseline such as CGI-E). BH q per score × visit."""
-    imm = fold[(fold["visit"] == options.immune_visit) & fold["parameter"].isin(parameters)]
+    imm = fold[(fold["visit"] == immune_visit) & fold["parameter"].isin(parameters)]
     by_par = {p: dict(zip(g["patient_id"], g["log2fc"])) for p, g in imm.groupby("parameter")}
     rows = []
     for (score, visit), g in change.groupby(["score", "visit"], sort=True):
@@ -76,7 +76,7 @@ def clinical_immune(change: pd.DataFrame, fold: pd.DataFrame, parameters: list[s
             x = by_par.get(par, {})
             common = sorted(set(x) & set(clin))
             n = len(common)
-            row = dict(score=score, parameter=par, visit=visit, immune_visit=options.immune_visit,
+            row = dict(score=score, parameter=par, visit=visit, immune_visit=immune_visit,
                        clinical_measure="change" if use_change else "value", n=n, rho=np.nan,
                        p=np.nan, status=NOT_ESTIMABLE, reason="")
             a = np.array([x[k] for k in common], float)
@@ -87,7 +87,7 @@ def clinical_immune(change: pd.DataFrame, fold: pd.DataFrame, parameters: list[s
                 if n >= options.min_patients:
                     row.update(p=float(r.pvalue), status=OK)
                 else:
-                    row["reason"] = f"{n} patients < {options.min_patients}: too few patients to test"
+                    row.update(status=DESCRIPTIVE, reason=too_few(n, options))
             else:
                 row["reason"] = (f"{n} patients with both responses" if n < 3
                                  else "no variation in one of the responses")

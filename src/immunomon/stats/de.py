@@ -114,7 +114,7 @@ def differential_expression(samples: pd.DataFrame, pseudobulk: pd.DataFrame,
             parts.append(differential_expression(samples, pb.drop(columns="panel"), visits,
                                                  options, cc, min_count).assign(panel=panel))
         return pd.concat(parts, ignore_index=True)
-    options = options or StatsOptions()
+    options = (options or StatsOptions()).resolved()
     labels = {} if cluster_counts is None or "label" not in cluster_counts else \
         dict(zip(cluster_counts["cluster"], cluster_counts["label"]))
     rows = []

@@ -1,13 +1,15 @@
-"""Differential state: per cluster × marker, median expression at each visit vs baseline
-(``stats_ds``), limma style.
+"""Differential state: per cluster × marker, median expression (``stats_ds``), limma
+style: change from baseline within arms, arm differences of that change, or group
+differences (cross-sectional); designs in :mod:`.contrasts`.
 
 Method ``limma``: for every cluster × marker, ordinary least squares of the sample medians
-(transformed units, e.g. arcsinh) on ``~ patient + visit`` (patient as block, every visit at
-once, within-patient contrasts), then limma's empirical Bayes moderation (Smyth 2004): the
-residual variances of all cluster × marker features of the stratum are shrunk towards a
-common prior fitted by moments to a scaled F distribution (``fitFDist``), and each visit
+(transformed units, e.g. arcsinh) on the stratum's design (patient as block, every visit
+at once, within-patient contrasts), then limma's empirical Bayes moderation (Smyth 2004):
+the residual variances of all cluster × marker features of the stratum are shrunk towards
+a common prior fitted by moments to a scaled F distribution (``fitFDist``), and each
 coefficient gets a moderated t test on ``d + d0`` degrees of freedom. ``effect`` is the
-difference of medians (visit − baseline, transformed units) with its moderated 95 % CI.
+difference of medians (transformed units) with its moderated 95 % CI; rows below
+``min_patients`` are ``descriptive`` (effect and CI, no p).
 """
 
 from __future__ import annotations
@@ -16,10 +18,12 @@ import numpy as np
 import pandas as pd
 from scipy import special, stats
 
-from ._common import ALL, NOT_ESTIMABLE, OK, StatsOptions
+from ._common import ALL, DESCRIPTIVE, NOT_ESTIMABLE, OK, StatsOptions, too_few
+from .contrasts import block, coefficient_sets, reported
+from .design import Design
 
-DS_COLUMNS = ["cluster", "label", "marker", "visit", "disease", "method", "n", "effect",
-              "ci_low", "ci_high", "p", "q", "status", "reason"]
+DS_COLUMNS = ["cluster", "label", "marker", "visit", "disease", "arm", "comparison", "method",
+              "n", "n_missing", "effect", "ci_low", "ci_high", "df", "p", "q", "status", "reason"]
 
 
 def _trigamma_inverse(x: float) -> float:
@@ -58,10 +62,9 @@ def fit_f_dist(s2: np.ndarray, df: np.ndarray) -> tuple[float, float]:
 
 
 def differential_state(samples: pd.DataFrame, cluster_markers: pd.DataFrame,
-                       visits: list[str], strata: list[str],
-                       options: StatsOptions) -> pd.DataFrame:
-    """``stats_ds`` rows (q not yet added) for every cluster × marker × visit × stratum."""
-    smp = samples[samples["visit"].isin(visits)]
+                       design: Design, options: StatsOptions) -> pd.DataFrame:
+    """``stats_ds`` rows (role, q and p_adjusted are added by :mod:`.plan`)."""
+    smp = samples[samples["visit"].isin(design.visits)]
     cm = cluster_markers.copy()
     cm["sample_id"] = cm["sample_id"].astype(str)
     if "label" not in cm:
@@ -73,37 +76,47 @@ def differential_state(samples: pd.DataFrame, cluster_markers: pd.DataFrame,
     wide = cm.pivot_table(index=["cluster", "marker"], columns="pv", values="median", aggfunc="mean")
     wide = wide.sort_index()
     labels = cm.drop_duplicates("cluster").set_index("cluster")["label"]
-    pv = smp.drop_duplicates(["patient_id", "visit"])[["patient_id", "visit", "disease"]]
+    pv = smp.drop_duplicates(["patient_id", "visit"])[["patient_id", "visit", "disease", "arm"]]
     pv = pv.assign(pv=pv["patient_id"] + "\x1f" + pv["visit"]).sort_values("pv", kind="mergesort")
     Y = wide.reindex(columns=pv["pv"]).to_numpy()
     rows = []
-    for s in strata:
+    for s in design.strata:
         cols = np.ones(len(pv), bool) if s == ALL else (pv["disease"] == s).to_numpy()
         sub, Ys = pv[cols].reset_index(drop=True), Y[:, cols]
-        fits = _ols_all(Ys, sub, visits, options.min_sample_fraction)
-        ok = [f for f in fits if "s2" in f]
-        s0, d0 = fit_f_dist(np.array([f["s2"] for f in ok]), np.array([f["df"] for f in ok], float))
-        for (cl, marker), f in zip(wide.index, fits):
-            for visit in visits[1:]:
-                row = dict(cluster=cl, label=labels[cl], marker=marker, visit=visit,
-                           disease=s, method="limma", n=0, effect=np.nan, ci_low=np.nan,
-                           ci_high=np.nan, p=np.nan, status=NOT_ESTIMABLE, reason=f.get("reason", ""))
-                if "s2" in f and visit in f["coef"]:
-                    b, u, n = f["coef"][visit]
-                    row.update(n=n, effect=b, _u=u, _s2=f["s2"], _df=f["df"])
-                elif "s2" in f:
-                    row["reason"] = f"no within-patient pair at {visit}"
-                rows.append(row)
-        moderate_rows([r for r in rows if r["disease"] == s and "_u" in r], s0, d0, options)
+        stratum = []
+        for k, coefs in enumerate(coefficient_sets(sub, design)):
+            fits = _ols_all(Ys, sub, coefs, design, options.min_sample_fraction)
+            if k == 0:
+                ok = [f for f in fits if "s2" in f]
+                s0, d0 = fit_f_dist(np.array([f["s2"] for f in ok]),
+                                    np.array([f["df"] for f in ok], float))
+            for (cl, marker), f in zip(wide.index, fits):
+                for i in reported(coefs):
+                    c = coefs[i]
+                    row = dict(cluster=cl, label=labels[cl], marker=marker, visit=c.visit,
+                               disease=s, arm=c.arm, comparison=c.comparison, method="limma",
+                               n=c.n, n_missing=c.n_missing, effect=np.nan, ci_low=np.nan,
+                               ci_high=np.nan, df=np.nan, p=np.nan, status=NOT_ESTIMABLE,
+                               reason=f.get("reason", ""), _smallest=c.smallest)
+                    if "s2" in f and i in f["coef"]:
+                        b, u = f["coef"][i]
+                        row.update(effect=b, _u=u, _s2=f["s2"], _df=f["df"])
+                    elif "s2" in f:
+                        row["reason"] = f"no sample at {c.visit} for this comparison"
+                    stratum.append(row)
+        moderate_rows([r for r in stratum if "_u" in r], s0 if stratum else np.nan,
+                      d0 if stratum else 0.0, options)
+        rows += stratum
     for r in rows:
-        for k in ("_u", "_s2", "_df"):
+        for k in ("_u", "_s2", "_df", "_smallest"):
             r.pop(k, None)
     return pd.DataFrame(rows, columns=[c for c in DS_COLUMNS if c != "q"])
 
 
 def moderate_rows(rows: list[dict], s0: float, d0: float, options: StatsOptions) -> None:
-    """Fill p, CI, status of rows (with ``_u`` unscaled sd, ``_s2``, ``_df``) in place by
-    limma's moderated t: posterior variance (d0 s0² + d s²)/(d0 + d) on d0 + d df."""
+    """Fill p, CI, df, status of rows (with ``_u`` unscaled sd, ``_s2``, ``_df``,
+    ``_smallest``) in place by limma's moderated t: posterior variance
+    (d0 s0² + d s²)/(d0 + d) on d0 + d df."""
     if not rows:
         return
     u = np.array([r["_u"] for r in rows])
@@ -120,27 +133,26 @@ def moderate_rows(rows: list[dict], s0: float, d0: float, options: StatsOptions)
     tq = stats.t.ppf(0.975, dft)
     with np.errstate(divide="ignore", invalid="ignore"):
         p = 2 * stats.t.sf(np.abs(b / se), dft)
-    for r, lo, hi, pv, e in zip(rows, b - tq * se, b + tq * se, p, se):
-        r.update(ci_low=float(lo), ci_high=float(hi))
-        if r["n"] < options.min_patients:
-            r["reason"] = (f"{r['n']} patients at {r['visit']} < {options.min_patients}: "
-                           "too few patients to test")
-        elif e > 0:
-            r.update(p=float(pv), status=OK, reason="")
-        else:
+    for r, lo, hi, pv, e, d in zip(rows, b - tq * se, b + tq * se, p, se, dft):
+        r.update(ci_low=float(lo), ci_high=float(hi), df=float(d))
+        if not e > 0:
             r["reason"] = "no residual variation"
+        elif r["_smallest"] < options.min_patients:
+            r.update(status=DESCRIPTIVE, reason=too_few(r["_smallest"], options))
+        else:
+            r.update(p=float(pv), status=OK, reason="")
 
 
-def _ols_all(Y: np.ndarray, pv: pd.DataFrame, visits: list[str], min_fraction: float) -> list[dict]:
-    """OLS of every feature (row of Y, columns = patient × visit) on ``~ patient + visit``.
+def _ols_all(Y: np.ndarray, pv: pd.DataFrame, coefs, design: Design,
+             min_fraction: float) -> list[dict]:
+    """OLS of every feature (row of Y, columns = patient × visit) on the block (patient)
+    plus the coefficients' indicators.
 
     Features sharing the same pattern of observed columns share one design, so the usual
     case (cluster present everywhere) costs one matrix inverse. Returns per feature either
-    ``{"s2", "df", "coef": {visit: (coef, unscaled sd, n pairs)}}`` or ``{"reason"}``."""
+    ``{"s2", "df", "coef": {i: (coef, unscaled sd)}}`` or ``{"reason"}``."""
     obs = np.isfinite(Y)
     frac_absent = 1 - obs.mean(axis=1) if Y.shape[1] else np.ones(len(Y))
-    pats = pv["patient_id"].to_numpy()
-    vis = pv["visit"].to_numpy()
     fits: list[dict] = [{} for _ in range(len(Y))]
     patterns: dict[bytes, list[int]] = {}
     for i in range(len(Y)):
@@ -148,16 +160,15 @@ def _ols_all(Y: np.ndarray, pv: pd.DataFrame, visits: list[str], min_fraction: f
             fits[i] = {"reason": f"cluster absent in {100 * frac_absent[i]:.0f} % of samples"}
         else:
             patterns.setdefault(obs[i].tobytes(), []).append(i)
+    wanted = reported(coefs)
     for key, idx in patterns.items():
         m = obs[idx[0]]
-        p_, v_ = pats[m], vis[m]
-        up = sorted(set(p_))
-        cols = [np.ones(m.sum())] + [(p_ == p).astype(float) for p in up[1:]]
-        vv = [v for v in visits[1:] if (v_ == v).any()]
-        cols += [(v_ == v).astype(float) for v in vv]
-        X = np.column_stack(cols)
+        tab = pv[m].reset_index(drop=True)
+        ind = [c.indicator(tab, design.group_col) for c in coefs]
+        present = [i for i in range(len(coefs)) if ind[i].any()]
+        X = np.column_stack([block(tab, design)] + [ind[i] for i in present])
         df = X.shape[0] - X.shape[1]
-        if df < 1 or not (v_ == visits[0]).any() or np.linalg.matrix_rank(X) < X.shape[1]:
+        if df < 1 or np.linalg.matrix_rank(X) < X.shape[1]:
             for i in idx:
                 fits[i] = {"reason": "no residual degrees of freedom" if df < 1 else "design not estimable"}
             continue
@@ -165,11 +176,10 @@ def _ols_all(Y: np.ndarray, pv: pd.DataFrame, visits: list[str], min_fraction: f
         Ym = Y[np.ix_(idx, np.flatnonzero(m))]
         B = Ym @ X @ xtx_inv
         s2 = ((Ym - B @ X.T) ** 2).sum(axis=1) / df
-        k0 = len(up)
-        base_p = set(p_[v_ == visits[0]])
-        n_pairs = {v: len(set(p_[v_ == v]) & base_p) for v in vv}
+        k0 = X.shape[1] - len(present)
+        col = {ci: k0 + j for j, ci in enumerate(present) if ci in wanted}
         for r, i in enumerate(idx):
             fits[i] = {"s2": float(s2[r]), "df": df,
-                       "coef": {v: (float(B[r, k0 + j]), float(np.sqrt(xtx_inv[k0 + j, k0 + j])),
-                                    n_pairs[v]) for j, v in enumerate(vv)}}
+                       "coef": {ci: (float(B[r, j]), float(np.sqrt(xtx_inv[j, j])))
+                                for ci, j in col.items()}}
     return fits

@@ -28,12 +28,18 @@ def bh(p) -> np.ndarray:
 
 def add_q(df: pd.DataFrame, family: list[str], p: str = "p", q: str = "q") -> pd.DataFrame:
     """Add column ``q``: BH over the rows of each ``family`` group (rows whose p is NaN,
-    i.e. not estimable, are neither adjusted nor counted)."""
+    i.e. not tested, are neither adjusted nor counted)."""
     df = df.copy()
     df[q] = np.nan
     if df.empty:
         return df
     fam = [c for c in family if c in df.columns]
-    for _, idx in df.groupby(fam, sort=False, dropna=False).groups.items():
-        df.loc[idx, q] = bh(df.loc[idx, p].to_numpy(dtype=float))
+    group = df.groupby(fam, sort=False, dropna=False).ngroup().to_numpy()
+    pv = df[p].to_numpy(dtype=float)
+    out = np.full(len(df), np.nan)
+    order = np.argsort(group, kind="mergesort")
+    bounds = np.flatnonzero(np.diff(group[order])) + 1
+    for idx in np.split(order, bounds):
+        out[idx] = bh(pv[idx])
+    df[q] = out
     return df

@@ -296,7 +296,7 @@ def ql_ftest(counts: np.ndarray, lib_size: np.ndarray, X: np.ndarray, coefs,
     liberal for them.
 
     Returns dict with ``log2fc``, ``f``, ``p`` (m, len(coefs)), ``common_dispersion``,
-    ``ql_prior_df`` and ``ql_prior`` (m,).
+    ``ql_prior_df``, ``df_total`` (denominator df of the F tests) and ``ql_prior`` (m,).
     """
     from .ds import fit_f_dist
 
@@ -325,6 +325,6 @@ def ql_ftest(counts: np.ndarray, lib_size: np.ndarray, X: np.ndarray, coefs,
         out["f"][:, j] = f
         out["p"][:, j] = stats.f.sf(f, 1, df_total)
         out["log2fc"][:, j] = b_pc[:, c] / np.log(2)
-    out["common_dispersion"], out["ql_prior_df"] = common, d0
+    out["common_dispersion"], out["ql_prior_df"], out["df_total"] = common, d0, float(df_total)
     out["ql_prior"] = np.broadcast_to(s0, s2.shape).copy()
     return out

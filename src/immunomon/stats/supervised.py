@@ -1,372 +1,347 @@
-"""Supervised parameters: each visit versus baseline, pooled and per disease.
+"""Supervised parameters (``stats_supervised``): change from baseline within arms, arm
+differences of that change, or group differences at a visit (cross-sectional studies),
+pooled (``disease = all``) and per disease, every method on one analysis scale.
 
-Methods (``method`` column of ``stats_supervised``):
+Analysis scale of a parameter (``effect_scale``), the same for every method:
 
-* ``paired_t`` — one-sample t test on the per-patient log ratios visit/baseline (complete
-  pairs); effect = exp(mean log ratio) = ratio of geometric means, with its t CI.
-* ``wilcoxon`` — Wilcoxon signed-rank test on the same log ratios (exact for n <= 50 without
-  ties); effect = exp(Hodges–Lehmann estimate), CI from the Walsh averages.
-* ``lmm`` — linear mixed model (REML; :func:`fit_random_intercept`, the same model and
-  estimates as statsmodels MixedLM, which is the fallback) on log values (logit for
-  percentages/fractions) with a random intercept per patient and every available visit:
-  pooled ``y ~ visit + disease + (1|patient)``; per disease ``y ~ disease + visit:disease +
-  (1|patient)`` (one fit over all patients, a visit effect per disease). Effect = exp(coef):
-  fold change (log) or odds ratio (logit), Wald CI and p.
+* a finite ``value_transformed`` (intensities on the panel's transformed scale) —
+  differences on that scale (``difference (arcsinh(150))``), as diffcyt;
+* percentages and fractions (``measure`` percent, pct_positive, fraction, proportion, or
+  ``%`` in the name) — logits, effect = **odds ratio**;
+* other positive values (counts, ratios, linear medians) — logs, effect = fold change.
+
+Methods (``method``):
+
+* ``mmrm`` — :mod:`.mmrm` on the change from baseline at every post-baseline visit:
+  ``change ~ visit + baseline × visit (+ arm × visit + disease)`` (baseline centred at the
+  mean of the analysed patients, so visit terms are adjusted mean changes at the mean
+  baseline), unstructured covariance with the fallback order, REML, Kenward–Roger df
+  (``StatsOptions.df_method``), all available data (patients with a baseline and at least
+  one later visit). One fit per stratum: per-disease strata have their own covariance.
+* ``paired_t``, ``wilcoxon`` — within-arm changes of complete pairs (:mod:`.classical`).
+* ``welch_t``, ``rank_sum`` — arm differences of the change from baseline, or group
+  differences of the values in a cross-sectional study.
+
+Every row has ``n`` (patients contributing at that visit), ``n_missing`` (patients of the
+stratum with a baseline but no value at the visit), ``df``/``df_method``, ``covariance``
+(mmrm), ``status`` ``ok``, ``descriptive`` (below ``min_patients``: estimate and CI, no p)
+or ``not estimable``, and ``reason``.
 """
 
 from __future__ import annotations
 
-import warnings
-from functools import lru_cache
-
 import numpy as np
 import pandas as pd
-from scipy import stats
-from scipy.linalg import cho_factor, cho_solve
-from scipy.optimize import minimize_scalar
 
-from ._common import ALL, NOT_ESTIMABLE, OK, StatsOptions, is_logit, positive_floor, to_fraction
+from . import classical
+from ._common import (ALL, DESCRIPTIVE, NOT_ESTIMABLE, OK, StatsOptions, is_logit, positive_floor,
+                      to_fraction, too_few)
+from .design import Design
+from .mmrm import STRUCTURE_NAMES, MMRMError, fit_mmrm_fallback
 
-SUPERVISED_COLUMNS = ["parameter", "visit", "disease", "method", "n", "effect", "effect_scale",
-                      "ci_low", "ci_high", "p", "q", "status", "reason"]
-RESPONDERS_COLUMNS = ["parameter", "visit", "disease", "n", "n_up", "fraction_up"]
-Z95 = stats.norm.ppf(0.975)
+SUPERVISED_COLUMNS = ["parameter", "visit", "disease", "arm", "comparison", "method", "role",
+                      "n", "n_missing", "effect", "effect_scale", "ci_low", "ci_high", "df",
+                      "df_method", "covariance", "p", "p_adjusted", "q", "status", "reason"]
+RESPONDERS_COLUMNS = ["parameter", "visit", "disease", "arm", "n", "threshold", "n_responders",
+                      "fraction", "ci_low", "ci_high"]
+OBS_COLUMNS = ["parameter", "population", "patient_id", "disease", "arm", "visit", "value",
+               "log", "model", "effect_scale", "note"]
+DF_NAMES = {"kr": "Kenward-Roger", "satterthwaite": "Satterthwaite"}
+
+
+def _scale(g: pd.DataFrame, name: str) -> tuple[str, np.ndarray, str]:
+    """(effect_scale, model-scale values, note) of one parameter's rows."""
+    raw = g["value"].to_numpy(float)
+    measure = g["measure"].iloc[0]
+    vt = g["value_transformed"].to_numpy(float) if "value_transformed" in g else None
+    if vt is not None and np.isfinite(vt).any():
+        tr = g["transform"].dropna().astype(str) if "transform" in g else pd.Series(dtype=str)
+        tr = tr[tr != ""]
+        return f"difference ({tr.iloc[0] if len(tr) else 'transformed'})", vt, ""
+    if is_logit(name, measure):
+        f, note = positive_floor(to_fraction(raw, measure, name), upper=1.0)
+        return "odds ratio", np.log(f) - np.log1p(-f), note
+    v, note = positive_floor(raw)
+    return "fold change", np.log(v), note
 
 
 def observations(samples: pd.DataFrame, parameters: pd.DataFrame,
                  per_sample: bool = False) -> pd.DataFrame:
-    """One row per parameter × patient × visit of kept samples.
+    """One row per parameter × patient × visit of kept samples (:data:`OBS_COLUMNS`).
 
-    Columns: parameter, population, patient_id, disease, visit, ``log`` (natural log of the
-    value), ``model`` (log or logit of the fraction), ``scale`` (``log``/``logit``), ``note``
-    (values floored to stay finite). Replicate samples of a patient and visit are averaged
-    on both scales, unless ``per_sample`` (then one row per sample, with ``sample_id``).
+    ``value`` is the linear value, ``log`` its natural log (floored to stay finite),
+    ``model`` the value on the analysis scale (see the module docstring) and ``note`` says
+    when values were floored. Replicate samples of a patient and visit are averaged on
+    each scale, unless ``per_sample`` (then one row per sample, with ``sample_id``).
     """
-    cols = ["parameter", "population", "measure", "value"]
+    cols = ["parameter", "population", "measure", "value", "value_transformed", "transform"]
     par = parameters[["sample_id"] + [c for c in cols if c in parameters]].copy()
     par["sample_id"] = par["sample_id"].astype(str)
-    if "population" not in par:
-        par["population"] = ""
-    if "measure" not in par:
-        par["measure"] = ""
-    df = par.merge(samples[["sample_id", "patient_id", "disease", "visit"]], on="sample_id")
-    df = df[np.isfinite(df["value"].astype(float))]
+    for c in ("population", "measure"):
+        if c not in par:
+            par[c] = ""
+    df = par.merge(samples[["sample_id", "patient_id", "disease", "arm", "visit"]], on="sample_id")
+    vt = df["value_transformed"].astype(float) if "value_transformed" in df else None
+    ok = np.isfinite(df["value"].astype(float))
+    df = df[ok | (np.isfinite(vt) if vt is not None else False)]
     out = []
     for name, g in df.groupby("parameter", sort=True):
-        measure = g["measure"].iloc[0]
-        logit = is_logit(name, measure)
-        raw = g["value"].to_numpy(float)
-        v, note = positive_floor(raw)
-        g = g.assign(log=np.log(v), scale="logit" if logit else "log")
-        if logit:
-            f, note = positive_floor(to_fraction(raw, measure, name), upper=1.0)
-            g = g.assign(model=np.log(f) - np.log1p(-f))
-        else:
-            g = g.assign(model=g["log"])
-        g = g.assign(note=note)
-        out.append(g)
+        scale, model, note = _scale(g, name)
+        v, _ = positive_floor(g["value"].to_numpy(float))
+        g = g.assign(log=np.log(v), model=model, effect_scale=scale, note=note)
+        out.append(g[np.isfinite(g["model"])])
     if not out:
-        return pd.DataFrame(columns=["parameter", "population", "patient_id", "disease", "visit",
-                                     "log", "model", "scale", "note"])
+        return pd.DataFrame(columns=OBS_COLUMNS)
     df = pd.concat(out)
+    df["population"] = df["population"].fillna("").astype(str)
     if per_sample:
         return df.sort_values(["parameter", "sample_id"], kind="mergesort").reset_index(drop=True)
-    keys = ["parameter", "population", "scale", "note", "patient_id", "disease", "visit"]
-    df["population"] = df["population"].fillna("").astype(str)
-    df = df.groupby(keys, sort=True, as_index=False, dropna=False)[["log", "model"]].mean()
-    return df.dropna(subset=["log", "model"]).reset_index(drop=True)
+    keys = ["parameter", "population", "effect_scale", "note", "patient_id", "disease", "arm", "visit"]
+    df = df.groupby(keys, sort=True, as_index=False, dropna=False)[["value", "log", "model"]].mean()
+    return df[OBS_COLUMNS].reset_index(drop=True)
 
 
-def log_ratios(obs: pd.DataFrame, visits: list[str]) -> dict:
-    """Per parameter, per patient log ratios to baseline: parameter -> (diseases (n,),
-    D (n, len(visits) - 1)), NaN where the patient lacks the visit or the baseline."""
-    wide = obs.pivot_table(index=["parameter", "patient_id"], columns="visit", values="log",
-                           aggfunc="mean").reindex(columns=visits)
-    dis = obs.drop_duplicates("patient_id").set_index("patient_id")["disease"]
-    out = {}
-    for name, w in wide.groupby(level=0, sort=True):
-        m = w.to_numpy()
-        out[name] = (dis.reindex(w.index.get_level_values(1)).to_numpy(), m[:, 1:] - m[:, :1])
-    return out
+# ----------------------------------------------------------------------- repeated visits
 
-
-@lru_cache(maxsize=None)
-def _signed_rank_cdf(n: int) -> np.ndarray:
-    """P(T <= t), t = 0..n(n+1)/2, of the Wilcoxon signed-rank statistic (no ties)."""
-    counts = np.zeros(n * (n + 1) // 2 + 1)
-    counts[0] = 1
-    for k in range(1, n + 1):
-        counts[k:] = counts[k:] + counts[:-k].copy()
-    return np.cumsum(counts) / 2.0 ** n
-
-
-def signed_rank_p(d: np.ndarray) -> float:
-    """Two-sided Wilcoxon signed-rank p value (zeros dropped; exact for n <= 50 without ties,
-    else normal approximation with tie correction), as ``scipy.stats.wilcoxon``."""
-    d = np.asarray(d, float)
-    d = d[d != 0]
-    n = d.size
-    if n == 0:
-        return 1.0
-    r = stats.rankdata(np.abs(d))
-    t_plus = float(r[d > 0].sum())
-    ties = np.unique(r, return_counts=True)[1]
-    if n <= 50 and np.all(ties == 1):
-        cdf = _signed_rank_cdf(n)
-        t = int(round(min(t_plus, n * (n + 1) / 2 - t_plus)))
-        return float(min(1.0, 2 * cdf[t]))
-    mu = n * (n + 1) / 4
-    var = n * (n + 1) * (2 * n + 1) / 24 - (ties ** 3 - ties).sum() / 48
-    return float(2 * stats.norm.sf(abs(t_plus - mu) / np.sqrt(var)))
-
-
-def hodges_lehmann(d: np.ndarray, level: float = 0.95) -> tuple[float, float, float]:
-    """Hodges–Lehmann estimate of the pseudo-median of ``d`` and its signed-rank CI
-    (exact for n <= 50, normal approximation above; NaN bounds when n is too small for
-    the level)."""
-    d = np.sort(np.asarray(d, float))
-    n = d.size
-    i, j = np.triu_indices(n)
-    walsh = np.sort((d[i] + d[j]) / 2)
-    est = float(np.median(walsh))
-    m = walsh.size
-    a = (1 - level) / 2
-    if n <= 50:
-        cdf = _signed_rank_cdf(n)
-        k = int(np.searchsorted(cdf, a, side="right"))  # P(T <= k-1) <= a
+def _mmrm(W: pd.DataFrame, info: pd.DataFrame, design: Design, pooled: bool):
+    """Fit the MMRM of one stratum. ``W``: patients × visits on the model scale. Returns
+    (fit, {(arm, visit): L}, {(active arm, visit): L}, note) or (None, {}, {}, reason)."""
+    post = list(design.visits[1:])
+    base = W[design.baseline].to_numpy()
+    D = W[post].to_numpy() - base[:, None]
+    later = np.isfinite(W[post].to_numpy()).any(axis=1)
+    no_base = int((~np.isfinite(base) & later).sum())
+    keep = np.isfinite(base) & later
+    if keep.sum() < 2:
+        return None, {}, {}, "fewer than 2 patients with a baseline and a later visit"
+    i, j = np.nonzero(np.isfinite(D) & keep[:, None])
+    change, pid = D[i, j], W.index.to_numpy()[i]
+    arm_of, dis_of = info["arm"].to_numpy()[i], info["disease"].to_numpy()[i]
+    bc = base[i] - base[keep].mean()
+    vis = sorted(set(j.tolist()))
+    arms = [a for a in design.arms if (info["arm"][keep] == a).any()]
+    active = [a for a in design.active if a in arms] if design.control in arms else []
+    slope_per_visit = min(np.sum(j == v) for v in vis) >= 2 + len(active) + 2
+    cols, names = [], []
+    for v in vis:
+        cols.append(j == v)
+        names.append(("visit", v))
+    if slope_per_visit:
+        cols += [(j == v) * bc for v in vis]
+        names += [("base", v) for v in vis]
     else:
-        mu, sd = n * (n + 1) / 4, np.sqrt(n * (n + 1) * (2 * n + 1) / 24)
-        k = int(np.floor(mu - stats.norm.ppf(1 - a) * sd))
-    if k < 1:
-        return est, np.nan, np.nan
-    return est, float(walsh[k - 1]), float(walsh[m - k])
-
-
-def _paired_row(d: np.ndarray, method: str, testable: bool, why: str) -> dict:
-    n = int(d.size)
-    row = dict(n=n, effect=np.nan, effect_scale="fold change", ci_low=np.nan, ci_high=np.nan,
-               p=np.nan, status=OK, reason="")
-    if n == 0:
-        return {**row, "status": NOT_ESTIMABLE, "reason": "no complete pair (baseline and visit)"}
-    if method == "paired_t":
-        mean = float(d.mean())
-        row["effect"] = np.exp(mean)
-        if n < 2:
-            return {**row, "status": NOT_ESTIMABLE, "reason": why or "1 complete pair: no variance"}
-        se = float(d.std(ddof=1) / np.sqrt(n))
-        if se == 0:
-            return {**row, "status": NOT_ESTIMABLE, "reason": "log ratios have no variation"}
-        tq = stats.t.ppf(0.975, n - 1)
-        row.update(ci_low=np.exp(mean - tq * se), ci_high=np.exp(mean + tq * se))
-        p = float(2 * stats.t.sf(abs(mean / se), n - 1))
-    else:
-        est, lo, hi = hodges_lehmann(d)
-        row.update(effect=np.exp(est), ci_low=np.exp(lo), ci_high=np.exp(hi))
-        if np.all(d == 0):
-            return {**row, "status": NOT_ESTIMABLE, "reason": "log ratios are all zero"}
-        if not np.isfinite(lo):
-            why = why or f"n = {n} too small for a 95 % signed-rank interval"
-        p = signed_rank_p(d) if testable else np.nan
-    if not testable:
-        return {**row, "status": NOT_ESTIMABLE, "reason": why}
-    return {**row, "p": p, "reason": why if not np.isfinite(row["ci_low"]) else ""}
-
-
-def paired_tests(obs: pd.DataFrame, visits: list[str], strata: list[str],
-                 options: StatsOptions, methods=("paired_t", "wilcoxon")) -> pd.DataFrame:
-    """Paired t and Wilcoxon rows of ``stats_supervised`` (q not yet added)."""
-    rows = []
-    notes = obs.drop_duplicates("parameter").set_index("parameter")["note"]
-    for name, (dis, D) in log_ratios(obs, visits).items():
-        note = notes[name]
-        for j, visit in enumerate(visits[1:]):
-            col = D[:, j]
-            for s in strata:
-                d = col[np.isfinite(col) & ((dis == s) if s != ALL else True)]
-                testable = d.size >= options.min_patients
-                why = "" if testable else (
-                    f"{d.size} complete pairs < {options.min_patients}: too few patients to test")
-                for method in methods:
-                    r = _paired_row(d, method, testable, why)
-                    if note and r["status"] == OK:
-                        r["reason"] = "; ".join(x for x in (r["reason"], note) if x)
-                    rows.append(dict(parameter=name, visit=visit, disease=s, method=method, **r))
-    return pd.DataFrame(rows, columns=[c for c in SUPERVISED_COLUMNS if c != "q"])
-
-
-def responders(obs: pd.DataFrame, visits: list[str], strata: list[str]) -> pd.DataFrame:
-    """``responders``: per parameter, visit and stratum, complete pairs and how many went up
-    (visit/baseline ratio > 1)."""
-    rows = []
-    for name, (dis, D) in log_ratios(obs, visits).items():
-        for j, visit in enumerate(visits[1:]):
-            col = D[:, j]
-            for s in strata:
-                d = col[np.isfinite(col) & ((dis == s) if s != ALL else True)]
-                n, up = int(d.size), int((d > 0).sum())
-                rows.append(dict(parameter=name, visit=visit, disease=s, n=n, n_up=up,
-                                 fraction_up=up / n if n else np.nan))
-    return pd.DataFrame(rows, columns=RESPONDERS_COLUMNS)
-
-
-# --------------------------------------------------------------------------- mixed model
-
-def fit_random_intercept(y: np.ndarray, X: np.ndarray, groups: np.ndarray):
-    """REML fit of ``y = X b + u[group] + e``, u ~ N(0, tau2), e ~ N(0, s2), by profiling the
-    variance ratio ``lam = tau2 / s2`` (the same model and estimates as statsmodels MixedLM,
-    one bounded 1-D search instead of a general optimiser).
-
-    Each group of size n is transformed by ``I - (theta/n) J`` with
-    ``theta = 1 - 1/sqrt(1 + n lam)``, which turns GLS into OLS. Returns
-    ``(b, cov_b, s2, tau2)``; raises ``np.linalg.LinAlgError`` for a rank-deficient design.
-    """
-    _, g = np.unique(groups, return_inverse=True)
-    n_g = np.bincount(g).astype(float)
-    N, p = X.shape
-    mean = float(y.mean())
-    y = y - mean  # centring keeps the normal equations accurate
-    xtx0, xty0, yty0 = X.T @ X, X.T @ y, float(y @ y)
-    ev = np.linalg.eigvalsh(xtx0)
-    if N <= p or ev[0] <= 1e-10 * ev[-1]:
-        raise np.linalg.LinAlgError("design not of full rank")
-    ybar = np.bincount(g, y) / n_g
-    Xbar = np.stack([np.bincount(g, X[:, j]) / n_g for j in range(p)], axis=1)
-
-    def solve(log_lam):
-        # Xs'Xs = X'X - sum_g c_g xbar_g xbar_g', c_g = n_g (2 theta_g - theta_g^2)
-        lam = 0.0 if log_lam is None else np.exp(log_lam)
-        theta = 1 - 1 / np.sqrt(1 + n_g * lam)
-        c = n_g * (2 * theta - theta ** 2)
-        xtx = xtx0 - (Xbar.T * c) @ Xbar
-        xty = xty0 - (Xbar.T * c) @ ybar
-        chol = cho_factor(xtx)
-        b = cho_solve(chol, xty)
-        rss = max(yty0 - float(c @ ybar ** 2) - float(b @ xty), 1e-300)
-        obj = ((N - p) * np.log(rss / (N - p)) + np.log1p(n_g * lam).sum()
-               + 2 * np.log(np.diag(chol[0])).sum())
-        return obj, b, rss, xtx, lam
-
-    grid = np.linspace(-12, 6, 19)
-    objs = [solve(x)[0] for x in grid]
-    i = int(np.argmin(objs))
-    lo, hi = grid[max(i - 1, 0)], grid[min(i + 1, len(grid) - 1)]
-    best = minimize_scalar(lambda x: solve(x)[0], bounds=(lo, hi), method="bounded",
-                           options={"xatol": 1e-6})
-    cands = [solve(best.x), solve(None)]
-    obj, b, rss, xtx, lam = min(cands, key=lambda c: c[0])
-    s2 = rss / (N - p)
-    b = b + mean * np.linalg.solve(xtx0, X.sum(axis=0))  # undo the centring of y
-    return b, s2 * np.linalg.inv(xtx), s2, s2 * lam
-
-
-def fit_lmm(y: np.ndarray, X: np.ndarray, groups: np.ndarray):
-    """Random-intercept LMM: :func:`fit_random_intercept`, falling back to statsmodels
-    MixedLM (:func:`fit_mixed`) if it fails. Returns ``(b, cov_b, note)`` or
-    ``(None, None, reason)``."""
+        cols.append(bc)
+        names.append(("base", None))
+    for a in active:
+        cols += [(j == v) & (arm_of == a) for v in vis]
+        names += [("arm", a, v) for v in vis]
+    if pooled and design.arms:
+        for d in sorted(set(dis_of))[1:]:
+            x = (dis_of == d).astype(float)
+            cols.append(x - x.mean())
+            names.append(("disease", d))
+    X = np.column_stack(cols).astype(float)
+    if pooled and design.arms and np.linalg.matrix_rank(X) < X.shape[1]:
+        kept = [k for k, n in enumerate(names) if n[0] != "disease"]
+        X, names = X[:, kept], [names[k] for k in kept]
     try:
-        b, cov, *_ = fit_random_intercept(y, X, groups)
-        if np.all(np.isfinite(cov)) and np.all(np.diag(cov) > 0):
-            return b, cov, ""
-    except np.linalg.LinAlgError as exc:
-        if "full rank" in str(exc):
-            return None, None, "design not of full rank"
-    return fit_mixed(y, X, groups)
+        fit = fit_mmrm_fallback(change, X, pid, np.searchsorted(vis, j), n_visits=len(vis))
+    except MMRMError as err:
+        return None, {}, {}, f"MMRM not fitted: {err}"
+    pos = {n: k for k, n in enumerate(names)}
+    within, diff = {}, {}
+    for v in vis:
+        for a in (arms or [ALL]):
+            if a in active:
+                L = np.zeros(len(names))
+                L[[pos[("visit", v)], pos[("arm", a, v)]]] = 1.0
+            elif a == design.control or len(arms) <= 1:  # the reference arm, or one arm
+                L = np.zeros(len(names))
+                L[pos[("visit", v)]] = 1.0
+            else:  # several arms but not the control: no reference for the visit terms
+                continue
+            within[(a, post[v])] = L
+        for a in active:
+            L = np.zeros(len(names))
+            L[pos[("arm", a, v)]] = 1.0
+            diff[(a, post[v])] = L
+    notes = [f"{no_base} patients without a baseline value left out"] if no_base else []
+    if fit.notes:
+        notes.append(f"covariance fallback ({'; '.join(fit.notes)})")
+    if not slope_per_visit:
+        notes.append("one baseline slope for all visits (too few patients at a visit)")
+    return fit, within, diff, "; ".join(notes)
 
 
-def fit_mixed(y: np.ndarray, X: np.ndarray, groups: np.ndarray):
-    """Fit ``y = X b + u[group] + e`` by REML (statsmodels MixedLM).
-
-    Tries the default optimiser chain, then Powell and Nelder–Mead. Returns
-    ``(fe_params, fe_cov, note)`` or ``(None, None, reason)`` when nothing converged.
-    """
-    from statsmodels.regression.mixed_linear_model import MixedLM
-
-    tried = []
-    for method in (None, "powell", "nm"):
-        kw = {} if method is None else {"method": method, "maxiter": 2000}
-        tried.append(method or "bfgs/lbfgs")
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                res = MixedLM(y, X, groups=groups).fit(reml=True, **kw)
-        except (np.linalg.LinAlgError, ValueError) as exc:  # singular designs, bad starts
-            last = str(exc)
-            continue
-        k = X.shape[1]
-        cov = np.asarray(res.cov_params())[:k, :k]
-        if res.converged and np.all(np.isfinite(cov)) and np.all(np.diag(cov) > 0):
-            return np.asarray(res.fe_params), cov, ("" if method is None else f"fitted with {method}")
-        last = "not converged"
-    return None, None, f"mixed model did not converge ({', '.join(tried)}): {last}"
+def _mmrm_row(fit, L, n: int, testable: bool, why: str, note: str, options: StatsOptions) -> dict:
+    c = fit.contrast(L, options.df_method)
+    lo, hi = c.ci()
+    row = dict(estimate=c.estimate, ci_low=lo, ci_high=hi, df=c.df,
+               df_method=DF_NAMES[options.df_method], covariance=STRUCTURE_NAMES[fit.structure],
+               p=c.p, status=OK, reason=note)
+    if not testable:
+        row.update(p=np.nan, status=DESCRIPTIVE, reason="; ".join(x for x in (why, note) if x))
+    return row
 
 
-def _design(g: pd.DataFrame, visits: list[str], by_disease: bool):
-    """Fixed-effects design: intercept, disease dummies, and visit dummies (pooled) or one
-    visit dummy per disease (``by_disease``). Returns X and {(visit, stratum): column}."""
-    diseases = sorted(g["disease"].unique())
-    cols, names = [np.ones(len(g))], {}
-    for d in diseases[1:]:
-        cols.append((g["disease"] == d).to_numpy(float))
-    base_dis = set(g.loc[g["visit"] == visits[0], "disease"])
-    for v in visits[1:]:
-        at_v = (g["visit"] == v).to_numpy()
-        if not by_disease:
-            if at_v.any():
-                names[(v, ALL)] = len(cols)
-                cols.append(at_v.astype(float))
-            continue
-        for d in diseases:
-            cell = at_v & (g["disease"] == d).to_numpy()
-            if cell.any() and d in base_dis:
-                names[(v, d)] = len(cols)
-                cols.append(cell.astype(float))
-    return np.column_stack(cols), names
-
-
-def lmm_tests(obs: pd.DataFrame, visits: list[str], strata: list[str],
-              options: StatsOptions) -> pd.DataFrame:
-    """``lmm`` rows of ``stats_supervised`` (q not yet added)."""
+def _repeated_rows(name: str, W: pd.DataFrame, info: pd.DataFrame, disease: str,
+                   design: Design, options: StatsOptions) -> list[dict]:
+    """Rows of one parameter in one stratum of a study with a baseline."""
+    methods = options.supervised_methods
+    base = W[design.baseline]
+    fit = None
+    if "mmrm" in methods:
+        fit, within, diff, note = _mmrm(W, info, design, disease == ALL)
     rows = []
-    per_disease = [s for s in strata if s != ALL]
+
+    def put(visit, arm, comparison, method, n, n_missing, r):
+        rows.append({"parameter": name, "visit": visit, "disease": disease, "arm": arm,
+                     "comparison": comparison, "method": method, "n": n, "n_missing": n_missing,
+                     "df_method": classical.DF_METHOD.get(method, ""), "covariance": "", **r})
+
+    for visit in design.visits[1:]:
+        d = W[visit] - base
+        has_base = base.notna()
+        per_arm = {}
+        for arm in design.arm_labels:
+            in_arm = (info["arm"] == arm) if design.arms else pd.Series(True, index=info.index)
+            darm = d[in_arm].dropna().to_numpy()
+            n, miss = darm.size, int((in_arm & has_base & W[visit].isna()).sum())
+            per_arm[arm] = (darm, miss)
+            testable = n >= options.min_patients
+            why = "" if testable else too_few(n, options, "complete pairs")
+            if not (in_arm & has_base).any():
+                continue
+            for method in ("paired_t", "wilcoxon"):
+                if method in methods:
+                    put(visit, arm, "change_from_baseline", method, n, miss,
+                        classical.paired(darm, method, testable, why))
+            if "mmrm" in methods:
+                put(visit, arm, "change_from_baseline", "mmrm", n, miss,
+                    _mmrm_row(fit, within[(arm, visit)], n, testable,
+                              too_few(n, options), note, options)
+                    if fit is not None and (arm, visit) in within else
+                    dict(status=NOT_ESTIMABLE, reason=note if fit is None else
+                         f"no observation at {visit}" + (f" in {arm}" if design.arms else "")))
+        for arm in design.active:
+            if design.control not in per_arm or arm not in per_arm:
+                continue
+            (x, mx), (y, my) = per_arm[arm], per_arm[design.control]
+            n, miss = x.size + y.size, mx + my
+            testable = min(x.size, y.size) >= options.min_patients
+            why = "" if testable else too_few(min(x.size, y.size), options, "patients in an arm")
+            label = design.difference_label(arm)
+            for method in ("welch_t", "rank_sum"):
+                if method in methods:
+                    put(visit, label, "arm_difference", method, n, miss,
+                        classical.two_group(x, y, method, testable, why))
+            if "mmrm" in methods:
+                put(visit, label, "arm_difference", "mmrm", n, miss,
+                    _mmrm_row(fit, diff[(arm, visit)], n, testable, why, note, options)
+                    if fit is not None and (arm, visit) in diff else
+                    dict(status=NOT_ESTIMABLE, reason=note if fit is None else
+                         f"no observation at {visit} in both arms"))
+    return rows
+
+
+def _group_rows(name: str, g: pd.DataFrame, disease: str, design: Design,
+                options: StatsOptions) -> list[dict]:
+    """Cross-sectional study: each group minus the reference group at each visit."""
+    rows = []
+    for visit in design.visits:
+        at = g[g["visit"] == visit]
+        y = at.loc[at[design.group_col] == design.reference, "model"].to_numpy()
+        for grp in sorted(set(at[design.group_col]) - {design.reference, ""}):
+            x = at.loc[at[design.group_col] == grp, "model"].to_numpy()
+            testable = min(x.size, y.size) >= options.min_patients
+            why = "" if testable else too_few(min(x.size, y.size), options, "patients in a group")
+            label = f"{grp} vs {design.reference}"
+            for method in ("welch_t", "rank_sum"):
+                if method not in options.supervised_methods:
+                    continue
+                r = classical.two_group(x, y, method, testable, why)
+                rows.append(dict(parameter=name, visit=visit,
+                                 disease=label if design.group_col == "disease" else disease,
+                                 arm=label if design.group_col == "arm" else ALL,
+                                 comparison="group_difference", method=method,
+                                 n=int(x.size + y.size), n_missing=0,
+                                 df_method=classical.DF_METHOD[method], covariance="", **r))
+    return rows
+
+
+def supervised_tests(obs: pd.DataFrame, design: Design, options: StatsOptions) -> pd.DataFrame:
+    """``stats_supervised`` rows (role, q and p_adjusted are added by :mod:`.plan`)."""
+    rows = []
     for name, g in obs.groupby("parameter", sort=True):
-        g = g[g["visit"].isin(visits)].reset_index(drop=True)
-        logit = g["scale"].iloc[0] == "logit"
-        scale = "odds ratio" if logit else "fold change"
-        note = g["note"].iloc[0]
-        fits = {}
-        for by_disease, wanted in ((False, [ALL]), (True, per_disease)):
-            if not wanted:
-                continue
-            X, names = _design(g, visits, by_disease)
-            if g["patient_id"].nunique() < 2:
-                fits[by_disease] = (None, None, "fewer than 2 patients", names)
-                continue
-            b, cov, msg = fit_lmm(g["model"].to_numpy(), X, g["patient_id"].to_numpy())
-            fits[by_disease] = (b, cov, msg, names)
-        n_at = g.groupby(["visit", "disease"])["patient_id"].nunique()
-        for visit in visits[1:]:
-            for s in strata:
-                at = n_at[n_at.index.get_level_values(0) == visit]
-                n = int(at.sum() if s == ALL else at.get((visit, s), 0))
-                b, cov, msg, names = fits[s != ALL]
-                row = dict(parameter=name, visit=visit, disease=s, method="lmm", n=n,
-                           effect=np.nan, effect_scale=scale, ci_low=np.nan, ci_high=np.nan,
-                           p=np.nan, status=NOT_ESTIMABLE, reason="")
-                j = names.get((visit, s))
-                if b is None:
-                    row["reason"] = msg
-                elif j is None:
-                    row["reason"] = (f"no observation at {visit}" if n == 0
-                                     else f"no baseline ({visits[0]}) observation in this stratum")
-                else:
-                    est, se = b[j], np.sqrt(cov[j, j])
-                    row.update(effect=np.exp(est), ci_low=np.exp(est - Z95 * se),
-                               ci_high=np.exp(est + Z95 * se))
-                    if n < options.min_patients:
-                        row["reason"] = (f"{n} patients at {visit} < {options.min_patients}: "
-                                         "too few patients to test")
-                    else:
-                        row.update(p=float(2 * stats.norm.sf(abs(est / se))), status=OK,
-                                   reason="; ".join(x for x in (msg, note) if x))
-                rows.append(row)
-    return pd.DataFrame(rows, columns=[c for c in SUPERVISED_COLUMNS if c != "q"])
+        scale, note = g["effect_scale"].iloc[0], g["note"].iloc[0]
+        new = []
+        if design.repeated:
+            W = g.pivot_table(index="patient_id", columns="visit", values="model",
+                              aggfunc="mean").reindex(columns=list(design.visits))
+            info = g.drop_duplicates("patient_id").set_index("patient_id")[["disease", "arm"]]
+            info = info.reindex(W.index)
+            for s in design.strata:
+                m = (info["disease"] == s) if s != ALL else pd.Series(True, index=info.index)
+                new += _repeated_rows(name, W[m], info[m], s, design, options)
+        elif design.group_col:
+            for s in design.strata:
+                new += _group_rows(name, g if s == ALL else g[g["disease"] == s], s, design, options)
+        for r in new:
+            r["effect_scale"] = scale
+            if note and r["status"] == OK:
+                r["reason"] = "; ".join(x for x in (r["reason"], note) if x)
+        rows += new
+    df = pd.DataFrame(rows)
+    if df.empty:
+        return pd.DataFrame(columns=[c for c in SUPERVISED_COLUMNS
+                                     if c not in ("role", "p_adjusted", "q")])
+    ratio = ~df["effect_scale"].str.startswith("difference")
+    for src, dst in (("estimate", "effect"), ("ci_low", "ci_low"), ("ci_high", "ci_high")):
+        v = df[src].astype(float)
+        df[dst] = np.where(ratio, np.exp(v), v)
+    df["n_missing"] = df["n_missing"].astype(int)
+    df["reason"] = df["reason"].fillna("")
+    return df[[c for c in SUPERVISED_COLUMNS if c not in ("role", "p_adjusted", "q")]]
+
+
+# ----------------------------------------------------------------------- responders
+
+def clopper_pearson(k: np.ndarray, n: np.ndarray, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+    """Exact (Clopper–Pearson) CI of k successes in n trials (NaN where n = 0)."""
+    from scipy import stats
+
+    k, n = np.asarray(k, float), np.asarray(n, float)
+    a = (1 - level) / 2
+    with np.errstate(invalid="ignore", divide="ignore"):
+        lo = np.where(k > 0, stats.beta.ppf(a, k, n - k + 1), 0.0)
+        hi = np.where(k < n, stats.beta.ppf(1 - a, k + 1, n - k), 1.0)
+    return np.where(n > 0, lo, np.nan), np.where(n > 0, hi, np.nan)
+
+
+def responders(obs: pd.DataFrame, design: Design, ratio: float) -> pd.DataFrame:
+    """``responders``: per parameter, visit, stratum and arm, the complete pairs and how many
+    patients reached ``visit/baseline >= ratio`` (the value ratio; exp of the difference on
+    a transformed scale), with the exact (Clopper–Pearson) 95 % CI of the fraction."""
+    rows = []
+    if not design.repeated:
+        return pd.DataFrame(columns=RESPONDERS_COLUMNS)
+    for name, g in obs.groupby("parameter", sort=True):
+        col = "model" if g["effect_scale"].iloc[0].startswith("difference") else "log"
+        W = g.pivot_table(index="patient_id", columns="visit", values=col,
+                          aggfunc="mean").reindex(columns=list(design.visits))
+        info = g.drop_duplicates("patient_id").set_index("patient_id").reindex(W.index)
+        D = W[list(design.visits[1:])].sub(W[design.baseline], axis=0)
+        for s in design.strata:
+            for arm in design.arm_labels:
+                m = np.ones(len(D), bool) if s == ALL else (info["disease"] == s).to_numpy()
+                if design.arms:
+                    m &= (info["arm"] == arm).to_numpy()
+                sub = D[m]
+                n = sub.notna().sum().to_numpy()
+                k = (sub >= np.log(ratio)).sum().to_numpy()
+                for visit, nv, kv in zip(design.visits[1:], n, k):
+                    rows.append((name, visit, s, arm, int(nv), ratio, int(kv)))
+    df = pd.DataFrame(rows, columns=RESPONDERS_COLUMNS[:7])
+    df["fraction"] = np.where(df["n"] > 0, df["n_responders"] / df["n"].clip(lower=1), np.nan)
+    df["ci_low"], df["ci_high"] = clopper_pearson(df["n_responders"], df["n"])
+    return df[RESPONDERS_COLUMNS]
