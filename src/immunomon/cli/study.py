@@ -47,6 +47,12 @@ def simulate(
     effect_size: float = typer.Option(1.0, help="Multiplies every planted log fold change."),
     workers: int = typer.Option(1, help="Parallel processes (output does not depend on it)."),
     force: bool = typer.Option(False, "--force", help="Write into a non-empty folder."),
+    batches: int = typer.Option(None, help="Acquisition batches, each with one bridge control "
+                                "(default: random batches of ~24 samples, no controls)."),
+    batch_effect: float = typer.Option(0.0, help="With --batches: per-batch, per-marker shift "
+                                       "sd (arcsinh units; scale log-sd a third of it)."),
+    confound: float = typer.Option(0.0, help="With --batches: share of patients whose k-th "
+                                   "visit is acquired in batch k (visits confounded)."),
 ) -> None:
     """Simulate a low-dose IL-2 trial: FCS files, manifest, clinical/AE tables and truth/."""
     from immunomon.simulate import simulate_study
@@ -56,7 +62,11 @@ def simulate(
     root = simulate_study(out_dir, patients=patients,
                           visits=[v for v in visits.split(",") if v.strip()], events=events,
                           seed=seed, effect=effect, effect_size=effect_size, workers=workers,
-                          overwrite=force)
+                          overwrite=force, batches=batches, batch_effect=batch_effect,
+                          confound=confound)
     n = len(list((root / "fcs").glob("*.fcs")))
     typer.echo(f"{root}: {n} FCS files, {patients} patients, effect={effect} "
-               f"(size {effect_size:g}), seed {seed}")
+               f"(size {effect_size:g}), seed {seed}"
+               + (f"; {batches} batches with a bridge control each, batch effect "
+                  f"{batch_effect:g}, {confound:.0%} of patients confounded"
+                  if batches is not None else ""))

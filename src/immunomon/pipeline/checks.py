@@ -16,7 +16,9 @@ from collections.abc import Mapping
 from immunomon.errors import UserError
 
 #: Checkers of the study's settings, in the order their problems are listed.
-CHECKS: tuple[str, ...] = ()
+CHECKS: tuple[str, ...] = (
+    "immunomon.pipeline.normalise:check_normalisation",
+)
 
 
 def check_study(study) -> list[str]:

@@ -6,6 +6,7 @@ unsupervised (clustering) branch of the pipeline.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,6 +54,11 @@ class PreparedSample:
     all_events
         Every file event (same columns as ``events``) when asked for
         (``keep_all_events=True``, e.g. to draw QC), else None.
+    normalised
+        With batch normalisation (``normalise``/``normaliser``): ``before``, the QC-passed
+        events of the normalised markers before normalisation (DataFrame, same rows as
+        ``events``), and ``outside``, marker → share of them outside the range of the
+        batch's control events (extrapolated); else None.
     """
 
     sample_id: str
@@ -66,6 +72,7 @@ class PreparedSample:
     transforms: dict[str, Any] = field(default_factory=dict)
     removed_by: np.ndarray | None = None
     all_events: pd.DataFrame | None = None
+    normalised: dict[str, Any] | None = None
 
     @property
     def fluorescence_markers(self) -> list[str]:
@@ -108,8 +115,9 @@ def prepare_events(
     qc: QualityControl | None = None,
     sample_id: str = "",
     keep_all_events: bool = False,
+    normalise: Any = None,
 ) -> PreparedSample:
-    """Compensate, transform and QC one file's events (no study needed).
+    """Compensate, transform, (normalise) and QC one file's events (no study needed).
 
     Parameters
     ----------
@@ -129,6 +137,11 @@ def prepare_events(
         Quality-control settings; default :class:`QualityControl()`.
     keep_all_events
         Also return every file event (``all_events``), not only the QC-passed ones.
+    normalise
+        Batch normalisation applied after the transform and before QC:
+        ``normalise(events, columns) -> (markers, before, outside)`` changes the
+        Fortran-ordered float32 events in place (e.g.
+        :meth:`~immunomon.preprocess.normalise.CytoNorm.normalise_events` with the batch bound).
     """
     from immunomon.preprocess.compensation import compensate
 
@@ -142,18 +155,28 @@ def prepare_events(
     if transform is not None:
         for j in fluor:
             transform.transform_inplace(events[:, j])
+    if normalise is not None:  # batch normalisation on the transformed scale (CytoNorm)
+        normalised, before, outside = normalise(events, columns)
     frame = pd.DataFrame(events, columns=columns, copy=False)
     rng = {c: float(r) for c, r in zip(columns, ranges)} if ranges is not None else None
     result = (qc or QualityControl()).apply(frame, sample_id=sample_id, raw=raw, ranges=rng)
     kept = frame if result.keep.all() else select_events(events, result.keep, columns)
     transforms = {columns[j]: transform for j in fluor} if transform is not None else {}
-    return PreparedSample(sample_id, kept, result.steps, result.events_total, result.events_after_qc,
-                          result.qc_pass, result.keep, transforms=transforms, removed_by=result.removed_by,
-                          all_events=frame if keep_all_events else None)
+    prepared = PreparedSample(sample_id, kept, result.steps, result.events_total,
+                              result.events_after_qc, result.qc_pass, result.keep,
+                              transforms=transforms, removed_by=result.removed_by,
+                              all_events=frame if keep_all_events else None)
+    if normalise is not None:
+        outside = outside[result.keep]
+        prepared.normalised = {
+            "before": select_events(before, result.keep, normalised),
+            "outside": dict(zip(normalised, outside.mean(axis=0) if len(outside) else
+                                np.zeros(len(normalised))))}
+    return prepared
 
 
 def prepare_sample(study, sample_id: str, *, qc: QualityControl | None = None,
-                   keep_all_events: bool = False) -> PreparedSample:
+                   keep_all_events: bool = False, normaliser: Any = None) -> PreparedSample:
     """Read, compensate (file's ``$SPILLOVER``), transform (panel's transform on
     fluorescence channels) and QC one sample of a study.
 
@@ -168,6 +191,9 @@ def prepare_sample(study, sample_id: str, *, qc: QualityControl | None = None,
         ones: :class:`~immunomon.preprocess.qc.QualityControl`'s defaults).
     keep_all_events
         Also keep every file event in ``all_events`` (for QC plots).
+    normaliser
+        The panel's fitted :class:`~immunomon.preprocess.normalise.CytoNorm` (the run's
+        ``normalise`` stage), applied with the sample's ``batch`` after the transform.
     """
     from immunomon.io.fcs import read_fcs
     from immunomon.preprocess.transforms import from_spec
@@ -183,6 +209,9 @@ def prepare_sample(study, sample_id: str, *, qc: QualityControl | None = None,
                         f"not defined in study.yaml (panels: {sorted(panels)})")
     panel = panels[panel_name]
     dataset = int(row["dataset"]) if "dataset" in row and pd.notna(row["dataset"]) else 1
+    if normaliser is not None and str(row.get("batch")) not in normaliser.batches_:
+        raise UserError(f"{study.root}/samples.csv: sample {sample_id!r} is in batch "
+                        f"{row.get('batch')!r}, which has no bridge control to normalise it on")
     f = read_fcs(study.path_of(sample_id), dataset=dataset)
     channels = _as_dict(getattr(panel, "channels", {}) or {})
     transform = from_spec(transform_spec(getattr(panel, "transform", None)))
@@ -192,6 +221,8 @@ def prepare_sample(study, sample_id: str, *, qc: QualityControl | None = None,
         f.events, list(f.names), marker_names(list(f.names), list(f.labels), channels),
         spillover=f.spillover, transform=transform, ranges=list(f.channels["range"].astype(float)),
         qc=qc, sample_id=sample_id, keep_all_events=keep_all_events,
+        normalise=(None if normaliser is None else
+                   functools.partial(normaliser.normalise_events, batch=row.get("batch"))),
     )
     prepared.panel = panel_name
     return prepared

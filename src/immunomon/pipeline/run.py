@@ -4,6 +4,8 @@ Stages (each cached by content hash, see :mod:`immunomon.pipeline.cache`)::
 
     validate      load_checked: manifest + every stage's settings (every problem at once)
     hash          SHA-256 of every input file                       (parallel)
+    normalise     per panel asking for it: CytoNorm fitted on the bridge controls of
+                  each batch (read, compensate, transform; parallel over batches)
     prepare       per sample: read, compensate, transform, QC, gate,
                   population statistics, clustering training subsample (parallel)
     train         per panel: SOM + metaclusters on the pooled subsamples
@@ -39,6 +41,7 @@ from immunomon.pipeline.unsupervised import EMBED_CELLS, TRAIN_CELLS
 
 from .cache import Cache, code_fingerprint, make_key, sha256_file
 from .executor import map_samples, worker_pool
+from .normalise import NORMALISE_CODE, batch_tables, fit_study
 from .provenance import safe_keywords, utc_now, write_provenance
 from .rundir import write_table
 
@@ -47,7 +50,7 @@ __all__ = ["run_study", "RunOptions", "SAMPLE_COLUMNS", "STAGES"]
 log = logging.getLogger("immunomon.run")
 
 #: Stage names, in order (progress bars, ``provenance.json`` steps, cache folders).
-STAGES = ("hash", "prepare", "train", "map", "embed", "stats", "report")
+STAGES = ("hash", "normalise", "prepare", "train", "map", "embed", "stats", "report")
 
 #: Columns of ``tables/samples`` (architecture contract), in order.
 SAMPLE_COLUMNS = ["sample_id", "patient_id", "disease", "arm", "visit", "day", "panel", "batch",
@@ -61,6 +64,7 @@ _CODE = {
                 "immunomon.pipeline.unsupervised", "immunomon.pipeline.run"),
     "train": ("immunomon.clustering", "immunomon.pipeline.unsupervised"),
     "stats": ("immunomon.stats",),
+    "normalise": NORMALISE_CODE,
 }
 _CODE["map"] = _CODE["prepare"]
 
@@ -134,11 +138,13 @@ class _SampleJob:
     seed: int
     n: int
     model: Any = None
+    normaliser: Any = None
 
 
 @_measured
 def _prepare_task(job: _SampleJob) -> dict:
     """prepare + phenotype + training subsample of one sample, cached under ``prepare``."""
+    from immunomon.pipeline.normalise import batch_summary
     from immunomon.pipeline.prepare import prepare_sample
     from immunomon.pipeline.supervised import phenotype_sample
     from immunomon.pipeline.unsupervised import training_subsample
@@ -148,7 +154,7 @@ def _prepare_task(job: _SampleJob) -> dict:
     if hit is not None:
         return {**hit, "cached": True}
     try:
-        prepared = prepare_sample(job.study, job.sample_id)
+        prepared = prepare_sample(job.study, job.sample_id, normaliser=job.normaliser)
         tables = phenotype_sample(prepared, job.study, job.sample_id)
     except UserError as err:  # an unreadable or ungateable file: listed, not fatal
         return {"sample_id": job.sample_id, "error": "; ".join(err.problems), "cached": False}
@@ -164,6 +170,7 @@ def _prepare_task(job: _SampleJob) -> dict:
         "keywords": _acquisition(job.study, job.sample_id),
         "tables": {"qc_steps": qc_steps, **tables},
         "training": training_subsample(prepared, job.n, job.seed),
+        "batch": batch_summary(prepared),
     }
     cache.put("prepare", job.key, result)
     return {**result, "cached": False}
@@ -193,7 +200,7 @@ def _map_task(job: _SampleJob) -> dict:
     hit = cache.get("map", job.key)
     if hit is not None:
         return {**hit, "cached": True}
-    prepared = prepare_sample(job.study, job.sample_id)
+    prepared = prepare_sample(job.study, job.sample_id, normaliser=job.normaliser)
     result = {"sample_id": job.sample_id,
               "tables": map_sample(job.model, prepared, embed_n=job.n, seed=job.seed)}
     cache.put("map", job.key, result)
@@ -343,6 +350,9 @@ def _run(study, out: Path, seed: int, options: RunOptions, cache: Cache, paralle
                 for s in samples["sample_id"]}
     stages.done("hash", files=len(inputs), bytes=int(sum(p.stat().st_size for _, p in inputs)))
 
+    # normalise: per panel asking for it, CytoNorm on the bridge controls of every batch
+    normalisers = fit_study(study, file_sha, seed, cache, code["normalise"], parallel, stages)
+
     # prepare: every sample not excluded in study.yaml (all with include_excluded)
     listed = samples["excluded_reason"].fillna("").astype(str) == ""
     todo = samples.loc[listed | options.include_excluded, ["sample_id", "panel"]].astype(str)
@@ -351,7 +361,10 @@ def _run(study, out: Path, seed: int, options: RunOptions, cache: Cache, paralle
     for sid, panel in zip(todo["sample_id"], todo["panel"]):
         n_train = math.ceil(options.train_cells / per_panel[panel])
         key = _prepare_key(study, sid, file_sha[sid], sha, seed, n_train, code["prepare"])
-        jobs.append(_SampleJob(study, sid, panel, key, _root(cache), seed, n_train))
+        norm_key, normaliser = normalisers.get(panel, (None, None))
+        key = make_key(key, norm_key) if normaliser is not None else key
+        jobs.append(_SampleJob(study, sid, panel, key, _root(cache), seed, n_train,
+                               normaliser=normaliser))
     prepared = map_samples(_prepare_task, jobs, progress=stages.start("prepare", len(jobs)),
                            **parallel)
     by_id = {r["sample_id"]: r for r in prepared}
@@ -392,7 +405,7 @@ def _run(study, out: Path, seed: int, options: RunOptions, cache: Cache, paralle
     map_jobs = [_SampleJob(study, sid, p, make_key("map", code["map"], keys[sid], models[p][0],
                                                 options.embed_cells),
                            _root(cache), seed, math.ceil(options.embed_cells / n_panel[p]),
-                           models[p][1])
+                           models[p][1], normalisers.get(p, (None, None))[1])
                 for sid, p in zip(analysed["sample_id"], analysed["panel"].astype(str))]
     mapped = map_samples(_map_task, map_jobs, progress=stages.start("map", len(map_jobs)),
                          **parallel)
@@ -423,6 +436,9 @@ def _run(study, out: Path, seed: int, options: RunOptions, cache: Cache, paralle
                                 if not by_id[s]["error"]])
     for name in _CLUSTER_TABLES:
         tables[name] = _concat(unsupervised[name])
+
+    # batch diagnostics (every study with batches) and the fitted normalisation splines
+    tables.update(batch_tables(study, analysed, by_id, normalisers))
 
     # stats: over analysed samples only
     tables.update(_stats(study, tables, analysed, seed, options, cache, code["stats"], stages))

@@ -307,15 +307,20 @@ class CytoNorm:
 
     def fit_clustering(self, controls: Mapping[str, np.ndarray], markers: Sequence[str]) -> None:
         """Train the clustering on up to ``max_train`` control events, evenly over batches."""
-        cols = self.cluster_columns(markers)
+        per = self.max_train // max(1, len(controls))
+        self.clustering.fit(np.concatenate([
+            self.training_events(X, markers, per, i) for i, (_, X) in
+            enumerate(sorted(controls.items(), key=lambda kv: str(kv[0])))]))
+
+    def training_events(self, X: np.ndarray, markers: Sequence[str], n: int,
+                        index: int) -> np.ndarray:
+        """Up to ``n`` events of one batch's controls ``X`` (the ``index``-th batch in label
+        order), clustering columns only, drawn without replacement from a stream seeded by
+        the clustering's ``random_state`` and ``index``."""
         seed = getattr(self.clustering, "random_state", 0) or 0
-        per = max(1, self.max_train // max(1, len(controls)))
-        parts = []
-        for i, (_, X) in enumerate(sorted(controls.items(), key=lambda kv: str(kv[0]))):
-            rng = np.random.default_rng([int(seed), i])
-            idx = np.sort(rng.choice(len(X), min(per, len(X)), replace=False))
-            parts.append(np.asarray(X, dtype=np.float64)[np.ix_(idx, cols)])
-        self.clustering.fit(np.concatenate(parts))
+        rng = np.random.default_rng([int(seed), int(index)])
+        idx = np.sort(rng.choice(len(X), min(max(n, 1), len(X)), replace=False))
+        return np.asarray(X, dtype=np.float64)[np.ix_(idx, self.cluster_columns(markers))]
 
     def from_summaries(self, summaries: Mapping[str, ControlSummary],
                        markers: Sequence[str]) -> CytoNorm:
@@ -423,6 +428,21 @@ class CytoNorm:
         out = np.array(X, dtype=np.float64, order="F", copy=True)
         self.transform_inplace([out[:, j] for j in range(out.shape[1])], batch)
         return out
+
+    def normalise_events(self, events: np.ndarray, columns: Sequence[str], batch
+                         ) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """Normalise, in place, the columns of a Fortran-ordered float32 ``(n_events,
+        n_columns)`` events array named ``columns`` that are markers of the model (others
+        untouched); for :func:`immunomon.pipeline.prepare.prepare_events`.
+
+        Returns the normalised markers, their values before normalisation ``(n_events,
+        n_markers)`` and the extrapolation flags of :meth:`transform_inplace`.
+        """
+        idx = [list(columns).index(m) for m in self.markers_]
+        before = np.array(events[:, idx], order="F")
+        outside = self.transform_inplace([events[:, j] for j in idx], batch,
+                                         self.clusters_of(before, self.markers_))
+        return list(self.markers_), before, outside
 
     # ------------------------------------------------------------------ reporting
     def to_table(self) -> pd.DataFrame:
