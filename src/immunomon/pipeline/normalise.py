@@ -286,3 +286,107 @@ def batch_tables(study, analysed: pd.DataFrame, by_id: dict,
     fits = [m.to_table().assign(panel=p) for p, (_, m) in normalisers.items()]
     return batch_diagnostics(analysed, quantiles, extrapolated,
                              pd.concat(fits, ignore_index=True) if fits else None)
+
+
+# --------------------------------------------------------------------------- FCS output
+#: TEXT keyword naming the normalisation in written files.
+KEYWORD = "IMMUNOMON_NORMALISATION"
+
+
+@dataclass(frozen=True)
+class _WriteJob:
+    study: Any
+    sample_id: str
+    model: CytoNorm
+    out: str
+    description: str
+
+
+def _write_task(job: _WriteJob) -> str:
+    """Normalise every event of one file and write it as FCS 3.1 (see :func:`write_normalised`)."""
+    from immunomon.io.fcs import read_fcs, write_fcs
+    from immunomon.pipeline.prepare import prepare_sample
+    from immunomon.preprocess.qc import QualityControl
+
+    row = job.study.sample(job.sample_id)
+    f = read_fcs(job.study.path_of(job.sample_id), dataset=int(row.get("dataset", 1) or 1))
+    prepared = prepare_sample(job.study, job.sample_id, qc=QualityControl(steps=()),
+                              normaliser=job.model)
+    before = prepared.normalised["before"]
+    columns = list(prepared.events.columns)
+    delta = np.zeros((f.events.shape[0], len(columns)))  # change of the compensated linear values
+    for m in before.columns:
+        inverse = prepared.transforms[m].inverse_transform
+        delta[:, columns.index(m)] = (inverse(prepared.events[m].to_numpy(np.float64))
+                                      - inverse(before[m].to_numpy(np.float64)))
+    if f.spillover is not None:  # back to detector values: FlowJo compensates with $SPILLOVER
+        idx = [f.names.index(c) for c in f.spillover.columns]
+        delta[:, idx] = delta[:, idx] @ f.spillover.to_numpy(np.float64)
+    events = (f.events.astype(np.float64) + delta).astype(np.float32)
+    keywords = {**f.keywords, KEYWORD: f"{job.description}; batch {row.get('batch')}"}
+    path = Path(job.out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_fcs(path, events, f.names, f.labels, datatype="F",
+              ranges=list(f.channels["range"].astype(float)), spillover=f.spillover,
+              keywords=keywords)
+    return str(path)
+
+
+def describe(model: CytoNorm, controls: dict[str, list[str]]) -> str:
+    """One line naming a fitted normalisation (the :data:`KEYWORD` of written files)."""
+    from immunomon import __version__
+
+    n = sum(len(v) for v in controls.values())
+    clusters = f", per {model.n_clusters} FlowSOM clusters of the controls" if model.n_clusters \
+        else ""
+    return (f"CytoNorm (immunomon {__version__}): {model.n_quantiles} quantiles of {n} bridge "
+            f"control(s) in {len(model.batches_)} batches mapped to their mean by monotone "
+            f"splines on the transformed scale{clusters}; markers {','.join(model.markers_)}")
+
+
+def write_normalised(study, out_dir, seed: int, workers: int = 1) -> list[Path]:
+    """``immunomon normalise``: every sample of every panel asking for normalisation,
+    normalised (all events, no QC) and written as FCS 3.1 under ``out_dir`` with the
+    source's relative path, channels and keywords plus :data:`KEYWORD`; the fitted splines
+    go to ``out_dir/normalisation.csv``.
+
+    The values are the source's, changed by the normalisation only: the change of each
+    normalised marker on the linear, compensated scale is put back through the file's
+    spillover matrix (kept as ``$SPILLOVER``), so software that compensates the written file
+    sees the normalised values and every other channel keeps its values. Data are written
+    as float32 (``$DATATYPE F``), ``$PnR`` as in the source.
+    """
+    from immunomon.errors import UserError
+
+    from .executor import map_samples, worker_pool
+
+    panels = normalised_panels(study)
+    if not panels:
+        raise UserError(f"{Path(study.root) / 'study.yaml'}: no panel asks for normalisation "
+                        f"(add panels.<panel>.normalisation, e.g. --set "
+                        f"panels.{next(iter(study.config.panels))}.normalisation.method=cytonorm)")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    root = Path(study.root).resolve()
+    written, tables, seen = [], [], set()
+    with worker_pool(workers):
+        for panel in panels:
+            model = fit_panel(study, panel, seed,
+                              lambda t, jobs: map_samples(t, jobs, workers=workers))
+            tables.append(model.to_table().assign(panel=panel))
+            text = describe(model, fit_controls(study, panel))
+            jobs = []
+            rows = study.samples[study.samples["panel"].astype(str) == panel]
+            for sid, ds in zip(rows["sample_id"], rows["dataset"]):
+                rel = Path(study.path_of(sid)).resolve()
+                rel = rel.relative_to(root) if rel.is_relative_to(root) else Path(rel.name)
+                target = out / rel
+                if target in seen:  # several data sets of one file: one file each
+                    target = target.with_name(f"{target.stem}_ds{int(ds)}{target.suffix}")
+                seen.add(target)
+                jobs.append(_WriteJob(study, sid, model, str(target), text))
+            written += map_samples(_write_task, jobs, workers=workers)
+    table = pd.concat(tables, ignore_index=True)
+    table[["panel"] + [c for c in table.columns if c != "panel"]].to_csv(
+        out / "normalisation.csv", index=False, lineterminator="\n")
+    return [Path(p) for p in written]

@@ -16,6 +16,7 @@ from plotly.offline import get_plotlyjs
 
 from . import sections_more as more
 from . import sections_study as study
+from .sections_batch import batch_section
 from .assets import CSS, TABLE_JS
 from .figures import write_figures
 from .htmltable import esc
@@ -31,9 +32,9 @@ CSP = ("default-src 'none'; script-src 'unsafe-inline' 'unsafe-eval'; "
 
 #: Section builders in page order.
 SECTIONS: tuple[Callable[[Context], Section], ...] = (
-    study.overview, study.primary, study.kinetics, study.volcano, study.fold_changes, study.pca,
-    more.clusters, more.differential, study.selectivity, more.clinical, more.adverse_events,
-    more.methods, more.provenance,
+    study.overview, batch_section, study.primary, study.kinetics, study.volcano,
+    study.fold_changes, study.pca, more.clusters, more.differential, study.selectivity,
+    more.clinical, more.adverse_events, more.methods, more.provenance,
 )
 #: At most this many other PNGs of figures/ (e.g. gate plots) are shown in the gallery.
 MAX_EXTRA_FIGURES = 24

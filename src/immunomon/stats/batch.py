@@ -51,6 +51,7 @@ STAGES = ("transformed", "normalised")
 #: Thresholds of the warnings (see the module docstring).
 CONFOUND_P, CONFOUND_V, BATCH_P = 0.05, 0.3, 0.01
 GRID_POINTS = 80
+WARNING_COLUMNS = ["panel", "kind", "stage", "value", "message"]
 
 
 def omega_squared(y: np.ndarray, groups: np.ndarray) -> dict[str, float]:
@@ -243,7 +244,8 @@ def batch_diagnostics(samples: pd.DataFrame, quantiles: pd.DataFrame,
 
     Returns
     -------
-    dict name → table; empty when no panel has two batches or more.
+    dict name → table (tables without rows are left out, but for ``batch_warnings``); empty
+    when no panel has two batches or more.
     """
     s = samples.copy()
     s["batch"] = s.get("batch", pd.Series("", index=s.index)).fillna("").astype(str).str.strip()
@@ -278,12 +280,10 @@ def batch_diagnostics(samples: pd.DataFrame, quantiles: pd.DataFrame,
         return {}
     if normalisation is not None and len(normalisation):
         out["normalisation"].append(normalisation)
-    tables = {}
+    tables = {"batch_warnings": pd.DataFrame(columns=WARNING_COLUMNS)}  # none is news too
     for name, frames in out.items():
         frames = [f for f in frames if len(f)]
-        if not frames:
-            tables[name] = pd.DataFrame(columns=["panel"])
-            continue
-        t = pd.concat(frames, ignore_index=True)
-        tables[name] = t[["panel"] + [c for c in t.columns if c != "panel"]]
+        if frames:
+            t = pd.concat(frames, ignore_index=True)
+            tables[name] = t[["panel"] + [c for c in t.columns if c != "panel"]]
     return tables
