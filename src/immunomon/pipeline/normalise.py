@@ -145,8 +145,6 @@ class _BatchJob:
     """Read one batch's controls (picklable task of :func:`fit_panel`)."""
 
     study: Any
-    panel: str
-    batch: str
     index: int
     sample_ids: tuple[str, ...]
     markers: tuple[str, ...]
@@ -193,27 +191,25 @@ def fit_panel(study, panel: str, seed: int, map_fn=None) -> CytoNorm:
         ``map_fn(task, jobs) -> results in order`` (e.g. the pipeline's parallel
         :func:`~immunomon.pipeline.executor.map_samples`); default: in this process.
     """
-    from immunomon.clustering import FlowSOM
-
     map_fn = map_fn or (lambda task, jobs: [task(j) for j in jobs])
     config = study.config.panels[panel]
     spec = config.normalisation
     markers = normalisation_markers(config)
     som = None
     if spec.clustering:
+        from immunomon.clustering import FlowSOM
+
         som = FlowSOM(grid=tuple(spec.clustering.grid), n_metaclusters=spec.clustering.metaclusters,
                       random_state=seed)
     model = CytoNorm(spec.quantiles, clustering=som,
                      clustering_markers=_clustering_markers(config, markers) if som else None,
                      max_train=TRAIN_EVENTS)
     batches = fit_controls(study, panel)
-    jobs = [_BatchJob(study, panel, b, i, tuple(ids), tuple(markers), model,
+    jobs = [_BatchJob(study, i, tuple(ids), tuple(markers), model,
                       TRAIN_EVENTS // max(1, len(batches)))
-            for i, (b, ids) in enumerate(batches.items())]
-    if som is not None:
+            for i, ids in enumerate(batches.values())]
+    if som is not None:  # jobs are pickled per round: the second carries the trained SOM
         som.fit(np.concatenate(map_fn(_training_task, jobs)))
-        jobs = [_BatchJob(j.study, j.panel, j.batch, j.index, j.sample_ids, j.markers, model)
-                for j in jobs]
     summaries = map_fn(_summary_task, jobs)
     return model.from_summaries(dict(zip(batches, summaries)), markers)
 

@@ -32,7 +32,7 @@ CSP = ("default-src 'none'; script-src 'unsafe-inline' 'unsafe-eval'; "
 
 #: Section builders in page order.
 SECTIONS: tuple[Callable[[Context], Section], ...] = (
-    study.overview, batch_section, study.primary, study.kinetics, study.volcano,
+    study.overview, study.primary, batch_section, study.kinetics, study.volcano,
     study.fold_changes, study.pca, more.clusters, more.differential, study.selectivity,
     more.clinical, more.adverse_events, more.methods, more.provenance,
 )
