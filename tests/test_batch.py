@@ -191,3 +191,25 @@ def test_normalise_cli_writes_r_cytonorm_values(tmp_path, monkeypatch, capsys):
         assert "99 quantiles" in mine.keywords["IMMUNOMON_NORMALISATION"]
     table = pd.read_csv(tmp_path / "out" / "normalisation.csv")
     assert set(table["batch"]) == {1, 2, 3} and len(table) == 3 * 99 * len(detectors)
+
+
+def test_written_files_read_back_as_the_normalised_events(trial, tmp_path):
+    """Through the file's own $SPILLOVER: compensate + transform the written file = the
+    normalised events of the run (every event), other channels unchanged."""
+    from immunomon.pipeline.checks import load_checked
+    from immunomon.pipeline.normalise import fit_panel, write_normalised
+    from immunomon.pipeline.prepare import prepare_events, prepare_sample
+    from immunomon.preprocess.qc import QualityControl
+    from immunomon.preprocess.transforms import ArcsinhTransform
+
+    study = load_checked(trial, overrides={"panels.treg.normalisation": "{method: cytonorm}"})
+    write_normalised(study, tmp_path / "out", seed=7)
+    expected = prepare_sample(study, "P002_D8", qc=QualityControl(steps=()),
+                              normaliser=fit_panel(study, "treg", 7)).events
+    f = read_fcs(tmp_path / "out" / "fcs" / "P002_D8.fcs")
+    got = prepare_events(f.events, list(f.names), list(expected.columns), spillover=f.spillover,
+                         transform=ArcsinhTransform(cofactor=150), qc=QualityControl(steps=()))
+    assert np.abs(got.events.to_numpy() - expected.to_numpy()).max() < 1e-3
+    src = read_fcs(trial / "fcs" / "P002_D8.fcs")
+    assert np.array_equal(f.events[:, :4], src.events[:, :4])  # scatter and time
+    assert f.spillover.equals(src.spillover)

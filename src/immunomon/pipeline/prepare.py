@@ -6,7 +6,6 @@ unsupervised (clustering) branch of the pipeline.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -139,9 +138,8 @@ def prepare_events(
         Also return every file event (``all_events``), not only the QC-passed ones.
     normalise
         Batch normalisation applied after the transform and before QC:
-        ``normalise(events, columns) -> (markers, before, outside)`` changes the
-        Fortran-ordered float32 events in place (e.g.
-        :meth:`~immunomon.preprocess.normalise.CytoNorm.normalise_events` with the batch bound).
+        ``normalise(events, columns)`` changes the Fortran-ordered float32 events in place
+        (:class:`~immunomon.preprocess.normalise.BatchNormalisation`).
     """
     from immunomon.preprocess.compensation import compensate
 
@@ -156,23 +154,15 @@ def prepare_events(
         for j in fluor:
             transform.transform_inplace(events[:, j])
     if normalise is not None:  # batch normalisation on the transformed scale (CytoNorm)
-        normalised, before, outside = normalise(events, columns)
+        normalise(events, columns)
     frame = pd.DataFrame(events, columns=columns, copy=False)
     rng = {c: float(r) for c, r in zip(columns, ranges)} if ranges is not None else None
     result = (qc or QualityControl()).apply(frame, sample_id=sample_id, raw=raw, ranges=rng)
     kept = frame if result.keep.all() else select_events(events, result.keep, columns)
     transforms = {columns[j]: transform for j in fluor} if transform is not None else {}
-    prepared = PreparedSample(sample_id, kept, result.steps, result.events_total,
-                              result.events_after_qc, result.qc_pass, result.keep,
-                              transforms=transforms, removed_by=result.removed_by,
-                              all_events=frame if keep_all_events else None)
-    if normalise is not None:
-        outside = outside[result.keep]
-        prepared.normalised = {
-            "before": select_events(before, result.keep, normalised),
-            "outside": dict(zip(normalised, outside.mean(axis=0) if len(outside) else
-                                np.zeros(len(normalised))))}
-    return prepared
+    return PreparedSample(sample_id, kept, result.steps, result.events_total, result.events_after_qc,
+                          result.qc_pass, result.keep, transforms=transforms, removed_by=result.removed_by,
+                          all_events=frame if keep_all_events else None)
 
 
 def prepare_sample(study, sample_id: str, *, qc: QualityControl | None = None,
@@ -209,9 +199,12 @@ def prepare_sample(study, sample_id: str, *, qc: QualityControl | None = None,
                         f"not defined in study.yaml (panels: {sorted(panels)})")
     panel = panels[panel_name]
     dataset = int(row["dataset"]) if "dataset" in row and pd.notna(row["dataset"]) else 1
-    if normaliser is not None and str(row.get("batch")) not in normaliser.batches_:
-        raise UserError(f"{study.root}/samples.csv: sample {sample_id!r} is in batch "
-                        f"{row.get('batch')!r}, which has no bridge control to normalise it on")
+    normalise = None
+    if normaliser is not None:  # the panel's CytoNorm splines of the sample's batch
+        if str(row.get("batch")) not in normaliser.batches_:
+            raise UserError(f"{study.root}/samples.csv: sample {sample_id!r} is in batch "
+                            f"{row.get('batch')!r}, which has no bridge control to normalise it on")
+        normalise = normaliser.for_batch(row.get("batch"))
     f = read_fcs(study.path_of(sample_id), dataset=dataset)
     channels = _as_dict(getattr(panel, "channels", {}) or {})
     transform = from_spec(transform_spec(getattr(panel, "transform", None)))
@@ -220,11 +213,11 @@ def prepare_sample(study, sample_id: str, *, qc: QualityControl | None = None,
     prepared = prepare_events(
         f.events, list(f.names), marker_names(list(f.names), list(f.labels), channels),
         spillover=f.spillover, transform=transform, ranges=list(f.channels["range"].astype(float)),
-        qc=qc, sample_id=sample_id, keep_all_events=keep_all_events,
-        normalise=(None if normaliser is None else
-                   functools.partial(normaliser.normalise_events, batch=row.get("batch"))),
+        qc=qc, sample_id=sample_id, keep_all_events=keep_all_events, normalise=normalise,
     )
     prepared.panel = panel_name
+    if normalise is not None:
+        prepared.normalised = normalise.kept(prepared.keep)
     return prepared
 
 

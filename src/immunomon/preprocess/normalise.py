@@ -32,8 +32,8 @@ import numba
 import numpy as np
 import pandas as pd
 
-__all__ = ["CytoNorm", "ControlSummary", "MonotoneSpline", "control_summary",
-           "monotone_slopes", "quantile_levels", "MIN_CELLS"]
+__all__ = ["CytoNorm", "BatchNormalisation", "ControlSummary", "MonotoneSpline",
+           "control_summary", "monotone_slopes", "quantile_levels", "MIN_CELLS"]
 
 #: Fewest control events of a batch (or of a batch's cluster) for trustworthy quantiles (R's
 #: ``minCells``); a cluster below it falls back to the batch's spline over all its events.
@@ -429,20 +429,11 @@ class CytoNorm:
         self.transform_inplace([out[:, j] for j in range(out.shape[1])], batch)
         return out
 
-    def normalise_events(self, events: np.ndarray, columns: Sequence[str], batch
-                         ) -> tuple[list[str], np.ndarray, np.ndarray]:
-        """Normalise, in place, the columns of a Fortran-ordered float32 ``(n_events,
-        n_columns)`` events array named ``columns`` that are markers of the model (others
-        untouched); for :func:`immunomon.pipeline.prepare.prepare_events`.
-
-        Returns the normalised markers, their values before normalisation ``(n_events,
-        n_markers)`` and the extrapolation flags of :meth:`transform_inplace`.
-        """
-        idx = [list(columns).index(m) for m in self.markers_]
-        before = np.array(events[:, idx], order="F")
-        outside = self.transform_inplace([events[:, j] for j in idx], batch,
-                                         self.clusters_of(before, self.markers_))
-        return list(self.markers_), before, outside
+    def for_batch(self, batch) -> BatchNormalisation:
+        """This model bound to one batch, as the ``normalise`` step of
+        :func:`immunomon.pipeline.prepare.prepare_events`."""
+        self.batch_index(batch)
+        return BatchNormalisation(self, str(batch))
 
     # ------------------------------------------------------------------ reporting
     def to_table(self) -> pd.DataFrame:
@@ -466,4 +457,34 @@ class CytoNorm:
             "control_max": self.high_[b, c, j],
             "fallback": self.fallback_[b, c],
         })
+
+
+class BatchNormalisation:
+    """A fitted :class:`CytoNorm` applied to the files of one batch, keeping what the batch
+    diagnostics need: the values before normalisation and the extrapolated events.
+
+    ``norm(events, columns)`` normalises, in place, the columns of a Fortran-ordered float32
+    ``(n_events, n_columns)`` array named ``columns`` that are markers of the model (others
+    untouched); :meth:`kept` then gives, for the events kept by QC, ``before`` (DataFrame of
+    the normalised markers' values before normalisation) and ``outside`` (marker → share
+    outside the batch's control range).
+    """
+
+    def __init__(self, model: CytoNorm, batch: str):
+        self.model, self.batch = model, batch
+        self.before = self.outside = None
+
+    def __call__(self, events: np.ndarray, columns: Sequence[str]) -> None:
+        markers = self.model.markers_
+        idx = [list(columns).index(m) for m in markers]
+        self.before = np.array(events[:, idx], order="F")
+        self.outside = self.model.transform_inplace([events[:, j] for j in idx], self.batch,
+                                                    self.model.clusters_of(self.before, markers))
+
+    def kept(self, keep: np.ndarray) -> dict:
+        markers = self.model.markers_
+        outside = self.outside[keep]
+        share = outside.mean(axis=0) if len(outside) else np.zeros(len(markers))
+        return {"before": pd.DataFrame(self.before[keep], columns=markers),
+                "outside": dict(zip(markers, share.tolist()))}
 

@@ -231,9 +231,18 @@ def batch_section(ctx: Context) -> Section:
             "'batch'), so there are no batch diagnostics."))
     body = []
     warn = t.get("batch_warnings")
-    if warn is not None and len(warn):
-        items = "".join(f"<li>⚠ {esc(m)}</li>" for m in warn["message"])
-        body.append(f'<ul class="sentences">{items}</ul>')
+    items = [f"<li>⚠ {esc(m)}</li>" for m in (warn["message"] if warn is not None else [])]
+    var = t.get("batch_variance")
+    if var is not None and (var["stage"] == "normalised").any():
+        flagged = set() if warn is None else set(
+            warn.loc[(warn["kind"] == "batch_over_visit") & (warn["stage"] == "normalised"),
+                     "panel"])
+        for panel in sorted(set(var.loc[var["stage"] == "normalised", "panel"]) - flagged):
+            items.append(f"<li>✓ After normalisation, no marker of panel '{esc(panel)}' has a "
+                         f"batch effect on its per-sample medians (F test p < 0.01) larger "
+                         f"than its visit effect.</li>")
+    if items:
+        body.append(f'<ul class="sentences">{"".join(items)}</ul>')
     else:
         body.append(para("No warning: visits are spread over the batches and batch explains "
                          "less of the per-sample medians than visit."))
@@ -270,7 +279,6 @@ def batch_section(ctx: Context) -> Section:
                                    labels={"transformed": "EMD before", "normalised":
                                            "EMD after", "change": "change (%)"},
                                    source="tables/batch_emd.csv"))
-        var = t.get("batch_variance")
         if var is not None and (var["panel"] == panel).any():
             body.append("<h3>Batch versus visit</h3>" + para(
                 "Share of the variance of the trial samples' per-sample medians explained by "
