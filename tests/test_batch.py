@@ -111,6 +111,8 @@ def test_run_normalises_and_diagnoses_batches(runs):
     steps = {s["step"] for s in __import__("json").loads(
         (norm / "provenance.json").read_text())["steps"]}
     assert "normalise" in steps
+    ae = _table(norm, "adverse_events_summary")
+    assert set(ae.loc[ae["disease"] == "all", "n_at_risk"]) == {6}  # the control donor is no patient
 
 
 def test_report_shows_the_batch_section(runs):

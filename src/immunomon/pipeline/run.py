@@ -489,7 +489,7 @@ def _stats(study, tables: dict, analysed: pd.DataFrame, seed: int, options: RunO
         "cluster_markers": _only(tables["cluster_markers"], ids),
         "clinical": study.clinical,
         "adverse_events": study.adverse_events,
-        "patients": _patients(study.samples),
+        "patients": _patients(study.samples[~study.samples["control"].astype(bool)]),
     }
     visits = [v.name if hasattr(v, "name") else v["name"] for v in study.config.visits]
     baseline = study.config.baseline or visits[0]  # single-visit study: nothing to compare yet
