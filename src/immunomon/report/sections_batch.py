@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 TABLES = ("batch_design", "batch_warnings", "batch_emd", "batch_variance", "batch_pca",
           "batch_densities", "normalisation", "batch_extrapolation")
 STAGE_LABEL = {"transformed": "before normalisation", "normalised": "after normalisation"}
+#: The label of the only stage of a panel that is not normalised.
+PLAIN = {"transformed": "transformed scale"}
 GROUP_LABEL = {"controls": "bridge controls", "holdout": "held-out controls",
                "samples": "trial samples"}
 
@@ -71,23 +73,30 @@ def fig_emd(wide: pd.DataFrame, panel: str) -> go.Figure:
     w = wide[wide["panel"] == panel]
     fig = go.Figure()
     colours = style.category_colours(list(GROUP_LABEL))
+    label = STAGE_LABEL if w["normalised"].notna().any() else PLAIN
     for group in [g for g in GROUP_LABEL if g in set(w["group"])]:
         g = w[w["group"] == group]
         for stage, pattern in (("transformed", ""), ("normalised", "/")):
             if g[stage].notna().any():
                 fig.add_bar(x=[esc(m) for m in g["marker"]], y=g[stage],
-                            name=esc(f"{GROUP_LABEL[group]}, {STAGE_LABEL[stage]}"),
+                            name=esc(f"{GROUP_LABEL[group]}, {label[stage]}"),
                             marker=dict(color=colours[group], pattern_shape=pattern,
                                         opacity=1.0 if stage == "normalised" else 0.55))
     fig.update_layout(barmode="group", yaxis_title="mean EMD between batches (transformed)")
     return ip.base_layout(fig, height=420)
 
 
+def _labels(stages) -> dict[str, str]:
+    """Stage labels: before/after normalisation, or 'transformed scale' alone."""
+    return STAGE_LABEL if "normalised" in set(stages) else PLAIN
+
+
 def fig_variance(var: pd.DataFrame, panel: str) -> go.Figure:
     v = var[var["panel"] == panel]
-    stages = [s for s in STAGE_LABEL if s in set(v["stage"])]
+    label = _labels(v["stage"])
+    stages = [s for s in label if s in set(v["stage"])]
     fig = make_subplots(rows=1, cols=len(stages), shared_yaxes=True,
-                        subplot_titles=[esc(STAGE_LABEL[s]) for s in stages])
+                        subplot_titles=[esc(label[s]) for s in stages])
     colours = {"batch": style.UP, "visit": style.DOWN}
     for i, stage in enumerate(stages):
         for factor in ("batch", "visit"):
@@ -105,7 +114,8 @@ def fig_pca(pca: pd.DataFrame, panel: str) -> go.Figure:
     batches = sorted(p["batch"].astype(str).unique())
     colours = style.category_colours(batches)
     fig, owners = go.Figure(), []
-    stages = [s for s in STAGE_LABEL if s in set(p["stage"])]
+    label = _labels(p["stage"])
+    stages = [s for s in label if s in set(p["stage"])]
     for stage in stages:
         g = p[p["stage"] == stage]
         for b in batches:
@@ -121,22 +131,23 @@ def fig_pca(pca: pd.DataFrame, panel: str) -> go.Figure:
                                 line=dict(width=1, color="#222") if is_control else None),
                     text=[esc(f"{s} · {v}") for s, v in zip(gb["sample_id"], gb["visit"])],
                     hovertemplate="%{text}<extra></extra>")
-                owners.append(STAGE_LABEL[stage])
+                owners.append(label[stage])
     first = p[p["stage"] == stages[0]].iloc[0]
     fig.update_layout(xaxis_title=f"PC1 ({100 * first['pc1_share']:.0f} %)",
                       yaxis_title=f"PC2 ({100 * first['pc2_share']:.0f} %)")
-    _menu(fig, owners, [STAGE_LABEL[s] for s in stages], "Medians")
+    _menu(fig, owners, [label[s] for s in stages], "Medians")
     return ip.base_layout(fig, height=460, margin=dict(t=80))
 
 
 def fig_densities(dens: pd.DataFrame, panel: str) -> go.Figure:
     d = dens[dens["panel"] == panel]
     groups = [g for g in GROUP_LABEL if g in set(d["group"])]
-    stages = [s for s in STAGE_LABEL if s in set(d["stage"])]
+    label = _labels(d["stage"])
+    stages = [s for s in label if s in set(d["stage"])]
     batches = sorted(d["batch"].astype(str).unique())
     colours = style.category_colours(batches)
     fig = make_subplots(rows=len(groups), cols=len(stages), shared_xaxes=True,
-                        subplot_titles=[esc(f"{GROUP_LABEL[g]}, {STAGE_LABEL[s]}")
+                        subplot_titles=[esc(f"{GROUP_LABEL[g]}, {label[s]}")
                                         for g in groups for s in stages],
                         vertical_spacing=0.12, horizontal_spacing=0.06)
     owners = []
@@ -268,16 +279,20 @@ def batch_section(ctx: Context) -> Section:
                   "monotone spline (R splinefun monoH.FC) on the transformed scale, before "
                   "QC, gating and clustering."))
         if wide is not None and (wide["panel"] == panel).any():
+            w = wide[wide["panel"] == panel].copy()
+            normalised = w["normalised"].notna().any()
             body.append("<h3>Distance between batches</h3>" + para(
                 "Earth mover's distance between the batches' distributions of each marker "
-                "(mean over pairs of batches, transformed units), before and after "
-                "normalisation.") + ip.plotly_div(fig_emd(wide, panel), ctx.plot_id()))
-            w = wide[wide["panel"] == panel].copy()
+                "(mean over pairs of batches, transformed units)"
+                + (", before and after normalisation." if normalised else "."))
+                + ip.plotly_div(fig_emd(wide, panel), ctx.plot_id()))
             w["group"] = w["group"].map(GROUP_LABEL).fillna(w["group"])
-            body.append(table_html(w, columns=["marker", "group", "transformed", "normalised",
-                                               "change"],
-                                   labels={"transformed": "EMD before", "normalised":
-                                           "EMD after", "change": "change (%)"},
+            shown = ["marker", "group", "transformed"] + (["normalised", "change"]
+                                                          if normalised else [])
+            body.append(table_html(w, columns=shown,
+                                   labels={"transformed": "EMD before" if normalised else
+                                           "EMD", "normalised": "EMD after",
+                                           "change": "change (%)"},
                                    source="tables/batch_emd.csv"))
         if var is not None and (var["panel"] == panel).any():
             body.append("<h3>Batch versus visit</h3>" + para(

@@ -205,6 +205,7 @@ def _warnings(panel: str, meta: pd.DataFrame, variance: pd.DataFrame) -> list[di
                          "message": f"Visits are confounded with batches in panel '{panel}': "
                                     f"Cramér's V = {v:.2f} (χ² test p = {p:.2g}); a batch "
                                     f"effect would look like a change between visits."})
+    normalised = (variance["stage"] == "normalised").any()
     for stage, g in variance.groupby("stage", sort=False):
         wide = g.pivot_table(index="marker", columns="factor", values=["share", "p"])
         if ("share", "visit") not in wide or ("share", "batch") not in wide:
@@ -212,7 +213,8 @@ def _warnings(panel: str, meta: pd.DataFrame, variance: pd.DataFrame) -> list[di
         bad = wide[(wide[("p", "batch")] < BATCH_P)
                    & (wide[("share", "batch")] > wide[("share", "visit")].fillna(0))]
         if len(bad):
-            what = "before normalisation" if stage == "transformed" else "after normalisation"
+            what = ("not normalised" if not normalised else "before normalisation"
+                    if stage == "transformed" else "after normalisation")
             listed = ", ".join(f"{m} (batch {100 * r[('share', 'batch')]:.0f} %, visit "
                                f"{100 * np.nan_to_num(r[('share', 'visit')]):.0f} %)"
                                for m, r in bad.sort_values(("share", "batch"),
