@@ -231,8 +231,9 @@ def fit_study(study, file_sha: dict, seed: int, cache, code: str, parallel: dict
         controls = [s for ids in fit_controls(study, panel).values() for s in ids]
         rows = [{k: v for k, v in study.sample(s).items() if k != "excluded_reason"}
                 for s in controls]
-        key = make_key("normalise", code, study.config.panels[panel].model_dump(mode="json"),
-                       rows, [file_sha[s] for s in controls], seed)
+        settings = study.config.panels[panel].model_dump(
+            mode="json", include={"channels", "compensation", "transform", "normalisation"})
+        key = make_key("normalise", code, settings, rows, [file_sha[s] for s in controls], seed)
         model = cache.get("normalise", key)
         cached += model is not None
         if model is None:
@@ -241,7 +242,7 @@ def fit_study(study, file_sha: dict, seed: int, cache, code: str, parallel: dict
         out[panel] = (key, model)
         bar.advance(task)
     stages.done("normalise", panels=len(panels), cached=cached,
-                controls=sum(len(m.batches_) for _, m in out.values()))
+                batches=sum(len(m.batches_) for _, m in out.values()))
     return out
 
 

@@ -124,7 +124,7 @@ class MonotoneSpline:
         scale = BUCKETS / (x[-1] - x[0])
         edges = x[0] + np.arange(BUCKETS) / scale
         start = np.clip(np.searchsorted(x, edges, side="right") - 1, 0, x.size - 2)
-        return coef, start.astype(np.int64), float(scale)
+        return coef, start.astype(np.int32), float(scale)
 
     def __call__(self, values) -> np.ndarray:
         """Spline values (float64) at ``values``."""
@@ -347,7 +347,7 @@ class CytoNorm:
         shape = (nb, nm, nc)  # [b, j] slices are contiguous for _apply
         self._x, self._y, self._m = (np.zeros(shape + (nq,)) for _ in range(3))
         self._coef = np.zeros(shape + (max(nq - 1, 1), 5))
-        self._start = np.zeros(shape + (BUCKETS,), dtype=np.int64)
+        self._start = np.zeros(shape + (BUCKETS,), dtype=np.int32)
         self._scale = np.zeros(shape)
         self._nk = np.zeros(shape, dtype=np.int64)
         self.fallback_ = np.zeros((nb, nc), dtype=bool)
