@@ -88,19 +88,21 @@ def _person(rng) -> dict:
 
 def _sample(person: dict, fold: float, n: int, rng, visit_noise: bool,
             marker_sd: float = 0.03) -> np.ndarray:
-    """``(n, 6)`` events (arcsinh) of one sample of a person; ``fold`` multiplies Treg %;
-    ``marker_sd``: visit-to-visit sd of the marker levels."""
-    noise = (lambda sd, size=None: rng.normal(0, sd, size)) if visit_noise else \
-        (lambda sd, size=None: np.zeros(size) if size else 0.0)
-    treg = min(np.exp(person["treg"] + noise(0.07)) * fold, 0.5)
-    is_treg = rng.random(n) < treg
-    mean = np.where(is_treg[:, None], [m for m, _ in TREG.values()], [m for m, _ in TCONV.values()])
-    sd = np.where(is_treg[:, None], [s for _, s in TREG.values()], [s for _, s in TCONV.values()])
-    x = mean + sd * rng.standard_normal((n, len(MARKERS))) + person["shift"] + noise(marker_sd, 6)
-    for k, (m, s) in STATE_ON.items():
-        j = MARKERS.index(k)
-        on = ~is_treg & (rng.random(n) < _expit(person["states"][k] + noise(0.12)))
-        x[on, j] = m + s * rng.standard_normal(on.sum())
+    """``(n, 6)`` float32 events (arcsinh) of one sample of a person, Treg first (the order of
+    events does not matter here); ``fold`` multiplies Treg %; ``marker_sd``: visit-to-visit sd
+    of the marker levels."""
+    def noise(sd, size=None):
+        return rng.normal(0, sd, size) if visit_noise else (np.zeros(size) if size else 0.0)
+
+    k = rng.binomial(n, min(np.exp(person["treg"] + noise(0.07)) * fold, 0.5))
+    x = rng.standard_normal((n, len(MARKERS)), dtype=np.float32)
+    for block, table in ((slice(0, k), TREG), (slice(k, n), TCONV)):
+        x[block] *= np.array([s for _, s in table.values()], dtype=np.float32)
+        x[block] += np.array([m for m, _ in table.values()], dtype=np.float32)
+    x += (person["shift"] + noise(marker_sd, 6)).astype(np.float32)
+    for name, (m, s) in STATE_ON.items():  # Tconv states
+        on = k + np.flatnonzero(rng.random(n - k) < _expit(person["states"][name] + noise(0.12)))
+        x[on, MARKERS.index(name)] = m + s * rng.standard_normal(on.size, dtype=np.float32)
     return x
 
 
