@@ -4,7 +4,8 @@
 planted effects) written once per test session; any test may read it (never modify it).
 ``gated_small_study``: that study gated once with :func:`immunomon.pipeline.supervised.gate_study`
 (``(out_dir, tables)``). ``prepared_small_study``: every sample prepared and gated in memory.
-``truth_events``: the per-event truth labels of a sample.
+``truth_events``: the per-event truth labels of a sample. ``cli``: run ``immunomon ARGS`` in
+this process and get ``(exit status, stdout, stderr)``.
 """
 
 from __future__ import annotations
@@ -61,3 +62,23 @@ def truth_events(small_study):
         return pd.read_parquet(Path(small_study) / "truth" / "events" / f"{sample_id}.parquet").astype(str)
 
     return load
+
+
+@pytest.fixture
+def cli(monkeypatch, capsys):
+    """``cli(*args) -> (exit status, stdout, stderr)`` of ``immunomon ARGS`` run in-process."""
+    import sys
+
+    from immunomon.cli import main
+
+    def run(*args):
+        monkeypatch.setattr(sys, "argv", ["immunomon", *map(str, args)])
+        code = 0
+        try:
+            main()
+        except SystemExit as exit_:
+            code = exit_.code or 0
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    return run

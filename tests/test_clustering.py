@@ -125,7 +125,7 @@ def test_annotation_names_populations_and_ranks_duplicates():
     spread = pd.Series(0.4, index=MEDIANS.columns)
     ann = annotate_clusters(MEDIANS, spread)
     assert ann["label"].tolist() == ["Treg", "CD4 Tconv", "CD8 T", "B cells", "NK CD56bright",
-                                     "unassigned", "CD4 Tconv", "Monocytes"]
+                                     "unassigned", "CD4 Tconv", "Classical monocytes"]
     assert 0.8 < ann.loc[1, "confidence"] < 1.0  # CD127 only 1.4 SD below its threshold
     assert ann.loc[2, "confidence"] == pytest.approx(1.0)
     assert ann.loc[6, "confidence"] == 0.0

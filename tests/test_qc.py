@@ -102,7 +102,7 @@ def test_quality_control_reports_every_step_and_flags_heavy_loss():
     })
     qc = QualityControl(dead_bounds=(1.0, 3.5), debris_fsc_bounds=(5_000, 20_000), max_loss=0.5)
     res = qc.apply(events, sample_id="S1", ranges={"FSC-A": 262144, "FSC-H": 262144, "SSC-A": 262144})
-    assert list(res.steps.columns[:5]) == QC_STEPS_COLUMNS
+    assert list(res.steps.columns[:6]) == QC_STEPS_COLUMNS
     assert res.steps["step"].tolist() == ["margins", "time", "doublets", "debris", "dead"]
     # each step's events_in is what the previous steps left
     left = res.steps["events_in"] - res.steps["events_removed"]
@@ -110,9 +110,12 @@ def test_quality_control_reports_every_step_and_flags_heavy_loss():
     assert res.events_after_qc == left.iloc[-1] == res.keep.sum()
     assert not res.qc_pass  # > 50 % dead
     no_ranges = QualityControl(max_loss=0.9).apply(events)
-    assert no_ranges.qc_pass and no_ranges.steps["reason"].iloc[0].startswith("skipped")
+    assert no_ranges.qc_pass and no_ranges.steps["status"].iloc[0] == "skipped"
+    assert no_ranges.steps["reason"].iloc[0] == "no channel ranges"
+    assert (res.steps["status"] == "ran").all()
     skipped = QualityControl().apply(events.drop(columns=["Viability"]))
-    assert skipped.steps.set_index("step").loc["dead", "reason"].startswith("skipped")
+    assert skipped.steps.set_index("step").loc["dead", "status"] == "skipped"
+    assert skipped.steps.set_index("step").loc["dead", "reason"] == "no column Viability"
 
 
 def test_quality_control_rejects_unknown_step():
@@ -201,3 +204,63 @@ def test_median_equals_numpy():
     x = rng.normal(size=(4, 9))
     x[2, 3] = np.nan
     np.testing.assert_array_equal(median(x, axis=1), np.median(x, axis=1, keepdims=True))
+
+
+# ------------------------------------------------------------ instrument limits, mass cytometry
+def test_margin_limits_are_real_instrument_limits_only():
+    from immunomon.pipeline.prepare import margin_limits
+
+    channels = pd.DataFrame({
+        "name": ["FSC-H", "FL1-H", "CD3", "CD20(Sm147)Dd", "Time"],
+        "range": [1024.0, 1024.0, 262144.0, 770.0, 262144.0],
+        "datatype": ["I", "I", "F", "F", "F"],
+        "log_decades": [0.0, 4.0, 0.0, 0.0, 0.0], "log_offset": [0.0, 1.0, 0.0, 0.0, 0.0],
+        "gain": [1.0, 1.0, 1.0, 1.0, 1.0]})
+    limits = margin_limits(channels, ["scatter", "marker", "marker", "marker", "time"])
+    assert limits[0] == 1023                                   # integer data: $PnR - 1
+    assert limits[1] == pytest.approx(10 ** (4 * 1023 / 1024))  # log channel: its linear top
+    assert limits[2] == 262143                                 # float, a digitiser's range
+    assert np.isnan(limits[3]) and np.isnan(limits[4])         # flowCore's observed maximum; time
+
+
+def test_float_file_maximum_is_never_a_margin():
+    rng = np.random.default_rng(2)
+    x = rng.gamma(2.0, 50.0, 5000).astype(np.float32)
+    events = pd.DataFrame({"pS6": np.arcsinh(x / 5)})
+    res = QualityControl(steps=("margins",)).apply(events, raw=x[:, None], limits={"pS6": np.nan})
+    assert res.steps["status"].iloc[0] == "skipped" and res.events_after_qc == 5000
+    old = QualityControl(steps=("margins",)).apply(events, raw=x[:, None], ranges={"pS6": float(x.max())})
+    assert old.steps["events_removed"].iloc[0] >= 1  # what $PnR - 1 of such a file removes
+
+
+def test_mass_cytometry_cleanup_removes_beads_debris_and_doublets():
+    rng = np.random.default_rng(5)
+    n = 8000
+    kind = rng.choice(["cell", "bead", "debris", "doublet", "dead"], n, p=[0.8, 0.06, 0.06, 0.04, 0.04])
+    dna = np.where(kind == "debris", rng.normal(1.0, 0.4, n),
+                   np.where(kind == "doublet", rng.normal(5.6, 0.15, n), rng.normal(4.6, 0.15, n)))
+    events = pd.DataFrame({
+        "DNA1": dna, "DNA2": dna + rng.normal(0, 0.05, n),
+        "Ce140Di": np.where(kind == "bead", rng.normal(7.0, 0.3, n), rng.normal(0.3, 0.3, n)),
+        "Event_length": np.where(kind == "doublet", rng.normal(40, 2, n), rng.normal(22, 2, n)),
+        "Viability": np.where(kind == "dead", rng.normal(5.0, 0.3, n), rng.normal(1.0, 0.4, n)),
+    })
+    events.loc[kind == "bead", ["DNA1", "DNA2"]] = rng.normal(0.2, 0.2, ((kind == "bead").sum(), 2))
+    qc = QualityControl.for_instrument("mass", dna=("DNA1", "DNA2"), beads=("Ce140Di",),
+                                       gaussian=("Event_length",))
+    assert qc.steps == ("margins", "time", "beads", "dna", "gaussian", "dead")
+    res = qc.apply(events)
+    steps = res.steps.set_index("step")
+    assert steps.loc["margins", "status"] == "skipped" and steps.loc["time", "status"] == "skipped"
+    assert (steps.loc[["beads", "dna", "gaussian", "dead"], "status"] == "ran").all()
+    removed = pd.Series(~res.keep).groupby(kind).mean()
+    assert removed[["bead", "debris", "doublet", "dead"]].min() >= 0.95
+    assert removed["cell"] <= 0.02
+
+
+def test_mass_panel_defaults_to_arcsinh_cofactor_5():
+    from immunomon.io.study import Panel
+
+    mass = Panel.model_validate({"instrument": "mass", "channels": {"Yb172Di": {"marker": "pS6"}}})
+    flow = Panel.model_validate({"instrument": "flow", "channels": {"FITC-A": {"marker": "CD4"}}})
+    assert mass.transform.cofactor == 5 and flow.transform.cofactor == 150

@@ -219,7 +219,8 @@ def _provenance(s, seed):
                                            "clustering": {"grid": [10, 10],
                                                           "metaclusters": 20}}}},
         "inputs": [{"path": f, "sha256": h, "bytes": 123456}
-                   for f, h in zip(s["file"], s["sha256"])],
+                   for f, h in zip(s["file"], s["sha256"])]
+        + [{"path": f, "sha256": "0" * 64, "bytes": 2048} for f in ("clinical.csv", "adverse_events.csv")],
         "acquisition": {sid: dict(keywords) for sid in s["sample_id"]},
         "steps": [{"step": "qc", "samples": len(s), "events": int(s["events_total"].sum())}],
     }

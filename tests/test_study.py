@@ -212,7 +212,7 @@ def test_panel_qc_settings_are_validated(broken):
     edit_yaml(broken / "study.yaml", lambda d: d["panels"]["treg"].update(
         qc={"steps": ["doublets", "coffee"], "max_loss": 2, "dead_bound": [1, 4]}))
     text = "\n".join(problems_of(broken))
-    assert "qc.steps.1" in text and "'margins', 'time', 'doublets', 'debris' or 'dead'" in text
+    assert "qc.steps.1" in text and "'debris', 'dead', 'beads', 'dna' or 'gaussian'" in text
     assert "qc.max_loss" in text
     assert "qc.dead_bound" in text  # misspelt key: unknown field
 

@@ -157,3 +157,52 @@ def test_tiny_sample_gates_without_error(prepared_small_study):
     for n in (0, 5):
         g = GatingTemplate.load("treg").apply(prepared.events.head(n), "tiny")
         assert all(m.shape == (n,) for m in g.memberships.values())
+
+
+# --------------------------------------------------- templates for any panel: lineage, mass
+def _blood(n=6000, seed=3, scale=1.0):
+    """Two-population markers on an arbitrary scale (``scale`` multiplies every value)."""
+    rng = np.random.default_rng(seed)
+    t = rng.random(n) < 0.6
+    cd4 = t & (rng.random(n) < 0.65)
+    cd8 = t & ~cd4 & (rng.random(n) < 0.8)
+    b = ~t & (rng.random(n) < 0.4)
+
+    def level(pos):
+        return np.where(pos, rng.normal(0.7, 0.05, n), rng.normal(0.2, 0.05, n)) * scale
+
+    return pd.DataFrame({"CD3": level(t), "CD4": level(cd4), "CD8a": level(cd8),
+                         "CD20": level(b)}), dict(t=t, cd4=cd4, cd8=cd8, b=b)
+
+
+@pytest.mark.parametrize("scale", [1.0, 8.0, 250_000.0])
+def test_lineage_template_is_scale_free_and_takes_what_the_panel_has(scale):
+    events, truth = _blood(scale=scale)
+    g = GatingTemplate.load("lineage").apply(events, "s1")
+    # CD8a is found as CD8, B cells by CD20 (no CD19); no CD14/CD56/CD45RA: left out
+    assert set(g.memberships) == {"Cells", "T cells", "CD4 T", "CD8 T", "Non-T cells", "B cells"}
+    for pop, key in (("T cells", "t"), ("CD4 T", "cd4"), ("CD8 T", "cd8"), ("B cells", "b")):
+        assert (g.memberships[pop] == truth[key]).mean() > 0.99, pop
+    assert not g.thresholds["at_bound"].any()
+    assert set(g.parameters.percent_of) == {"CD4 T", "CD8 T", "B cells"}
+    assert g.parameters.ratios == [("CD4 T", "CD8 T")]
+
+
+def test_position_without_a_valley_is_flagged_at_bound():
+    events, _ = _blood()
+    events["CD3"] = np.random.default_rng(0).normal(0.7, 0.05, len(events))  # every cell CD3+
+    g = GatingTemplate.load("lineage").apply(events, "s1")
+    t = g.thresholds.set_index(["population", "dimension"])
+    assert bool(t.loc[("T cells", "CD3"), "at_bound"])
+    fixed = GatingTemplate.from_dict({"populations": [{"name": "A", "parent": None, "gate": {
+        "type": "rectangle", "CD3": {"min": {"valley": [0.0, 0.3]}}}}]}).apply(events, "s1")
+    assert bool(fixed.thresholds["at_bound"].iloc[0])
+
+
+def test_required_population_without_its_markers_is_a_user_error():
+    events, _ = _blood()
+    with pytest.raises(UserError, match=r"populations Treg .*FOXP3"):
+        GatingTemplate.from_dict({"populations": [
+            {"name": "Cells", "parent": None, "gate": {"type": "all"}},
+            {"name": "Treg", "parent": "Cells", "gate": {"type": "rectangle", "FOXP3": {"min": 1.0}}},
+        ]}).apply(events, "s1")

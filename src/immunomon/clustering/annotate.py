@@ -1,12 +1,15 @@
 """Name metaclusters from a marker table (YAML, user-editable).
 
-The default table, :file:`markers.yaml` next to this module, encodes the canonical
-populations of the Treg panel (e.g. ``Treg: CD3+ CD4+ CD25+ CD127- FOXP3+``). Each
-marker gets a threshold (from the table, or Otsu's split of the cluster medians), each
-rule a signed margin ``(median − threshold) / sd`` in pooled within-cluster SDs, and
-each cluster the most specific population whose rules it satisfies, with a confidence
-in ``[0, 1]``. Several clusters may carry the same population; ``label_rank`` orders
-them by confidence (1 = best match).
+The default table, :file:`markers.yaml` next to this module, covers the common lineages of
+human blood (T cells and their subsets, Tregs, γδ T, B cells by CD19 or CD20, plasmablasts,
+NK subsets, monocyte subsets, pDC, mDC, basophils, neutrophils), e.g.
+``Treg: CD3+ CD4+ CD25+ CD127- FOXP3+``; ``A | B`` gives alternative rule sets (``B cells:
+CD3- CD19+ | CD3- CD20+``). Marker names match the panel's whatever the spelling
+(:func:`immunomon.markernames.find_marker`). Each marker gets a threshold (from the table,
+or Otsu's split of the cluster medians), each rule a signed margin ``(median − threshold) /
+sd`` in pooled within-cluster SDs, and each cluster the most specific population whose rules
+it satisfies, with a confidence in ``[0, 1]``. Several clusters may carry the same population;
+``label_rank`` orders them by confidence (1 = best match).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import pandas as pd
 import yaml
 
 from immunomon.errors import UserError
+from immunomon.markernames import find_marker
 
 __all__ = ["MarkerTable", "load_marker_table", "otsu_threshold", "annotate_clusters", "UNASSIGNED"]
 
@@ -31,9 +35,10 @@ _SIGN = {"+": 1, "hi": 1, "-": -1, "lo": -1}
 
 @dataclass
 class MarkerTable:
-    """Parsed marker table: population → {marker: +1 / −1}, thresholds and settings."""
+    """Parsed marker table: population → alternative rule sets ({marker: +1 / −1} each),
+    thresholds and settings."""
 
-    populations: dict[str, dict[str, int]]
+    populations: dict[str, list[dict[str, int]]]
     thresholds: dict[str, float] = field(default_factory=dict)
     min_margin: float = 0.5
     full_margin: float = 2.0
@@ -61,17 +66,22 @@ def load_marker_table(path: str | Path | None = None) -> MarkerTable:
         raise UserError(f"{where}: not valid YAML ({err})") from err
     problems, populations = [], {}
     for name, rules in (doc.get("populations") or {}).items():
-        tokens = rules.split() if isinstance(rules, str) else list(rules or [])
-        parsed = {}
-        for token in tokens:
-            m = _RULE.match(str(token))
-            if not m:
-                problems.append(f"{where}: population {name!r}: rule {token!r} is not <marker>+|-|hi|lo")
-                continue
-            parsed[m["marker"]] = _SIGN[m["level"]]
-        if not parsed:
+        text = rules if isinstance(rules, str) else " ".join(map(str, rules or []))
+        alternatives = []
+        for part in text.split("|"):
+            parsed = {}
+            for token in part.split():
+                m = _RULE.match(str(token))
+                if not m:
+                    problems.append(f"{where}: population {name!r}: rule {token!r} is not "
+                                    f"<marker>+|-|hi|lo")
+                    continue
+                parsed[m["marker"]] = _SIGN[m["level"]]
+            if parsed:
+                alternatives.append(parsed)
+        if not alternatives:
             problems.append(f"{where}: population {name!r} has no rules")
-        populations[str(name)] = parsed
+        populations[str(name)] = alternatives
     if not populations:
         problems.append(f"{where}: no populations")
     if problems:
@@ -95,6 +105,18 @@ def otsu_threshold(values: np.ndarray) -> float:
     between[v[1:] == v[:-1]] = -1.0  # never split between equal values
     i = int(np.argmax(between))
     return float((v[i] + v[i + 1]) / 2)
+
+
+def _usable(table: MarkerTable, columns: list[str]) -> list[tuple[str, dict[str, int]]]:
+    """(population, rules on the panel's column names) of every rule set whose markers the
+    panel has."""
+    out = []
+    for name, alternatives in table.populations.items():
+        for rules in alternatives:
+            named = {find_marker(m, columns): sign for m, sign in rules.items()}
+            if None not in named:
+                out.append((name, named))
+    return out
 
 
 def annotate_clusters(
@@ -125,9 +147,7 @@ def annotate_clusters(
     best = []
     for cluster in medians.index:
         choice = (0, 0.0, UNASSIGNED)
-        for name, rules in table.populations.items():
-            if any(m not in margin.columns for m in rules):
-                continue
+        for name, rules in _usable(table, list(margin.columns)):
             signed = np.array([sign * margin.at[cluster, m] for m, sign in rules.items()])
             satisfied = int((signed >= table.min_margin).sum())
             if satisfied < table.min_fraction * len(rules):

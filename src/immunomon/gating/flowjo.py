@@ -4,10 +4,14 @@ A workspace holds, per sample, a spillover matrix (``transforms:spilloverMatrix`
 ``prefix`` such as ``Comp-``; or a reference to a workspace-level matrix), one display
 transform per channel (``biex``, ``logicle``, ``hyperlog``, ``linear``, ``log``, ``fasinh``)
 and a tree of ``Population`` nodes (plus ``And``/``Or``/``NotNode`` boolean nodes), each
-with one Gating-ML rectangle or polygon gate whose coordinates are in compensated,
-*untransformed* data units (``eventsInside="0"`` = the complement). FlowJo draws and
-applies gates on the transformed (display) scale, so polygon vertices and rectangle
-bounds are mapped through the channel's transform and events are compared there.
+with one gate: Gating-ML rectangles and polygons, whose coordinates are in compensated,
+*untransformed* data units (``eventsInside="0"`` = the complement); FlowJo ellipses, whose
+foci and edge points are on FlowJo's 256-channel display of each axis; and curly quadrants
+(``CurlyQuad``: a crosshair whose arms bend away from the double-positive quadrant, as
+y = y0 + 0.001·(x − x0)² on the 256-channel display — CytoML's reading, FlowJo publishes no
+formula). FlowJo draws and applies gates on the transformed (display) scale, so vertices and
+bounds are mapped through the channel's transform and events are compared there. Each
+sample carries its own gate tree (group gates copied in, sample-specific edits kept).
 
 :func:`read_wsp` gives a :class:`FlowJoWorkspace`; ``ws.sample(name).gate(events)`` gates
 a DataFrame of the file's raw (scaled, uncompensated) channels and
@@ -32,7 +36,8 @@ from immunomon.errors import UserError
 from immunomon.preprocess import transforms as tr
 
 from .xmlfile import read_xml_bytes
-from .gates import BooleanGate, Dimension, GatingResult, GatingStrategy, PolygonGate, RectangleGate
+from .gates import (BooleanGate, Dimension, EllipsoidGate, Gate, GatingResult, GatingStrategy,
+                    PolygonGate, RectangleGate)
 
 __all__ = ["read_wsp", "parse_wsp", "FlowJoWorkspace", "FlowJoSample"]
 
@@ -71,6 +76,13 @@ class FlowJoSample:
     transforms: dict = field(default_factory=dict)
     strategy: GatingStrategy = field(default_factory=GatingStrategy)
     flowjo_counts: dict = field(default_factory=dict)
+    keywords: dict = field(default_factory=dict)
+
+    def file_names(self) -> set[str]:
+        """Names this sample's FCS file goes by: ``$FIL``, the node name, the data set URI's
+        file name."""
+        names = {self.keywords.get("$FIL", ""), self.name, Path(self.uri.replace("\\", "/")).name}
+        return {n for n in names if n}
 
     @property
     def gate_paths(self) -> list[str]:
@@ -98,14 +110,35 @@ class FlowJoWorkspace:
     samples: dict[str, FlowJoSample]
     groups: dict[str, list[str]]
 
+    def match(self, file_name: str, fil: str | None = None, group: str | None = None) -> FlowJoSample:
+        """The workspace sample of an FCS file, matched by its ``$FIL`` keyword or its file
+        name (within ``group`` when given). A file the workspace lacks, or matches twice, is a
+        :class:`UserError` naming both."""
+        pool = self._pool(group)
+        keys = {k for k in (fil, file_name) if k}
+        hits = [s for s in pool if s.file_names() & keys]
+        where = f"{self.path}" + (f" (group {group!r})" if group else "")
+        if not hits:
+            raise UserError(f"{where}: no sample matches {file_name}"
+                            + (f" ($FIL {fil!r})" if fil and fil != file_name else "")
+                            + f"; the workspace has {', '.join(sorted(s.name for s in pool)) or 'none'}")
+        if len(hits) > 1:
+            raise UserError(f"{where}: {file_name} matches {len(hits)} samples "
+                            f"({', '.join(s.name + ' #' + s.sample_id for s in hits)}); keep one in "
+                            f"the group or choose another group (wsp_group)")
+        return hits[0]
+
+    def _pool(self, group: str | None) -> list[FlowJoSample]:
+        if group is None:
+            return list(self.samples.values())
+        if group not in self.groups:
+            raise UserError(f"{self.path}: no sample group {group!r} (groups: {sorted(self.groups)})")
+        return [self.samples[i] for i in self.groups[group] if i in self.samples]
+
     def sample(self, name: str | None = None, group: str | None = None) -> FlowJoSample:
         """Pick a sample by node name, file name or id; ``None`` if the workspace (or group)
         holds exactly one."""
-        pool = list(self.samples.values())
-        if group is not None:
-            if group not in self.groups:
-                raise UserError(f"{self.path}: no sample group {group!r} (groups: {sorted(self.groups)})")
-            pool = [self.samples[i] for i in self.groups[group] if i in self.samples]
+        pool = self._pool(group)
         if name is None:
             if len(pool) != 1:
                 raise UserError(f"{self.path}: {len(pool)} samples; choose one with --sample "
@@ -213,6 +246,7 @@ def _parse_sample(el, source: str, shared: dict) -> FlowJoSample:
         raise UserError(f"{source}: a <Sample> has no <SampleNode>")
     sid = node.get("sampleID") or (ds.get("sampleID") if ds is not None else "")
     s = FlowJoSample(sample_id=sid, name=node.get("name", sid), uri=ds.get("uri", "") if ds is not None else "")
+    s.keywords = {k.get("name", "").upper(): k.get("value", "") for k in el.iterfind("Keywords/Keyword")}
     mat = el.find(_T + "spilloverMatrix")
     matrix_id = None
     if mat is not None and not list(mat.iter(_T + "spillover")) and mat.get(_T + "id") in shared:
@@ -288,6 +322,108 @@ def _walk(subs, parent: str | None, s: FlowJoSample, strategy: GatingStrategy, m
             _walk(child, path, s, strategy, matrix_id, source)
 
 
+#: FlowJo's display resolution of every axis (ellipse and curly-quadrant coordinates).
+DISPLAY_CHANNELS = 256.0
+#: Curvature of a curly quadrant's arms on the 256-channel display (CytoML's value).
+CURL = 0.001
+
+
+def _display_range(t) -> float:
+    """Width of a transform's output (FlowJo's display axis): 4096 for biex, 1 for the
+    Gating-ML transforms, 262144 data units for an untransformed axis."""
+    if t is None:
+        return 262144.0
+    if isinstance(t, tr.FlowJoBiexTransform):
+        return float(t.channels)
+    return 1.0
+
+
+def _points(el, tag: str, n: int, where: str) -> np.ndarray:
+    block = el.find(_G + tag)
+    verts = [] if block is None else block.findall(_G + "vertex")
+    out = []
+    for v in verts:
+        cs = [_float(c.get(_D + "value"), where, tag) for c in v.findall(_G + "coordinate")]
+        if len(cs) != n:
+            raise UserError(f"{where}: an ellipse {tag} vertex has {len(cs)} coordinates for {n} dimensions")
+        out.append(cs)
+    return np.array(out, dtype=np.float64).reshape(-1, n)
+
+
+def _ellipse(el, gate_id, dims, parent, xforms, where) -> EllipsoidGate:
+    """A FlowJo ellipse (two foci and four edge points on the 256-channel display) as an
+    :class:`EllipsoidGate` on the transformed scale of its two axes."""
+    if len(dims) != 2:
+        raise UserError(f"{where}: an ellipse needs 2 dimensions, has {len(dims)}")
+    foci, edges = _points(el, "foci", 2, where), _points(el, "edge", 2, where)
+    if len(foci) != 2 or len(edges) < 3:
+        raise UserError(f"{where}: a FlowJo ellipse needs 2 foci and 4 edge points "
+                        f"(found {len(foci)} and {len(edges)})")
+    centre = foci.mean(axis=0)
+    half_focal = float(np.linalg.norm(foci[1] - foci[0]) / 2)
+    if half_focal > 0:
+        u = (foci[1] - foci[0]) / (2 * half_focal)
+    else:  # a circle: any direction
+        u = np.array([1.0, 0.0])
+    along = np.abs((edges - centre) @ u)
+    a = float(along.max()) if half_focal > 0 else float(np.linalg.norm(edges - centre, axis=1).max())
+    if not a > half_focal:
+        raise UserError(f"{where}: ellipse edge points lie inside its foci")
+    b = float(np.sqrt(a * a - half_focal * half_focal))
+    rot = np.column_stack([u, [-u[1], u[0]]])
+    precision_display = rot @ np.diag([1 / a**2, 1 / b**2]) @ rot.T
+    scale = np.diag([DISPLAY_CHANNELS / _display_range(t) for t in xforms])  # transformed → display
+    precision = scale @ precision_display @ scale
+    return EllipsoidGate(gate_id, dims, parent, mean=np.linalg.solve(scale, centre),
+                         covariance=np.linalg.inv(precision), distance_square=1.0)
+
+
+@dataclass
+class CurlyQuadrantGate(Gate):
+    """One quadrant of a FlowJo curly quadrant: crosshair ``(x0, y0)`` on the 256-channel
+    display, arms bending away from the double-positive quadrant
+    (``y = y0 + c·(x − x0)²`` right of ``x0``, ``x = x0 + c·(y − y0)²`` above ``y0``).
+    ``right``/``top``: which side of each arm; ``scales``: transformed units → display."""
+
+    x0: float = 0.0
+    y0: float = 0.0
+    right: bool = True
+    top: bool = True
+    scales: tuple[float, float] = (1.0, 1.0)
+    curl: float = CURL
+
+    def evaluate(self, data):
+        x = self.dimensions[0].values(data) * self.scales[0]
+        y = self.dimensions[1].values(data) * self.scales[1]
+        arm_y = self.y0 + self.curl * np.maximum(x - self.x0, 0.0) ** 2  # the horizontal arm
+        arm_x = self.x0 + self.curl * np.maximum(y - self.y0, 0.0) ** 2  # the vertical arm
+        if self.right and self.top:
+            return (x >= arm_x) & (y >= arm_y)
+        if self.top:
+            return (y >= self.y0) & (x < arm_x)
+        if self.right:
+            return (x >= self.x0) & (y < arm_y)
+        return (x < self.x0) & (y < self.y0)
+
+
+def _curly_quadrant(el, gate_id, dims, parent, xforms, where) -> CurlyQuadrantGate:
+    """A ``CurlyQuad`` population: its crosshair from the dimensions' min/max (data units)."""
+    if len(dims) != 2:
+        raise UserError(f"{where}: a curly quadrant needs 2 dimensions, has {len(dims)}")
+    centre, sides = [], []
+    for (d, _), t in zip(dims, xforms):
+        lo, hi = d.get(_G + "min"), d.get(_G + "max")
+        if lo is None and hi is None:
+            raise UserError(f"{where}: a curly-quadrant dimension has neither min nor max")
+        value = _float(lo if lo is not None else hi, where, "curly quadrant")
+        scale = DISPLAY_CHANNELS / _display_range(t)
+        centre.append(_fwd(t, value) * scale)
+        sides.append(lo is not None)
+    scales = tuple(DISPLAY_CHANNELS / _display_range(t) for t in xforms)
+    return CurlyQuadrantGate(gate_id, [dm for _, dm in dims], parent, x0=centre[0], y0=centre[1],
+                             right=sides[0], top=sides[1], scales=scales)
+
+
 def _convert_gate(el, path, parent, s, matrix_id, where):
     kind = el.tag.rpartition("}")[2]
     dims, xforms = [], []
@@ -315,9 +451,14 @@ def _convert_gate(el, path, parent, s, matrix_id, where):
             verts.append([_fwd(t, c) for t, c in zip(xforms, cs)])
         gate = PolygonGate(path if inside else path + " (inside)", [dm for _, dm in dims], parent,
                            vertices=np.array(verts))
+    elif kind == "EllipsoidGate":
+        gate = _ellipse(el, path if inside else path + " (inside)", [dm for _, dm in dims], parent,
+                        xforms, where)
+    elif kind == "CurlyQuad":
+        gate = _curly_quadrant(el, path if inside else path + " (inside)", dims, parent, xforms, where)
     else:
         raise UserError(f"{where}: FlowJo gate type {kind!r} is not supported (RectangleGate, PolygonGate, "
-                        "boolean And/Or/Not nodes)")
+                        "EllipsoidGate, CurlyQuad, boolean And/Or/Not nodes)")
     if inside:
         return [gate]
     gate.parent = None  # the complement is taken within the parent by the boolean gate

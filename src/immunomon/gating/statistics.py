@@ -21,6 +21,11 @@ Units and scales
   are reported as they are (``geo_mean`` is then the arithmetic mean).
 * ``pct_positive`` is the percentage of the population's events above the marker's
   positivity threshold (on the transformed scale); NaN for markers without a threshold.
+* The ``parameters`` table's ``value`` is linear; for intensity measures (``median``,
+  ``gmfi``) ``value_transformed`` is the same statistic on the panel's transformed scale
+  (the median of the transformed values; the mean of the transformed values for gMFI) and
+  ``transform`` names that scale (``arcsinh(150)``): differences of these are the effects
+  diffcyt reports. Other measures: NaN and "".
 
 Parameter strings (docs/architecture.md): ``<pop> % of <denominator>``, ``<pop> count/uL``,
 ``<pop> <marker>+ %``, ``<marker> median in <pop>``, ``<marker> gMFI in <pop>``,
@@ -38,7 +43,22 @@ import pandas as pd
 
 POPULATIONS_COLUMNS = ["sample_id", "population", "path", "parent", "count", "freq_parent", "freq_total", "abs_per_ul"]
 MARKERS_COLUMNS = ["sample_id", "population", "marker", "median", "geo_mean", "pct_positive"]
-PARAMETERS_COLUMNS = ["sample_id", "parameter", "population", "measure", "value"]
+PARAMETERS_COLUMNS = ["sample_id", "parameter", "population", "measure", "value", "value_transformed",
+                      "transform"]
+
+
+def transform_label(transform: Any) -> str:
+    """A transform as text for tables and methods: ``arcsinh(150)``,
+    ``logicle(T=262144, W=0.5, M=4.5, A=0)``; ``""`` for none (linear)."""
+    if transform is None:
+        return ""
+    name = type(transform).__name__.removesuffix("Transform").lower()
+    if name == "arcsinh":
+        return f"arcsinh({transform.cofactor:g})"
+    fields = getattr(transform, "__dataclass_fields__", {})
+    args = ", ".join(f"{k}={getattr(transform, k):g}" for k in fields
+                     if not k.startswith("_") and isinstance(getattr(transform, k), (int, float)))
+    return f"{name}({args})"
 
 
 def ancestors(population: str, parents: Mapping[str, str | None]) -> list[str]:
@@ -154,15 +174,17 @@ def marker_table(
     Returns
     -------
     pd.DataFrame
-        Columns :data:`MARKERS_COLUMNS` (+ ``n``, the population's event count); median
-        and geo_mean on the linear scale, pct_positive in 0–100. Empty populations give
-        NaN.
+        Columns :data:`MARKERS_COLUMNS` (+ ``n``, the population's event count, and
+        ``median_transformed``, ``mean_transformed``, ``transform``: the statistics on the
+        transformed scale and its name, NaN / "" for untransformed markers); median and
+        geo_mean on the linear scale, pct_positive in 0–100. Empty populations give NaN.
     """
     transforms = transforms or {}
     thresholds = thresholds or {}
     markers = list(markers)
     x = events[markers].to_numpy(dtype=np.float64)
     thr = np.array([thresholds.get(m, np.nan) for m in markers], dtype=np.float64)
+    labels = [transform_label(transforms.get(m)) for m in markers]
     rows = []
     for pop, mask in memberships.items():
         sub = x[np.asarray(mask, dtype=bool)]
@@ -177,8 +199,11 @@ def marker_table(
         for j, marker in enumerate(markers):
             t = transforms.get(marker)
             rows.append((sample_id, pop, marker, float(_linear(med[j : j + 1], t)[0]),
-                         float(_linear(mean[j : j + 1], t)[0]), float(pos[j]), n))
-    return pd.DataFrame(rows, columns=MARKERS_COLUMNS + ["n"]).astype({"n": "int64"})
+                         float(_linear(mean[j : j + 1], t)[0]), float(pos[j]), n,
+                         float(med[j]) if t is not None else np.nan,
+                         float(mean[j]) if t is not None else np.nan, labels[j]))
+    return pd.DataFrame(rows, columns=MARKERS_COLUMNS + ["n", "median_transformed", "mean_transformed",
+                                                         "transform"]).astype({"n": "int64"})
 
 
 @dataclass
@@ -227,6 +252,24 @@ class ParameterSpec:
             exclude=[str(p) for p in (d.get("exclude") or [])],
         )
 
+    def restricted(self, populations: set[str], markers: Mapping[str, str]) -> "ParameterSpec":
+        """The parameters a panel can report: entries naming a population not in
+        ``populations`` or a marker not in ``markers`` (template name → column name) left
+        out, marker names replaced by the panel's column names."""
+        def names(ms):
+            return [markers[m] for m in ms if m in markers]
+
+        return ParameterSpec(
+            percent_of={p: [d for d in ds if d in populations]
+                        for p, ds in self.percent_of.items() if p in populations},
+            count_per_ul=[p for p in self.count_per_ul if p in populations],
+            positive={p: names(ms) for p, ms in self.positive.items() if p in populations},
+            median={p: names(ms) for p, ms in self.median.items() if p in populations},
+            gmfi={p: names(ms) for p, ms in self.gmfi.items() if p in populations},
+            ratios=[(a, b) for a, b in self.ratios if a in populations and b in populations],
+            exclude=list(self.exclude),
+        )
+
     def populations(self) -> set[str]:
         """Every population named anywhere in the spec."""
         names = set(self.percent_of) | set(self.count_per_ul) | set(self.positive) | set(self.median) | set(self.gmfi)
@@ -263,9 +306,15 @@ def parameter_table(populations: pd.DataFrame, markers: pd.DataFrame, spec: Para
     mk = markers.set_index(["population", "marker"])
     rows: list[tuple] = []
 
-    def add(parameter: str, population: str, measure: str, value: float) -> None:
+    def add(parameter: str, population: str, measure: str, value: float,
+            transformed: float = float("nan"), transform: str = "") -> None:
         if parameter not in spec.exclude:
-            rows.append((sid, parameter, population, measure, float(value)))
+            rows.append((sid, parameter, population, measure, float(value), float(transformed), transform))
+
+    def scaled(pop: str, m: str, column: str) -> tuple[float, str]:
+        if "transform" not in mk.columns:
+            return float("nan"), ""
+        return float(mk.at[(pop, m), column]), str(mk.at[(pop, m), "transform"] or "")
 
     for pop in counts:
         dens = ([parents[pop]] if parents[pop] else []) + [d for d in spec.percent_of.get(pop, []) if d != parents[pop]]
@@ -278,10 +327,13 @@ def parameter_table(populations: pd.DataFrame, markers: pd.DataFrame, spec: Para
             add(f"{pop} {m}+ %", pop, "pct_positive", mk.at[(pop, m), "pct_positive"])
     for pop, names in spec.median.items():
         for m in names:
-            add(f"{m} median in {pop}", pop, "median", mk.at[(pop, m), "median"])
+            add(f"{m} median in {pop}", pop, "median", mk.at[(pop, m), "median"],
+                *scaled(pop, m, "median_transformed"))
     for pop, names in spec.gmfi.items():
         for m in names:
-            add(f"{m} gMFI in {pop}", pop, "gmfi", mk.at[(pop, m), "geo_mean"])
+            add(f"{m} gMFI in {pop}", pop, "gmfi", mk.at[(pop, m), "geo_mean"],
+                *scaled(pop, m, "mean_transformed"))
     for a, b in spec.ratios:
         add(f"{a}/{b} ratio", a, "ratio", counts[a] / counts[b] if counts[b] > 0 else float("nan"))
-    return pd.DataFrame(rows, columns=PARAMETERS_COLUMNS)
+    return pd.DataFrame(rows, columns=PARAMETERS_COLUMNS).astype({"value_transformed": "float64",
+                                                                  "transform": "object"})

@@ -10,7 +10,14 @@ sample's own events, so one template serves every file of a trial:
     the deepest density minimum of the dimension within ``[lo, hi]``
     (:func:`immunomon.preprocess.qc.density_valley`), computed on the parent's events, or
     on the events of ``within: <population>``; ``adjust`` scales the KDE bandwidth;
-    ``log: true`` looks for it on a log10 scale (scatter);
+    ``log: true`` looks for it on a log10 scale (scatter). A position that sits on its
+    search bound (no valley between two peaks inside it) is flagged ``at_bound``;
+``{valley: auto}``
+    searched between the 1st and 99th percentiles of the events (scale-free: the built-in
+    ``lineage`` and ``mass`` templates use it, whatever the transform), the valley that best
+    separates two populations (:func:`immunomon.preprocess.qc.separating_valley`: Otsu's
+    criterion among the valleys between density peaks, so that the dips of zero-inflated
+    mass-cytometry data or of a dim shoulder are passed over);
 ``{mad: k}`` / ``{mad: -k}``
     ``median ± k · MAD`` of the dimension in the parent (or ``within``) population.
 
@@ -27,7 +34,14 @@ Gate types (``gate: {type: ...}``):
     ``x`` (FSC-A), ``y`` (FSC-H), ``mad: k``: the wedge of events whose ratio ``x / y`` lies
     within ``median ± k · MAD`` of the parent (``ratio_min``/``ratio_max`` fix it);
 ``not``
-    ``of: <population>``: the parent's events outside that population.
+    ``of: <population>``: the parent's events outside that population;
+``all``
+    every event of the parent (a root population after QC).
+
+A population may list alternative gates (``gate: [{...}, {...}]``: the first whose markers the
+panel has, e.g. B cells by CD19 or by CD20) and be ``optional: true`` (left out, with its
+descendants, when the panel lacks its markers). Marker names match whatever the spelling
+(``HLADR`` = ``HLA-DR``, ``CD8a`` = ``CD8``, :func:`immunomon.markernames.find_marker`).
 
 Every manual decision is written in the same file under ``overrides``::
 
@@ -57,10 +71,14 @@ from immunomon.errors import UserError
 from immunomon.events import frame_columns
 from immunomon.gating.gates import BooleanGate, Gate, GatingStrategy, PolygonGate, RectangleGate
 from immunomon.gating.statistics import ParameterSpec
-from immunomon.preprocess.qc import MAD_SCALE, PROBE_EVENTS, VALLEY_EVENTS, density_valley, median
+from immunomon.markernames import find_marker
+from immunomon.preprocess.qc import (MAD_SCALE, PROBE_EVENTS, VALLEY_EVENTS, at_bound,
+                                     density_valley, median, separating_valley)
 
-THRESHOLD_COLUMNS = ["sample_id", "population", "dimension", "bound", "value", "source"]
-GATE_TYPES = ("rectangle", "polygon", "singlets", "not")
+THRESHOLD_COLUMNS = ["sample_id", "population", "dimension", "bound", "value", "source", "at_bound"]
+GATE_TYPES = ("rectangle", "polygon", "singlets", "not", "all")
+#: Percentiles of the events between which ``{valley: auto}`` searches.
+AUTO_BOUNDS = (1.0, 99.0)
 
 
 def builtin_template_path(name: str) -> Path:
@@ -68,14 +86,48 @@ def builtin_template_path(name: str) -> Path:
     return Path(str(resources.files("immunomon.gating").joinpath("templates", f"{name}.yaml")))
 
 
+class AllEvents(Gate):
+    """Every event (the ``all`` gate type: a root population of QC-passed events)."""
+
+    def evaluate(self, data: Mapping[str, Any]) -> np.ndarray:
+        n = len(next(iter(data.values()))) if len(data) else 0
+        return np.ones(n, dtype=bool)
+
+
+def _gate_markers(g: Mapping) -> list[str]:
+    """Markers a gate spec uses."""
+    kind = g.get("type")
+    if kind in ("polygon", "singlets"):
+        return [g["x"], g["y"]]
+    if kind in ("not", "all"):
+        return []
+    return [k for k in g if k not in ("type", "sequential")]
+
+
+def _rename_gate(g: Mapping, names: Mapping[str, str]) -> dict:
+    """A gate spec with its markers renamed to the panel's column names."""
+    out = dict(g)
+    if g.get("type") in ("polygon", "singlets"):
+        out["x"], out["y"] = names.get(g["x"], g["x"]), names.get(g["y"], g["y"])
+    elif g.get("type") == "rectangle":
+        out = {names.get(k, k): v for k, v in g.items()}
+    return out
+
+
 @dataclass
 class PopulationSpec:
-    """One population of a template: name, parent, gate spec (as in the YAML) and plot axes."""
+    """One population of a template: name, parent, gate spec (as in the YAML; a list =
+    alternatives, the first whose markers exist), plot axes, and whether it is optional."""
 
     name: str
     parent: str | None
-    gate: dict
+    gate: dict | list
     plot: tuple[str, str] | None = None
+    optional: bool = False
+
+    @property
+    def gates(self) -> list[dict]:
+        return list(self.gate) if isinstance(self.gate, list) else [self.gate]
 
 
 @dataclass
@@ -92,11 +144,14 @@ class TemplateGating:
     parents
         Population → parent population (``None`` at the top).
     plots
-        Population → ``(x, y)`` marker names of its bivariate plot.
+        Population → ``(x, y)`` marker names of its bivariate plot (None: not drawn).
     positivity
         Marker → positivity threshold (transformed scale).
     thresholds
         Every resolved position: :data:`THRESHOLD_COLUMNS`.
+    parameters
+        What the ``parameters`` table reports for this sample: the template's list without
+        the populations and markers this panel lacks.
     """
 
     memberships: dict[str, np.ndarray]
@@ -105,6 +160,7 @@ class TemplateGating:
     plots: dict[str, tuple[str, str]]
     positivity: dict[str, float]
     thresholds: pd.DataFrame
+    parameters: ParameterSpec = field(default_factory=ParameterSpec)
 
     def strategy(self) -> GatingStrategy:
         """The resolved gates as a :class:`~immunomon.gating.gates.GatingStrategy` (on the
@@ -180,16 +236,19 @@ class GatingTemplate:
                 problems.append(f"{where} ({name}): parent {parent!r} is not defined above it")
             if name in seen:
                 problems.append(f"{where}: population {name!r} defined twice")
-            if not isinstance(gate, Mapping) or gate.get("type") not in GATE_TYPES:
-                problems.append(f"{where} ({name}): gate type must be one of {list(GATE_TYPES)}")
-            elif gate["type"] == "not" and gate.get("of") not in seen:
-                problems.append(f"{where} ({name}): 'of' must name a population defined above")
+            alternatives = gate if isinstance(gate, list) and gate else [gate]
+            for g in alternatives:
+                if not isinstance(g, Mapping) or g.get("type") not in GATE_TYPES:
+                    problems.append(f"{where} ({name}): gate type must be one of {list(GATE_TYPES)}")
+                elif g["type"] == "not" and g.get("of") not in seen:
+                    problems.append(f"{where} ({name}): 'of' must name a population defined above")
             plot = p.get("plot")
             if plot is not None and (not isinstance(plot, list) or len(plot) != 2):
                 problems.append(f"{where} ({name}): plot must be [x, y]")
             seen.add(name)
-            pops.append(PopulationSpec(name, parent, dict(gate) if isinstance(gate, Mapping) else {},
-                                       tuple(plot) if plot else None))
+            gates = [dict(g) if isinstance(g, Mapping) else {} for g in alternatives]
+            pops.append(PopulationSpec(name, parent, gates if len(gates) > 1 else gates[0],
+                                       tuple(plot) if plot else None, bool(p.get("optional", False))))
         if not pops:
             problems.append(f"{source}: no populations")
         try:
@@ -228,16 +287,45 @@ class GatingTemplate:
         return [p.name for p in self.populations]
 
     def markers(self) -> list[str]:
-        """Every marker a gate, plot or positivity threshold of the template uses."""
+        """Every marker a gate (any alternative), plot or positivity threshold of the template
+        uses."""
         names: list[str] = []
         for p in self.populations:
-            g = p.gate
-            dims = [g["x"], g["y"]] if g.get("type") in ("polygon", "singlets") else (
-                [] if g.get("type") == "not" else [k for k in g if k not in ("type", "sequential")])
-            for m in [*dims, *(p.plot or ())]:
+            for m in [*(m for g in p.gates for m in _gate_markers(g)), *(p.plot or ())]:
                 if m not in names:
                     names.append(m)
         return names + [m for m in self.positivity if m not in names]
+
+    def resolve(self, columns: list[str], sample_id: str = "") -> tuple[list[PopulationSpec], dict[str, str]]:
+        """The populations this panel can gate — each with the first gate alternative whose
+        markers it has, optional populations (and their descendants) without one left out —
+        and the template marker → column name mapping. A required population the panel
+        cannot gate is a :class:`UserError` naming the missing markers."""
+        names = {m: find_marker(m, columns) for m in self.markers()}
+        kept: list[PopulationSpec] = []
+        present: set[str] = set()
+        missing_required: list[str] = []
+        for p in self.populations:
+            if p.parent is not None and p.parent not in present:
+                continue
+            gate = next((g for g in p.gates if all(names.get(m) for m in _gate_markers(g))), None)
+            if gate is not None and gate.get("type") == "not" and gate.get("of") not in present:
+                gate = None
+            if gate is None:
+                if not p.optional:
+                    lacking = sorted({m for g in p.gates for m in _gate_markers(g) if not names.get(m)})
+                    missing_required.append(f"{p.name} ({', '.join(lacking) or 'its reference population'})")
+                continue
+            plot = tuple(names.get(m) or m for m in p.plot) if p.plot else None
+            if plot and not all(m in columns for m in plot):
+                plot = None
+            kept.append(PopulationSpec(p.name, p.parent, _rename_gate(gate, names), plot, p.optional))
+            present.add(p.name)
+        if missing_required:
+            raise UserError(f"{self.source}: marker(s) used by the template are not in sample "
+                            f"{sample_id!r}: populations {'; '.join(missing_required)} "
+                            f"(columns: {list(columns)})")
+        return kept, {m: c for m, c in names.items() if c}
 
     def apply(self, events: pd.DataFrame, sample_id: str = "") -> TemplateGating:
         """Resolve the template's positions on one sample's events and gate them.
@@ -250,12 +338,10 @@ class GatingTemplate:
         sample_id
             Selects the sample's ``overrides``; written in the thresholds table.
         """
-        missing = [m for m in self.markers() if m not in events.columns]
-        if missing:
-            raise UserError(f"{self.source}: marker(s) {missing} used by the template are not in sample "
-                            f"{sample_id!r} (columns: {list(events.columns)})")
+        populations, names = self.resolve(list(events.columns), sample_id)
         columns = frame_columns(events)
-        cols = {m: columns[m] for m in self.markers()}
+        used = {m for p in populations for g in p.gates for m in _gate_markers(g)}
+        cols = {m: columns[m] for m in used | {names[m] for m in self.positivity if m in names}}
         n = len(events)
         override = self.overrides.get(sample_id, {})
         memberships: dict[str, np.ndarray] = {}
@@ -263,12 +349,16 @@ class GatingTemplate:
         gates: dict[str, Gate] = {}
         rows: list[tuple] = []
         resolver = _Resolver(cols, indices, sample_id, rows)
-        for pop in self.populations:
-            spec = _deep_merge(pop.gate, override[pop.name]) if pop.name in override else pop.gate
-            resolver.override = override.get(pop.name, {})
+        for pop in populations:
+            changes = {names.get(k, k): v for k, v in override.get(pop.name, {}).items()}
+            spec = _deep_merge(pop.gate, changes) if changes else pop.gate
+            resolver.override = changes
             gate = resolver.gate(pop.name, pop.parent, spec)
             parent = memberships.get(pop.parent)  # None: the root population
-            if isinstance(gate, (BooleanGate, RectangleGate)):  # cheap per event: on every event
+            if isinstance(gate, AllEvents):
+                mask = parent.copy() if parent is not None else np.ones(n, dtype=bool)
+                indices[pop.name] = np.flatnonzero(mask)
+            elif isinstance(gate, (BooleanGate, RectangleGate)):  # cheap per event: on every event
                 mask = gate.evaluate(memberships if isinstance(gate, BooleanGate) else cols)
                 mask = mask & parent if parent is not None else mask
                 indices[pop.name] = np.flatnonzero(mask)
@@ -280,16 +370,20 @@ class GatingTemplate:
             memberships[pop.name] = mask
             gates[pop.name] = gate
         positivity = {}
-        root = self.populations[0].name
+        root = populations[0].name
         for marker, spec in self.positivity.items():
+            column = names.get(marker)
+            on = spec.get("within", root) if isinstance(spec, Mapping) else root
+            if column is None or on not in memberships:
+                continue  # the panel lacks the marker or the population it is resolved on
             changed = marker in override.get("positivity", {})
             spec = override["positivity"][marker] if changed else spec
-            on = spec.get("within", root) if isinstance(spec, Mapping) else root
-            positivity[marker] = resolver.value(spec, marker, on, "positivity", "min", overridden=changed)
-        parents = {p.name: p.parent for p in self.populations}
-        plots = {p.name: p.plot or _default_plot(gates[p.name]) for p in self.populations}
+            positivity[column] = resolver.value(spec, column, on, "positivity", "min", overridden=changed)
+        parents = {p.name: p.parent for p in populations}
+        plots = {p.name: p.plot or _default_plot(gates[p.name], list(events.columns)) for p in populations}
         return TemplateGating(memberships, gates, parents, plots, positivity,
-                              pd.DataFrame(rows, columns=THRESHOLD_COLUMNS))
+                              pd.DataFrame(rows, columns=THRESHOLD_COLUMNS),
+                              self.parameters.restricted(set(memberships), names))
 
 
 def _non_string_keys(node: Any, where: str = "") -> list[tuple[str, Any]]:
@@ -306,11 +400,13 @@ def _non_string_keys(node: Any, where: str = "") -> list[tuple[str, Any]]:
     return out
 
 
-def _default_plot(gate: Gate) -> tuple[str, str] | None:
+def _default_plot(gate: Gate, columns: list[str]) -> tuple[str, str] | None:
+    """The axes a gate is drawn on: its two dimensions, or its one against SSC-A (None when
+    the panel has no such column, e.g. mass cytometry, or the gate has no dimension)."""
     names = [d.name for d in gate.dimensions]
     if len(names) >= 2:
         return names[0], names[1]
-    return (names[0], "SSC-A") if names else None
+    return (names[0], "SSC-A") if names and "SSC-A" in columns else None
 
 
 class _Resolver:
@@ -329,6 +425,7 @@ class _Resolver:
         if spec is None:
             return None
         source = "override" if overridden else None
+        bounded = False
         if isinstance(spec, (int, float)):
             value, source = float(spec), source or "fixed"
         elif isinstance(spec, Mapping) and ("valley" in spec or "mad" in spec):
@@ -342,29 +439,36 @@ class _Resolver:
             kind = "valley" if "valley" in spec else "mad"
             source = source or kind
             if key in self.cache:
-                self.rows.append((self.sample_id, population, dim, bound, self.cache[key], source))
-                return self.cache[key]
+                value, bounded = self.cache[key]
+                self.rows.append((self.sample_id, population, dim, bound, value, source, bounded))
+                return value
             if "valley" in spec and not spec.get("log") and idx.size > VALLEY_EVENTS:  # gather only what
                 # density_valley uses (the same evenly strided subset)
                 idx = idx[:: int(np.ceil(idx.size / VALLEY_EVENTS))]
             x = self.cols[dim][idx]
             if "valley" in spec:
-                lo, hi = (float(b) for b in spec["valley"])
                 adjust = float(spec.get("adjust", 0.5))
-                if spec.get("log"):
-                    x = np.log10(x[x > 0])
-                    value = 10.0 ** density_valley(x, (np.log10(lo), np.log10(hi)), adjust=adjust)
+                if spec["valley"] == "auto":
+                    value, bounded = _auto_valley(x, adjust)
                 else:
-                    value = density_valley(x, (lo, hi), adjust=adjust)
+                    lo, hi = (float(b) for b in spec["valley"])
+                    if spec.get("log"):
+                        x = np.log10(x[x > 0])
+                        found = density_valley(x, (np.log10(lo), np.log10(hi)), adjust=adjust)
+                        bounded = at_bound(found, (np.log10(lo), np.log10(hi)))
+                        value = 10.0 ** found
+                    else:
+                        value = density_valley(x, (lo, hi), adjust=adjust)
+                        bounded = at_bound(value, (lo, hi))
             else:
                 med = float(median(x)[0]) if x.size else float("nan")
                 mad = MAD_SCALE * float(median(np.abs(x - med))[0]) if x.size else float("nan")
                 value = med + float(spec["mad"]) * mad
             if key is not None:
-                self.cache[key] = value
+                self.cache[key] = (value, bounded)
         else:
             raise UserError(f"{population}: {dim} {bound}: {spec!r} is not a number, valley or mad spec")
-        self.rows.append((self.sample_id, population, dim, bound, value, source))
+        self.rows.append((self.sample_id, population, dim, bound, value, source, bounded))
         return value
 
     def gate(self, name: str, parent: str | None, spec: Mapping) -> Gate:
@@ -385,6 +489,8 @@ class _Resolver:
             return RectangleGate(name, dims, parent, bounds=bounds)
         if kind == "polygon":
             return PolygonGate(name, [spec["x"], spec["y"]], parent, vertices=spec["vertices"])
+        if kind == "all":
+            return AllEvents(name, [], parent)
         if kind == "singlets":
             return self._singlets(name, parent, spec)
         return BooleanGate(name, [], parent, operation="not", operands=[spec["of"]])
@@ -405,10 +511,23 @@ class _Resolver:
             key = f"ratio_{bound}"
             source = "override" if key in self.override or "mad" in self.override else (
                 "fixed" if key in spec else "mad")
-            self.rows.append((self.sample_id, name, f"{x}/{y}", bound, value, source))
+            self.rows.append((self.sample_id, name, f"{x}/{y}", bound, value, source, False))
         top = float(spec.get("extent", 1e7))
         vertices = [(0.0, 0.0), (top, top / hi), (top, top / lo)]
         return PolygonGate(name, [x, y], parent, vertices=vertices)
+
+
+def _auto_valley(x: np.ndarray, adjust: float) -> tuple[float, bool]:
+    """``{valley: auto}``: the deepest valley between the :data:`AUTO_BOUNDS` percentiles of
+    ``x``; returns ``(value, at_bound)``."""
+    x = x[np.isfinite(x)]
+    if x.size < 10:
+        return float("nan"), True
+    lo, hi = (float(v) for v in np.percentile(x, AUTO_BOUNDS))
+    if not lo < hi:
+        return lo, True
+    value, found = separating_valley(x, (lo, hi), adjust=adjust)
+    return value, not found
 
 
 def load_template(template: str | Path) -> GatingTemplate:

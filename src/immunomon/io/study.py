@@ -55,7 +55,7 @@ from typing import Literal, Mapping
 import numpy as np
 import pandas as pd
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from immunomon.errors import UserError
 
@@ -63,7 +63,7 @@ from .clinical import read_adverse_events, read_clinical, read_csv_text, where
 from .fcs import FCSError, read_fcs_metadata
 
 #: Built-in gating templates (``gating: {template: <name>}``); any other value is a path.
-BUILTIN_TEMPLATES = ("treg",)
+BUILTIN_TEMPLATES = ("treg", "lineage", "mass")
 SAMPLE_COLUMNS = ("sample_id", "file", "patient_id", "disease", "arm", "visit", "day", "panel",
                   "batch", "control", "dataset", "lymphocytes_per_ul", "excluded_reason")
 _TRUE, _FALSE = {"true", "t", "yes", "y", "1"}, {"false", "f", "no", "n", "0", ""}
@@ -124,11 +124,15 @@ class Gating(_Model):
 
 
 class Transform(_Model):
-    """Transform of the fluorescence channels (``params`` for the non-arcsinh types)."""
+    """Transform of the intensity channels (markers, viability, DNA, beads, barcodes; never
+    scatter, time or Gaussian parameters): ``params`` for the non-arcsinh types, and
+    ``channels`` ($PnN → parameters) for per-channel values merged over ``params`` (e.g. the
+    logicle ``T`` and ``W`` that ``immunomon init`` estimates for every channel)."""
 
     type: Literal["arcsinh", "logicle", "biex", "hyperlog", "log", "linear"] = "arcsinh"
     cofactor: float = Field(150.0, gt=0)
     params: dict[str, float] = Field(default_factory=dict)
+    channels: dict[str, dict[str, float]] = Field(default_factory=dict)
 
 
 class Clustering(_Model):
@@ -168,7 +172,8 @@ class QC(_Model):
     :class:`immunomon.preprocess.qc.QualityControl` (marker names for the columns); a field
     left out keeps that class's default."""
 
-    steps: list[Literal["margins", "time", "doublets", "debris", "dead"]] | None = None
+    steps: list[Literal["margins", "time", "doublets", "debris", "dead", "beads", "dna",
+                        "gaussian"]] | None = None
     max_loss: float | None = Field(None, ge=0, le=1)
     time: str | None = None
     fsc_a: str | None = None
@@ -185,7 +190,11 @@ class QC(_Model):
     doublet_mad: float | None = Field(None, gt=0)
     debris_fsc_bounds: tuple[float, float] | None = None
     debris_ssc_floor: float | None = None
-    dead_bounds: tuple[float, float] | None = None
+    dead_bounds: tuple[float, float] | Literal["auto"] | None = None
+    dna: list[str] | None = None
+    beads: list[str] | None = None
+    gaussian: list[str] | None = None
+    limits: dict[str, float] | None = None
 
     def settings(self) -> dict:
         """The fields that are set, as :class:`QualityControl` keyword arguments."""
@@ -208,6 +217,15 @@ class Panel(_Model):
     clustering: Clustering | None = None
     qc: QC | None = None
     normalisation: Normalisation | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _instrument_transform(cls, data):
+        """Without a ``transform``, a mass-cytometry panel gets arcsinh with cofactor 5 (the
+        field's default, cofactor 150, is conventional flow's)."""
+        if isinstance(data, dict) and data.get("instrument") == "mass" and "transform" not in data:
+            data = {**data, "transform": {"type": "arcsinh", "cofactor": 5.0}}
+        return data
 
     def marker_of(self, channel: str) -> str:
         """The marker measured in ``channel`` ($PnN)."""
@@ -478,7 +496,12 @@ def _check_config(cfg: StudyConfig, path: Path, lines: dict) -> list[str]:
                                 f"to channel '{seen[c.marker]}')")
             seen.setdefault(c.marker, chan)
         if panel.clustering is not None:
-            for m in panel.clustering.markers:
+            table = panel.clustering.marker_table
+            if table and not (root / table).is_file():
+                problems.append(f"{at('panels', pname, 'clustering', 'marker_table')}: panels."
+                                f"{pname}.clustering.marker_table: '{table}' is not an existing "
+                                f"file")
+            for m in panel.clustering.markers or []:
                 if m not in seen:
                     problems.append(f"{at('panels', pname, 'clustering', 'markers')}: panels."
                                     f"{pname}.clustering.markers: '{m}' is not a marker of "
@@ -531,7 +554,7 @@ def _read_samples(path: Path, cfg: StudyConfig, check_files: bool
     root = path.parent
     days = cfg.visit_days
     dataset = pd.to_numeric(df["dataset"].replace("", "1"), errors="coerce")
-    lymph = pd.to_numeric(df["lymphocytes_per_ul"].replace("", np.nan), errors="coerce")
+    lymph = pd.to_numeric(df["lymphocytes_per_ul"].mask(df["lymphocytes_per_ul"] == ""), errors="coerce")
     first_id: dict[str, int] = {}
     first_key: dict[tuple, int] = {}
     first_file: dict[tuple, int] = {}

@@ -17,6 +17,7 @@ from immunomon.errors import UserError
 
 #: Checkers of the study's settings, in the order their problems are listed.
 CHECKS: tuple[str, ...] = (
+    "immunomon.pipeline.supervised:check_gating",
     "immunomon.pipeline.normalise:check_normalisation",
 )
 

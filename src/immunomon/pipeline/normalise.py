@@ -23,7 +23,7 @@ import pandas as pd
 from immunomon.io.clinical import where
 from immunomon.preprocess.normalise import MIN_CELLS, CytoNorm, control_summary
 
-from .prepare import is_fluorescence
+from .prepare import INTENSITY_ROLES
 
 __all__ = ["normalised_panels", "normalisation_markers", "fit_controls", "check_normalisation",
            "fit_panel", "NORMALISE_CODE"]
@@ -41,15 +41,21 @@ def normalised_panels(study) -> list[str]:
             if getattr(panel, "normalisation", None) is not None]
 
 
+def _role(panel, channel: str) -> str:
+    """A panel channel's role: stated, else inferred from its name and marker."""
+    from immunomon.io.discover import channel_role
+
+    c = panel.channels[channel]
+    return c.role or channel_role(channel, c.marker, panel.instrument or "flow")
+
+
 def normalisation_markers(panel) -> list[str]:
     """The markers a panel normalises: ``normalisation.markers``, else every channel whose
-    role is ``marker`` (or, role unstated, every transformed channel whose class is not
-    ``none``)."""
+    role (stated or inferred from the names) is ``marker`` and whose class is not ``none``."""
     if panel.normalisation.markers:
         return list(panel.normalisation.markers)
     return [c.marker for name, c in panel.channels.items()
-            if c.role == "marker" or (c.role is None and is_fluorescence(name)
-                                      and c.marker_class != "none")]
+            if _role(panel, name) == "marker" and c.marker_class != "none"]
 
 
 def _clustering_markers(panel, markers: list[str]) -> list[str]:
@@ -102,10 +108,10 @@ def check_normalisation(study) -> list[str]:
         for m in normalisation_markers(panel):
             if m not in channel_of:
                 problems.append(f"{at}.markers: '{m}' is not a marker of the panel")
-            elif not is_fluorescence(channel_of[m]):
-                problems.append(f"{at}.markers: '{m}' (channel {channel_of[m]}) is not "
-                                f"transformed, so it cannot be normalised on the transformed "
-                                f"scale")
+            elif _role(panel, channel_of[m]) not in INTENSITY_ROLES:
+                problems.append(f"{at}.markers: '{m}' (channel {channel_of[m]}, role "
+                                f"{_role(panel, channel_of[m])}) is not transformed, so it "
+                                f"cannot be normalised on the transformed scale")
         rows = _kept(samples, name)
         is_control = rows["control"].astype(bool)
         for sid in spec.holdout or ():
@@ -306,7 +312,8 @@ def _write_task(job: _WriteJob) -> str:
     from immunomon.preprocess.qc import QualityControl
 
     row = job.study.sample(job.sample_id)
-    f = read_fcs(job.study.path_of(job.sample_id), dataset=int(row.get("dataset", 1) or 1))
+    f = read_fcs(job.study.path_of(job.sample_id), dataset=int(row.get("dataset", 1) or 1),
+                 scale=True)  # the linear values prepare_sample works on
     prepared = prepare_sample(job.study, job.sample_id, qc=QualityControl(steps=()),
                               normaliser=job.model)
     before = prepared.normalised["before"]
@@ -320,7 +327,9 @@ def _write_task(job: _WriteJob) -> str:
         idx = [f.names.index(c) for c in f.spillover.columns]
         delta[:, idx] = delta[:, idx] @ f.spillover.to_numpy(np.float64)
     events = (f.events.astype(np.float64) + delta).astype(np.float32)
-    keywords = {**f.keywords, KEYWORD: f"{job.description}; batch {row.get('batch')}"}
+    keywords = {k: v for k, v in f.keywords.items()  # values are written linear: gain 1
+                if not (k.startswith("$P") and k.endswith("G") and k[2:-1].isdigit())}
+    keywords[KEYWORD] = f"{job.description}; batch {row.get('batch')}"
     path = Path(job.out)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_fcs(path, events, f.names, f.labels, datatype="F",
@@ -350,8 +359,10 @@ def write_normalised(study, out_dir, seed: int, workers: int = 1) -> list[Path]:
     The values are the source's, changed by the normalisation only: the change of each
     normalised marker on the linear, compensated scale is put back through the file's
     spillover matrix (kept as ``$SPILLOVER``), so software that compensates the written file
-    sees the normalised values and every other channel keeps its values. Data are written
-    as float32 (``$DATATYPE F``), ``$PnR`` as in the source.
+    sees the normalised values and every other channel keeps its values. Values are the
+    linear ones immunomon reads (``$PnE`` log decades undone, ``$PnG`` gain divided out: the
+    same numbers for the usual float files), written as float32 (``$DATATYPE F``, no
+    ``$PnG``), ``$PnR`` as in the source.
     """
     from immunomon.errors import UserError
 

@@ -145,8 +145,7 @@ class _SampleJob:
 def _prepare_task(job: _SampleJob) -> dict:
     """prepare + phenotype + training subsample of one sample, cached under ``prepare``."""
     from immunomon.pipeline.normalise import batch_summary
-    from immunomon.pipeline.prepare import prepare_sample
-    from immunomon.pipeline.supervised import phenotype_sample
+    from immunomon.pipeline.supervised import phenotype_sample, prepare_for_gating
     from immunomon.pipeline.unsupervised import training_subsample
 
     cache = Cache(job.cache_root)
@@ -154,7 +153,7 @@ def _prepare_task(job: _SampleJob) -> dict:
     if hit is not None:
         return {**hit, "cached": True}
     try:
-        prepared = prepare_sample(job.study, job.sample_id, normaliser=job.normaliser)
+        prepared = prepare_for_gating(job.study, job.sample_id, normaliser=job.normaliser)
         tables = phenotype_sample(prepared, job.study, job.sample_id)
     except UserError as err:  # an unreadable or ungateable file: listed, not fatal
         return {"sample_id": job.sample_id, "error": "; ".join(err.problems), "cached": False}
@@ -166,6 +165,7 @@ def _prepare_task(job: _SampleJob) -> dict:
         "events_total": int(prepared.events_total),
         "events_after_qc": int(prepared.events_after_qc),
         "qc_pass": bool(prepared.qc_pass),
+        "compensated": bool(prepared.compensated),
         "error": "",
         "keywords": _acquisition(job.study, job.sample_id),
         "tables": {"qc_steps": qc_steps, **tables},
@@ -453,6 +453,7 @@ def _run(study, out: Path, seed: int, options: RunOptions, cache: Cache, paralle
         "inputs": [{"path": rel, "sha256": sha[rel], "bytes": p.stat().st_size}
                    for rel, p in inputs],
         "acquisition": {r["sample_id"]: r["keywords"] for r in prepared if r.get("keywords")},
+        "preprocessing": _preprocessing(study, prepared),
         "tables": sorted(tables),
         "steps": stages.steps,
     }
@@ -486,7 +487,7 @@ def _stats(study, tables: dict, analysed: pd.DataFrame, seed: int, options: RunO
         "samples": analysed.drop(columns=["qc_pass", "excluded_reason"]).reset_index(drop=True),
         "parameters": _only(tables["parameters"], ids),
         "cluster_counts": _only(tables["cluster_counts"], ids),
-        "cluster_markers": _only(tables["cluster_markers"], ids),
+        "cluster_markers": _state_only(study, _only(tables["cluster_markers"], ids)),
         "clinical": study.clinical,
         "adverse_events": study.adverse_events,
         "patients": _patients(study.samples[~study.samples["control"].astype(bool)]),
@@ -606,6 +607,21 @@ def _only(frame: pd.DataFrame, ids: set) -> pd.DataFrame:
     return frame[frame["sample_id"].isin(ids)].reset_index(drop=True)
 
 
+def _state_only(study, markers: pd.DataFrame) -> pd.DataFrame:
+    """Differential state tests state markers: the ``cluster_markers`` rows of each panel's
+    state markers (every marker of a panel that declares no marker class)."""
+    from immunomon.pipeline.unsupervised import state_markers
+
+    if markers.empty or "panel" not in markers.columns:
+        return markers
+    keep = pd.Series(True, index=markers.index)
+    for panel, rows in markers.groupby("panel", sort=False):
+        state = state_markers(study, str(panel), list(pd.unique(rows["marker"])))
+        if state is not None:
+            keep[rows.index] = rows["marker"].isin(state)
+    return markers[keep].reset_index(drop=True)
+
+
 def _concat(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
     frames = [f for f in frames if f is not None and len(f.columns)]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
@@ -624,13 +640,13 @@ def _frame_digest(frame: Any) -> Any:
 
 def _train_panel(study, panel: str, ids: list[str], by_id: dict, seed: int):
     """Train the panel's clustering on the pooled training subsamples of ``ids`` (manifest order)."""
-    from immunomon.clustering.annotate import load_marker_table
-    from immunomon.pipeline.unsupervised import panel_markers, train
+    from immunomon.pipeline.unsupervised import panel_marker_table, panel_markers, train
 
     subsamples = [by_id[s]["training"] for s in ids]
     columns = [c for c in subsamples[0].columns if c != "sample_id"]
     markers, grid, k = panel_markers(study, panel, columns)
-    return train(subsamples, markers, grid=grid, k=k, seed=seed, marker_table=load_marker_table())
+    return train(subsamples, markers, grid=grid, k=k, seed=seed,
+                 marker_table=panel_marker_table(study, panel))
 
 
 def _embed_panel(model, mapped: list[dict], analysed: pd.DataFrame, seed: int) -> dict:
@@ -650,6 +666,22 @@ def _embed_panel(model, mapped: list[dict], analysed: pd.DataFrame, seed: int) -
     return {"clusters": clusters, "cluster_counts": counts,
             "cluster_markers": _concat([m["tables"]["cluster_markers"] for m in mapped]),
             "embedding": embedding.join(meta, on="sample_id")}
+
+
+def _preprocessing(study, prepared: list[dict]) -> dict:
+    """Per panel, what preprocessing was actually done: samples prepared, samples compensated
+    with a spillover matrix, the gating route (for the methods text)."""
+    from immunomon.pipeline.supervised import gating_route
+
+    out: dict[str, dict] = {}
+    for r in prepared:
+        if r.get("error") or "panel" not in r:
+            continue
+        p = out.setdefault(r["panel"], {"samples": 0, "compensated": 0,
+                                        "gating": gating_route(study, r["panel"])})
+        p["samples"] += 1
+        p["compensated"] += int(bool(r.get("compensated")))
+    return out
 
 
 def _parameters(study, options: RunOptions, parallel: dict, seed: int) -> dict:

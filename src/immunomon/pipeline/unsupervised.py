@@ -127,8 +127,10 @@ def train(
 
 
 def _summary_markers(prepared: PreparedSample) -> list[str]:
-    """Markers summarised per cluster: the fluorescence markers (all non-scatter columns)."""
-    return prepared.fluorescence_markers or [c for c in prepared.events.columns if is_fluorescence(c)]
+    """Markers summarised per cluster: the transformed marker channels (not the viability
+    dye, DNA, beads or barcodes)."""
+    markers = [m for m in prepared.fluorescence_markers if prepared.roles.get(m, "marker") == "marker"]
+    return markers or [c for c in prepared.events.columns if is_fluorescence(c)]
 
 
 def map_sample(model: ClusterModel, prepared: PreparedSample, embed_n: int = 500, seed: int = 0) -> dict:
@@ -136,7 +138,7 @@ def map_sample(model: ClusterModel, prepared: PreparedSample, embed_n: int = 500
 
     Returns a dict of DataFrames: ``cluster_counts`` (sample_id, cluster, label,
     count — every metacluster, zeros included), ``cluster_markers`` (sample_id,
-    cluster, marker, median — non-empty clusters, fluorescence markers) and
+    cluster, label, marker, median — non-empty clusters, marker channels) and
     ``embedding`` (``embed_n`` events drawn with ``seed``: sample_id, cluster, label
     and the clustering markers; UMAP coordinates are added study-wide).
     """
@@ -154,6 +156,7 @@ def map_sample(model: ClusterModel, prepared: PreparedSample, embed_n: int = 500
     cluster_markers = (medians.astype(np.float64).rename_axis(columns="marker").stack().rename("median")
                        .reset_index())
     cluster_markers.insert(0, "sample_id", sid)
+    cluster_markers.insert(2, "label", cluster_markers["cluster"].map(labels))
     idx = subsample_indices(len(events), embed_n, seed, key=f"{sid}:embedding")
     embedding = events.iloc[idx][model.markers].reset_index(drop=True)
     embedding.insert(0, "label", [labels[c] for c in clusters[idx]])
@@ -188,13 +191,54 @@ def _map_task(study_dir: str, model: ClusterModel, embed_n: int, seed: int, samp
     return map_sample(model, prepare_sample(_load(study_dir), sample_id), embed_n=embed_n, seed=seed)
 
 
+def marker_classes(study, panel: str, columns: list[str]) -> dict[str, tuple[str, str]]:
+    """Column → (role, class) of a panel's prepared events: the channel's ``role`` and
+    ``class`` in study.yaml where stated, else inferred (:func:`immunomon.io.discover.
+    channel_role` from the column name, :func:`immunomon.markernames.marker_class` for
+    marker channels)."""
+    from immunomon.io.discover import channel_role
+    from immunomon.markernames import marker_class
+
+    config = study.config.panels[panel]
+    declared = {c.marker: c for c in (_get(config, "channels", {}) or {}).values()}
+    instrument = _get(config, "instrument", "flow")
+    out = {}
+    for column in columns:
+        spec = declared.get(column)
+        role = _get(spec, "role") or channel_role(column, column, instrument)
+        cls = _get(spec, "marker_class") or (marker_class(column) if role == "marker" else "none")
+        out[column] = (role, cls)
+    return out
+
+
+def state_markers(study, panel: str, columns: list[str]) -> list[str] | None:
+    """The panel's state markers among ``columns`` (those differential state tests), or None
+    when the panel declares no marker class (then every marker is tested)."""
+    config = study.config.panels[panel]
+    channels = (_get(config, "channels", {}) or {}).values()
+    if not any(_get(c, "marker_class") for c in channels):
+        return None
+    return [c for c, (role, cls) in marker_classes(study, panel, columns).items()
+            if role == "marker" and cls == "state"]
+
+
+def panel_marker_table(study, panel: str) -> MarkerTable:
+    """The marker table naming a panel's metaclusters: ``clustering.marker_table`` (a path
+    relative to the study folder) or the built-in table."""
+    path = _get(_get(study.config.panels[panel], "clustering"), "marker_table")
+    return load_marker_table(Path(study.root) / path if path else None)
+
+
 def panel_markers(study, panel: str, columns: list[str]) -> tuple[list[str], tuple[int, int], int]:
-    """Clustering markers, grid and k of a panel (defaults: fluorescence markers but
-    Viability, 10×10, 20)."""
+    """Clustering markers, grid and k of a panel (defaults: the type markers — lineage
+    markers define clusters, state markers are compared within them, as CATALYST —, else
+    every marker channel; 10×10; 20)."""
     config = _get(study.config.panels[panel], "clustering")
     markers = list(_get(config, "markers", []))
     if not markers:
-        markers = [c for c in columns if is_fluorescence(c) and c.lower() != "viability"]
+        classes = marker_classes(study, panel, columns)
+        markers = [c for c, (role, cls) in classes.items() if role == "marker" and cls == "type"]
+        markers = markers or [c for c, (role, _) in classes.items() if role == "marker"]
     missing = [m for m in markers if m not in columns]
     if missing:
         raise UserError(f"{study.root}/study.yaml: panel {panel!r}: clustering markers {missing} are not "
@@ -228,7 +272,8 @@ def cluster_study(
         Events (study total, split evenly over the samples) for SOM training and UMAP
         (``embed_cells=0``: no UMAP, an empty ``embedding`` table).
     marker_table
-        Marker table naming the metaclusters (path or parsed); default built-in.
+        Marker table naming the metaclusters (path or parsed) for every panel; default each
+        panel's ``clustering.marker_table``, else the built-in table.
     seed
         Random seed; default the study's ``seed``.
 
@@ -251,7 +296,7 @@ def _cluster_study(study_dir, out_dir, workers, scheduler, train_cells, embed_ce
 
     study = _load(study_dir)
     seed = int(_get(study.config, "seed", 0) if seed is None else seed)
-    if not isinstance(marker_table, MarkerTable):
+    if marker_table is not None and not isinstance(marker_table, MarkerTable):
         marker_table = load_marker_table(marker_table)
     samples = study.samples.loc[study.samples["excluded_reason"].fillna("") == ""]
     parts: dict[str, list[pd.DataFrame]] = {name: [] for name in UNSUPERVISED_TABLES}
@@ -261,7 +306,8 @@ def _cluster_study(study_dir, out_dir, workers, scheduler, train_cells, embed_ce
         subsamples = map_samples(functools.partial(_subsample_task, study_dir, n_train, seed), ids,
                                  workers=workers, scheduler=scheduler)
         markers, grid, k = panel_markers(study, panel, [c for c in subsamples[0].columns if c != "sample_id"])
-        model = train(subsamples, markers, grid=grid, k=k, seed=seed, marker_table=marker_table)
+        model = train(subsamples, markers, grid=grid, k=k, seed=seed,
+                      marker_table=marker_table or panel_marker_table(study, panel))
         del subsamples
         embed_n = math.ceil(max(embed_cells, 0) / len(ids))
         mapped = map_samples(functools.partial(_map_task, study_dir, model, embed_n, seed), ids,

@@ -1,10 +1,15 @@
 """Per-file quality control of cytometry events.
 
-Five steps, each a small function returning a boolean mask of events to remove, run in
-order by :class:`QualityControl` on the events left by the previous step:
+Steps, each a small function returning a boolean mask of events to remove, run in order by
+:class:`QualityControl` on the events left by the previous step. Flow cytometry (the
+default steps): ``margins``, ``time``, ``doublets``, ``debris``, ``dead``; mass cytometry
+(:meth:`QualityControl.for_instrument`): ``margins``, ``time``, ``beads``, ``dna``,
+``gaussian``, ``dead``.
 
 ``margins``
-    events at the top of a channel's range (``$PnR``): saturated detectors;
+    events at a channel's real instrument limit (saturated detectors): the limits are given
+    per channel by the caller (:func:`immunomon.pipeline.prepare.margin_limits`: integer data
+    at ``$PnR``, never a float file's own maximum);
 ``time``
     acquisition anomalies, in the spirit of PeacoQC/flowAI: the file is cut into time
     segments; a segment is anomalous when its flow rate (events per unit time) or its
@@ -17,10 +22,22 @@ order by :class:`QualityControl` on the events left by the previous step:
     end of SSC-A;
 ``dead``
     events above the density valley between the negative (live) and positive (dead)
-    peaks of the viability dye.
+    peaks of the viability dye (cisplatin in mass cytometry);
+``beads``
+    mass cytometry: normalisation beads, events above the density valley of every bead
+    channel (beads are bright in all of them);
+``dna``
+    mass cytometry: debris and doublets by the DNA intercalator (mean of the DNA channels):
+    events below the valley between debris and nucleated cells (else below median − k·MAD)
+    or above median + k·MAD (``doublet_mad``);
+``gaussian``
+    mass cytometry (CyTOF 2 / Helios): doublets by the Gaussian-discrimination parameters,
+    events above median + k·MAD in any of ``Event_length``, ``Width``, ``Residual``.
 
-Every step writes one row of the ``qc_steps`` table (``sample_id, step, events_in,
-events_removed, reason``); ``reason`` states the data-driven threshold. A file that
+Every step writes one row of the ``qc_steps`` table (``sample_id, step, status,
+events_in, events_removed, reason``): ``status`` is ``ran``, or ``skipped`` when the step
+cannot apply to the file (its channels are missing, no channel has an instrument limit, too
+few events), ``reason`` states the data-driven threshold or why it was skipped. A file that
 loses more than ``max_loss`` of its events is flagged ``qc_pass = False`` (its events
 are still returned, so that a person can look at them).
 
@@ -39,8 +56,13 @@ import pandas as pd
 
 from immunomon.events import frame_columns
 
-QC_STEP_NAMES = ("margins", "time", "doublets", "debris", "dead")
-QC_STEPS_COLUMNS = ["sample_id", "step", "events_in", "events_removed", "reason"]
+QC_STEP_NAMES = ("margins", "time", "doublets", "debris", "dead", "beads", "dna", "gaussian")
+#: Default steps per instrument kind (``flow`` also for spectral).
+DEFAULT_STEPS = {"flow": ("margins", "time", "doublets", "debris", "dead"),
+                 "spectral": ("margins", "time", "doublets", "debris", "dead"),
+                 "mass": ("margins", "time", "beads", "dna", "gaussian", "dead")}
+QC_STEPS_COLUMNS = ["sample_id", "step", "status", "events_in", "events_removed", "reason"]
+RAN, SKIPPED = "ran", "skipped"
 MAD_SCALE = 1.4826  # MAD of a standard normal distribution is 1 / 1.4826
 #: Robust statistics that only set a threshold (median, MAD, quantiles of a range) are taken
 #: on an evenly strided subset of at most about this many events (deterministic, and cheap
@@ -49,6 +71,8 @@ PROBE_EVENTS = 10_000
 #: The time step's per-channel robust SD (a guard, see :func:`time_anomalies`) uses at most about
 #: this many events.
 SPREAD_EVENTS = 2_000
+#: The time step needs at least this many segments (of ``segment_events``) to judge one.
+MIN_SEGMENTS = 30
 #: :func:`density_valley` estimates a density from at most this many events (evenly strided).
 VALLEY_EVENTS = 20_000
 
@@ -240,6 +264,99 @@ def _valley(v, probe, lo, hi, grid, adjust, min_prominence, quantiles):  # pragm
     return lo if density[first_in] <= density[last_in] else hi
 
 
+def separating_valley(
+    x: np.ndarray,
+    bounds: tuple[float, float],
+    *,
+    grid: int = 512,
+    adjust: float = 0.5,
+    min_prominence: float = 0.02,
+    min_fraction: float = 0.01,
+    max_depth: float = 0.8,
+    max_events: int = VALLEY_EVENTS,
+) -> tuple[float, bool]:
+    """The density valley that best separates two populations of ``x``, within ``bounds``.
+
+    Candidates are the valleys between neighbouring density peaks (prominence at least
+    ``min_prominence`` × the highest density; the density as in :func:`density_valley`)
+    that are at most ``max_depth`` × the lower of the two peaks (a shallow dip is noise on
+    one population) and leave at least ``min_fraction`` of the events on each side; of those,
+    the one whose
+    split has the largest between-class variance (Otsu's criterion) wins. Unlike the deepest
+    valley, this ignores the small dips of zero-inflated data (mass cytometry's spike at 0)
+    and of a dim shoulder, and splits negative from positive. Returns ``(threshold, found)``;
+    no candidate: the bound where the density is lower, and ``found = False``.
+    """
+    from scipy.ndimage import gaussian_filter1d
+    from scipy.signal import find_peaks
+
+    lo, hi = float(bounds[0]), float(bounds[1])
+    x = np.asarray(x, dtype=np.float64).ravel()
+    if x.size > max_events:
+        x = x[:: int(np.ceil(x.size / max_events))]
+    x = x[np.isfinite(x)]
+    if x.size < 10 or not lo < hi:
+        return 0.5 * (lo + hi), False
+    q = np.quantile(x, [0.001, 0.25, 0.75, 0.999])
+    start, stop = min(q[0], lo), max(q[3], hi)
+    width = (stop - start) / grid
+    counts = np.histogram(x, bins=grid, range=(start, stop))[0].astype(np.float64)
+    iqr = q[2] - q[1]
+    sd = float(np.std(x))
+    spread = min(sd, iqr / 1.34) if iqr > 0 else sd
+    sigma = max(adjust * 0.9 * spread * x.size ** -0.2 / width, 1.0)
+    density = gaussian_filter1d(counts, sigma, mode="constant")
+    peaks, _ = find_peaks(np.concatenate([[0.0], density, [0.0]]),
+                          prominence=min_prominence * density.max())
+    peaks = peaks - 1
+    centres = start + width * (np.arange(grid) + 0.5)
+    xs = np.sort(x)
+    best, best_score = None, -1.0
+    for a, b in zip(peaks[:-1], peaks[1:]):
+        v = a + int(np.argmin(density[a : b + 1]))
+        t = float(centres[v])
+        if not lo <= t <= hi or density[v] > max_depth * min(density[a], density[b]):
+            continue  # outside the bounds, or a shallow dip (noise on one population)
+        k = int(np.searchsorted(xs, t))
+        if min(k, xs.size - k) < min_fraction * xs.size:
+            continue
+        left, right = xs[:k], xs[k:]
+        score = k * (xs.size - k) * (right.mean() - left.mean()) ** 2
+        if score > best_score:
+            best, best_score = t, score
+    if best is not None:
+        return best, True
+    inside = (centres >= lo) & (centres <= hi)
+    if not inside.any():
+        return 0.5 * (lo + hi), False
+    first, last = np.flatnonzero(inside)[[0, -1]]
+    return (lo if density[first] <= density[last] else hi), False
+
+
+def at_bound(value: float, bounds: tuple[float, float]) -> bool:
+    """True when a :func:`density_valley` result is one of its search bounds, i.e. no valley
+    was found between two peaks inside them."""
+    return bool(value == float(bounds[0]) or value == float(bounds[1]))
+
+
+def upper_valley(x: np.ndarray, k: float = 3.0) -> tuple[float, bool]:
+    """The density valley above the main peak of ``x`` — between median + ``k`` robust SDs
+    (1.4826 MAD) and the 99.9th percentile —: the threshold of a small bright population
+    (dead cells, beads) whatever the scale. Returns ``(threshold, found)``."""
+    x = np.asarray(x, dtype=np.float64)
+    x = x[np.isfinite(x)]
+    if x.size < 10:
+        return float("nan"), False
+    probe = np.sort(x[:: max(1, x.size // PROBE_EVENTS)])
+    med = float(probe[probe.size // 2])
+    lo = med + k * MAD_SCALE * float(median(np.abs(probe - med))[0])
+    hi = float(probe[int(0.999 * (probe.size - 1))])
+    if not lo < hi:
+        return hi, False
+    value = density_valley(x, (lo, hi))
+    return value, not at_bound(value, (lo, hi))
+
+
 # --------------------------------------------------------------------------- steps
 
 
@@ -398,12 +515,72 @@ def debris_events(
     return (fsc_a < threshold) | (np.asarray(ssc_a) < ssc_floor), threshold
 
 
-def dead_events(viability: np.ndarray, *, bounds: tuple[float, float]) -> tuple[np.ndarray, float]:
+def dead_events(viability: np.ndarray, *, bounds: tuple[float, float] | str = "auto"
+                ) -> tuple[np.ndarray, float]:
     """Events above the viability-dye density valley within ``bounds`` (transformed
-    units). Returns the mask and the threshold."""
+    units; ``"auto"``: the valley above the main, live peak, see :func:`upper_valley` — no
+    valley, no dead cells removed). Returns the mask and the threshold (NaN: none removed)."""
     viability = np.asarray(viability, dtype=np.float64)
-    threshold = density_valley(viability, bounds)
+    if isinstance(bounds, str):
+        threshold, found = upper_valley(viability)
+        if not found:
+            return np.zeros(viability.size, dtype=bool), float("nan")
+    else:
+        threshold = density_valley(viability, bounds)
     return viability > threshold, threshold
+
+
+def bead_events(beads: Sequence[np.ndarray]) -> tuple[np.ndarray, float]:
+    """Mass cytometry: events bright in every bead channel (above each channel's
+    :func:`upper_valley`); no valley in a channel: no beads. Returns the mask and the
+    smallest threshold (NaN when no bead population was found)."""
+    n = len(beads[0]) if beads else 0
+    remove = np.ones(n, dtype=bool)
+    thresholds = []
+    for x in beads:
+        thr, found = upper_valley(x)
+        if not found:
+            return np.zeros(n, dtype=bool), float("nan")
+        remove &= np.asarray(x) > thr
+        thresholds.append(thr)
+    return remove, float(min(thresholds)) if thresholds else float("nan")
+
+
+def dna_events(dna: Sequence[np.ndarray], *, k: float = 4.0) -> tuple[np.ndarray, float, float]:
+    """Mass cytometry: debris and doublets by DNA content (transformed units, mean of the DNA
+    channels). Low cut: the density valley below the main peak (between the 0.1st percentile
+    and the median), else median − k·MAD; high cut: median + k·MAD. Returns the mask and the
+    two cuts."""
+    x = np.mean(np.column_stack([np.asarray(c, dtype=np.float64) for c in dna]), axis=1)
+    probe = x[:: max(1, x.size // PROBE_EVENTS)]
+    med = float(median(probe)[0])
+    mad = MAD_SCALE * float(median(np.abs(probe - med))[0])
+    low = med - k * mad
+    q = float(np.sort(probe)[int(0.001 * (probe.size - 1))])
+    if q < med:
+        valley = density_valley(x, (q, med))
+        if not at_bound(valley, (q, med)):
+            low = max(low, valley)
+    high = med + k * mad
+    return (x < low) | (x > high), low, high
+
+
+def gaussian_events(params: Sequence[np.ndarray], *, k: float = 4.0) -> tuple[np.ndarray, str]:
+    """Mass cytometry doublets: events above median + k·MAD in any Gaussian-discrimination
+    parameter given (``Event_length``, ``Width``, ``Residual``). Returns the mask and the
+    cuts as text."""
+    n = len(params[0]) if params else 0
+    remove = np.zeros(n, dtype=bool)
+    cuts = []
+    for x in params:
+        x = np.asarray(x, dtype=np.float64)
+        probe = x[:: max(1, x.size // PROBE_EVENTS)]
+        med = float(median(probe)[0])
+        mad = MAD_SCALE * float(median(np.abs(probe - med))[0])
+        cut = med + k * mad if mad > 0 else np.inf
+        remove |= x > cut
+        cuts.append(cut)
+    return remove, ", ".join(f"{c:.4g}" for c in cuts)
 
 
 # --------------------------------------------------------------------------- estimator
@@ -447,8 +624,9 @@ class QualityControl:
     Parameters
     ----------
     steps
-        Steps to run, in order; any of ``margins``, ``time``, ``doublets``, ``debris``,
-        ``dead``. A step whose channels are missing is reported as skipped.
+        Steps to run, in order (:data:`QC_STEP_NAMES`); default the flow steps
+        (:data:`DEFAULT_STEPS`; :meth:`for_instrument` gives mass cytometry's). A step whose
+        channels are missing is reported as skipped.
     time, fsc_a, fsc_h, ssc_a, viability
         Column names (marker names) of the events table.
     rate_bin_events, segment_events, max_segments, rate_mad, signal_mad, min_shift
@@ -456,18 +634,24 @@ class QualityControl:
     signal_channels
         Columns monitored for signal stability; default: every column except time.
     doublet_mad
-        ``k`` of :func:`doublet_events`.
+        ``k`` of :func:`doublet_events` (and of the DNA and Gaussian-parameter cuts).
     debris_fsc_bounds, debris_ssc_floor
         Search interval of the FSC-A valley and SSC-A floor (linear units). ``None``:
         4–23 % of FSC-A's ``$PnR`` when ranges are given (10,000–60,000 on a 262,144
-        scale), else 10,000–60,000.
+        scale), else 10,000–60,000. No valley inside: the lower bound is the cut.
     dead_bounds
-        Search interval of the viability valley (transformed units).
+        Search interval of the viability valley (transformed units), or ``"auto"``: the
+        valley above the live peak (:func:`upper_valley`).
+    dna, beads, gaussian
+        Mass cytometry: the DNA-intercalator, bead and Gaussian-parameter columns.
+    limits
+        Marker → the value at which its detector saturates (raw units), overriding the
+        limits the caller gives (declared limits of a float-data instrument).
     max_loss
         A file losing more than this fraction of its events fails QC.
     """
 
-    steps: tuple[str, ...] = ("margins", "time", "doublets", "debris", "dead")
+    steps: tuple[str, ...] = DEFAULT_STEPS["flow"]
     time: str = "Time"
     fsc_a: str = "FSC-A"
     fsc_h: str = "FSC-H"
@@ -483,7 +667,11 @@ class QualityControl:
     doublet_mad: float = 4.0
     debris_fsc_bounds: tuple[float, float] | None = None
     debris_ssc_floor: float = 0.0
-    dead_bounds: tuple[float, float] = (1.0, 4.0)
+    dead_bounds: tuple[float, float] | str = "auto"
+    dna: tuple[str, ...] = ()
+    beads: tuple[str, ...] = ()
+    gaussian: tuple[str, ...] = ()
+    limits: Mapping[str, float] | None = None
     max_loss: float = 0.5
 
     def __post_init__(self) -> None:
@@ -492,6 +680,18 @@ class QualityControl:
             raise ValueError(f"QualityControl: unknown steps {unknown}; known: {list(QC_STEP_NAMES)}")
         if not 0.0 <= self.max_loss <= 1.0:
             raise ValueError(f"QualityControl: max_loss must be in [0, 1], got {self.max_loss}")
+        if isinstance(self.dead_bounds, str) and self.dead_bounds != "auto":
+            raise ValueError(f"QualityControl: dead_bounds must be (low, high) or 'auto', got {self.dead_bounds!r}")
+
+    @classmethod
+    def for_instrument(cls, instrument: str | None, **settings) -> "QualityControl":
+        """Settings for an instrument kind (``flow``, ``spectral``, ``mass``): its default
+        steps, and for mass cytometry a data-driven cisplatin cut; ``settings`` win."""
+        kind = instrument if instrument in DEFAULT_STEPS else "flow"
+        base: dict = {"steps": DEFAULT_STEPS[kind]}
+        if kind == "mass":
+            base["dead_bounds"] = "auto"
+        return cls(**{**base, **settings})
 
     def apply(
         self,
@@ -500,6 +700,7 @@ class QualityControl:
         sample_id: str = "",
         raw: pd.DataFrame | np.ndarray | None = None,
         ranges: Mapping[str, float] | None = None,
+        limits: Mapping[str, float] | None = None,
     ) -> QCResult:
         """Run the steps on ``events`` (rows in acquisition order).
 
@@ -509,11 +710,16 @@ class QualityControl:
             ``(n_events, n_markers)`` table, columns = marker names.
         sample_id
             Written in the ``sample_id`` column of the steps table.
-        raw, ranges
+        raw
             Untransformed values (a table with marker-named columns, or an
             ``(n_events, n_markers)`` array in the columns of ``events``; default ``events``)
-            and ``$PnR`` per column, for the ``margins`` step; without ``ranges`` the step
-            is skipped.
+            for the ``margins`` step.
+        ranges
+            ``$PnR`` per column: the scale of the debris bounds, and, without ``limits``,
+            the margins step's limits (``$PnR - 1``).
+        limits
+            Per column, the raw value at and above which an event is saturated (NaN: the
+            channel has no real instrument limit); the margins step uses these.
         """
         n = len(events)
         keep = np.ones(n, dtype=bool)
@@ -525,42 +731,65 @@ class QualityControl:
                                 else pd.DataFrame(raw, columns=events.columns, copy=False))
         else:
             raw_cols = cols
+        if limits is None and ranges:
+            limits = {c: float(r) - 1.0 for c, r in ranges.items()}
+        if self.limits:
+            limits = {**(limits or {}), **{c: float(v) for c, v in self.limits.items()}}
         for step in self.steps:
             idx = np.flatnonzero(keep)
             cols.idx = raw_cols.idx = idx if idx.size < n else None
-            remove, threshold, reason = getattr(self, f"_{step}")(cols, raw_cols, ranges)
+            out = getattr(self, f"_{step}")(cols, raw_cols, ranges if step != "margins" else limits)
+            remove, threshold, reason = out[:3]
+            status = out[3] if len(out) > 3 else RAN
             keep[idx[remove]] = False
             removed_by[idx[remove]] = len(rows)
-            rows.append((sample_id, step, idx.size, int(remove.sum()), reason, threshold))
-        columns = list(zip(*rows)) if rows else [()] * 6
+            rows.append((sample_id, step, status, idx.size, int(remove.sum()), reason, threshold))
+        columns = list(zip(*rows)) if rows else [()] * 7
         steps = pd.DataFrame({
             "sample_id": np.array(columns[0], dtype=object), "step": np.array(columns[1], dtype=object),
-            "events_in": np.array(columns[2], dtype=np.int64), "events_removed": np.array(columns[3], dtype=np.int64),
-            "reason": np.array(columns[4], dtype=object), "threshold": np.array(columns[5], dtype=np.float64),
+            "status": np.array(columns[2], dtype=object),
+            "events_in": np.array(columns[3], dtype=np.int64), "events_removed": np.array(columns[4], dtype=np.int64),
+            "reason": np.array(columns[5], dtype=object), "threshold": np.array(columns[6], dtype=np.float64),
         }, copy=False)
         lost = 1.0 - keep.sum() / n if n else 1.0
         return QCResult(keep=keep, steps=steps, qc_pass=bool(lost <= self.max_loss), removed_by=removed_by)
 
-    # Each step: (columns, raw columns, ranges) -> (mask over the current events, threshold, reason)
+    # Each step: (columns, raw columns, ranges or limits) -> (mask over the current events,
+    # threshold, reason[, status])
 
-    def _skipped(self, n: int, missing: list[str]) -> tuple[np.ndarray, float, str]:
-        return np.zeros(n, dtype=bool), float("nan"), f"skipped: no column {', '.join(missing)}"
+    def _skipped(self, n: int, why: str) -> tuple[np.ndarray, float, str, str]:
+        return np.zeros(n, dtype=bool), float("nan"), why, SKIPPED
 
-    def _margins(self, ev: "_Columns", raw: "_Columns", ranges):
-        if not ranges:
-            return np.zeros(len(ev), dtype=bool), float("nan"), "skipped: no channel ranges"
-        names = [c for c in ranges if c in raw and c != self.time]
+    def _missing(self, n: int, missing: list[str]) -> tuple[np.ndarray, float, str, str]:
+        return self._skipped(n, f"no column {', '.join(missing)}")
+
+    def _margins(self, ev: "_Columns", raw: "_Columns", limits):
+        names = [c for c, v in (limits or {}).items()
+                 if c in raw and c != self.time and np.isfinite(v)]
+        if not names:
+            why = ("no channel ranges" if not limits else
+                   "no channel has an instrument limit (float data whose $PnR is not a "
+                   "digitiser range, e.g. each channel's observed maximum)")
+            return self._skipped(len(ev), why)
         values = raw.values()
-        if values is not None:  # one row-major pass, channels not checked get a NaN range
-            limits = [float(ranges[c]) if c in names else np.nan for c in raw.names]
-            remove = margin_events(values.T, limits)
+        if values is not None:  # one row-major pass, channels not checked get a NaN limit
+            bounds = [float(limits[c]) if c in names else np.nan for c in raw.names]
+            remove = _margin_rows(values, np.asarray(bounds, dtype=np.float64))
         else:
-            remove = margin_events([raw[c] for c in names], [ranges[c] for c in names])
-        return remove, float("nan"), f"value >= $PnR - 1 in any of {len(names)} channels"
+            remove = margin_events([raw[c] for c in names], [limits[c] + 1.0 for c in names])
+        left = len([c for c in raw.names if c != self.time]) - len(names)
+        reason = f"value at the instrument limit ($PnR - 1) in any of {len(names)} channels"
+        if left:
+            reason += f" ({left} channel(s) without an instrument limit not checked)"
+        return remove, float("nan"), reason
 
     def _time(self, ev: "_Columns", raw, ranges):
         if self.time not in ev:
-            return self._skipped(len(ev), [self.time])
+            return self._missing(len(ev), [self.time])
+        need = MIN_SEGMENTS * max(self.segment_events, self.rate_bin_events)
+        if len(ev) < need:  # too few segments for a robust spread: every outlier test is noise
+            return self._skipped(len(ev), f"{len(ev)} events, fewer than the {need} that "
+                                          f"{MIN_SEGMENTS} time segments need")
         names = list(self.signal_channels or [c for c in ev.names if c != self.time])
         remove, info = time_anomalies(
             ev[self.time], [ev[c] for c in names],
@@ -578,32 +807,68 @@ class QualityControl:
     def _doublets(self, ev: "_Columns", raw, ranges):
         missing = [c for c in (self.fsc_a, self.fsc_h) if c not in ev]
         if missing:
-            return self._skipped(len(ev), missing)
+            return self._missing(len(ev), missing)
+        if self.fsc_a == self.fsc_h:
+            return self._skipped(len(ev), f"needs distinct area and height channels "
+                                          f"(only {self.fsc_a})")
         remove, thr = doublet_events(ev[self.fsc_a], ev[self.fsc_h], k=self.doublet_mad)
         return remove, thr, f"{self.fsc_a}/{self.fsc_h} > {thr:.4g} (median + {self.doublet_mad:g} MAD)"
 
     def _debris(self, ev: "_Columns", raw, ranges):
         missing = [c for c in (self.fsc_a, self.ssc_a) if c not in ev]
         if missing:
-            return self._skipped(len(ev), missing)
+            return self._missing(len(ev), missing)
         bounds = self.debris_fsc_bounds
         if bounds is None:
             top = float(ranges[self.fsc_a]) if ranges and self.fsc_a in ranges else 262_144.0
             bounds = (0.04 * top, 0.23 * top)
         remove, thr = debris_events(ev[self.fsc_a], ev[self.ssc_a], fsc_bounds=bounds,
                                     ssc_floor=self.debris_ssc_floor)
-        return remove, thr, (
-            f"{self.fsc_a} < {thr:.4g} (density valley in [{bounds[0]:.4g}, {bounds[1]:.4g}]) "
-            f"or {self.ssc_a} < {self.debris_ssc_floor:g}"
-        )
+        found = not at_bound(thr, bounds)
+        if not found and thr != bounds[0]:  # no valley: cut only at the lower bound
+            thr = float(bounds[0])
+            remove = (np.asarray(ev[self.fsc_a]) < thr) | (np.asarray(ev[self.ssc_a]) < self.debris_ssc_floor)
+        where = (f"density valley in [{bounds[0]:.4g}, {bounds[1]:.4g}]" if found else
+                 f"no valley in [{bounds[0]:.4g}, {bounds[1]:.4g}]: its lower bound")
+        return remove, thr, f"{self.fsc_a} < {thr:.4g} ({where}) or {self.ssc_a} < {self.debris_ssc_floor:g}"
 
     def _dead(self, ev: "_Columns", raw, ranges):
         if self.viability not in ev:
-            return self._skipped(len(ev), [self.viability])
+            return self._missing(len(ev), [self.viability])
         remove, thr = dead_events(ev[self.viability], bounds=self.dead_bounds)
-        return remove, thr, (
-            f"{self.viability} > {thr:.4g} (density valley in [{self.dead_bounds[0]:g}, {self.dead_bounds[1]:g}])"
-        )
+        if isinstance(self.dead_bounds, str):
+            where = "density valley above the live peak"
+            if not np.isfinite(thr):
+                return remove, thr, f"{self.viability}: one population, no dead-cell peak: none removed"
+        else:
+            where = f"density valley in [{self.dead_bounds[0]:g}, {self.dead_bounds[1]:g}]"
+        return remove, thr, f"{self.viability} > {thr:.4g} ({where})"
+
+    def _beads(self, ev: "_Columns", raw, ranges):
+        names = [c for c in self.beads if c in ev]
+        if not names:
+            return self._skipped(len(ev), "no bead channel")
+        remove, thr = bead_events([ev[c] for c in names])
+        if not np.isfinite(thr):
+            return remove, thr, f"no bead population in {', '.join(names)}: none removed"
+        return remove, thr, f"bright (> density valley) in every bead channel: {', '.join(names)}"
+
+    def _dna(self, ev: "_Columns", raw, ranges):
+        names = [c for c in self.dna if c in ev]
+        if not names:
+            return self._skipped(len(ev), "no DNA-intercalator channel")
+        remove, low, high = dna_events([ev[c] for c in names], k=self.doublet_mad)
+        return remove, low, (f"mean of {', '.join(names)} < {low:.4g} (debris) or > {high:.4g} "
+                             f"(median + {self.doublet_mad:g} MAD: doublets)")
+
+    def _gaussian(self, ev: "_Columns", raw, ranges):
+        names = [c for c in self.gaussian if c in ev and c.lower() not in ("center", "offset")]
+        if not names:
+            return self._skipped(len(ev), "no Gaussian-discrimination parameter (Event_length, "
+                                          "Width, Residual)")
+        remove, cuts = gaussian_events([ev[c] for c in names], k=self.doublet_mad)
+        return remove, float("nan"), (f"above median + {self.doublet_mad:g} MAD in "
+                                      f"{', '.join(names)} (cuts {cuts})")
 
 
 class _Columns:

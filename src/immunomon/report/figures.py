@@ -195,7 +195,8 @@ def plot_pca(pca: pd.DataFrame, visit_colours: dict[str, str], disease_colours: 
             ax.set_xlabel(axis_titles[0])
             ax.set_ylabel(axis_titles[1])
             ax.set_title(f"by {col}")
-            ax.legend(loc="upper left", bbox_to_anchor=(1, 1), fontsize=6, markerscale=1.2)
+            if ax.get_legend_handles_labels()[0]:  # no groups (e.g. no disease column): no legend
+                ax.legend(loc="upper left", bbox_to_anchor=(1, 1), fontsize=6, markerscale=1.2)
     return fig
 
 

@@ -27,7 +27,7 @@ def _panels(gating) -> list[tuple[str | None, tuple[str, str], list[str]]]:
     groups: dict[tuple, list[str]] = {}
     for pop, gate in gating.gates.items():
         axes = gating.plots.get(pop)
-        if isinstance(gate, BooleanGate):
+        if isinstance(gate, BooleanGate) or axes is None:  # a complement, or nothing to draw on
             continue
         groups.setdefault((gating.parents[pop], tuple(axes)), []).append(pop)
     return [(parent, axes, pops) for (parent, axes), pops in groups.items()]

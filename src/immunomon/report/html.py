@@ -21,7 +21,7 @@ from .assets import CSS, TABLE_JS
 from .figures import write_figures
 from .htmltable import esc
 from .methods import versions
-from .rundata import RunData, load_run
+from .rundata import PRIMARY_PARAMETER, RunData, load_run
 from .section import Context, Section
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,29 @@ SECTIONS: tuple[Callable[[Context], Section], ...] = (
 )
 #: At most this many other PNGs of figures/ (e.g. gate plots) are shown in the gallery.
 MAX_EXTRA_FIGURES = 24
+
+
+def _applies(builder: Callable[[Context], Section], run: RunData) -> bool:
+    """Whether the study holds the subject of a section: the Treg end point and the Treg
+    selectivity are drawn only for runs that measured them (a study of another panel gets
+    no Treg section), the supervised sections only when the study was gated, the clinical and
+    safety sections only for studies with those tables."""
+    if builder is study.primary:
+        params = run.get("parameters")
+        return params is not None and PRIMARY_PARAMETER in set(params["parameter"].astype(str))
+    if builder is study.selectivity:
+        sel = run.get("selectivity")
+        return sel is not None and "treg_changed" in sel.columns and sel["treg_changed"].notna().any()
+    if builder in (study.kinetics, study.volcano, study.fold_changes, study.pca):
+        # a study without gating has empty population tables: no supervised sections
+        return not run.problems.get("parameters", "").endswith("has no rows")
+    source = {more.clinical: ("clinical.csv", ("clinical_change", "clinical_summary")),
+              more.adverse_events: ("adverse_events.csv", ("adverse_events_summary",))}.get(builder)
+    inputs = run.provenance.get("inputs")
+    if source and isinstance(inputs, list) and inputs and \
+            all(run.get(name) is None for name in source[1]):  # no table: did the study have one?
+        return any(str(i.get("path", "")).endswith(source[0]) for i in inputs if isinstance(i, dict))
+    return True
 
 
 def _safe(builder: Callable[[Context], Section], ctx: Context) -> Section:
@@ -88,7 +111,7 @@ def _annotated(run: RunData, emb, cl):
 def build_html(run: RunData, figures: list[Path]) -> str:
     """The whole page as a string (deterministic for the same tables and figures)."""
     ctx = Context.of(run)
-    sections = [_safe(b, ctx) for b in SECTIONS]
+    sections = [_safe(b, ctx) for b in SECTIONS if _applies(b, run)]
     sections.insert(-2, more.gallery(ctx, figures))
     prov = run.provenance
     study_id = prov.get("study_id") or (prov.get("parameters") or {}).get("study_id") or \

@@ -113,6 +113,14 @@ def colour_limit(values: np.ndarray, floor: float = 1.0) -> float:
     return float(max(floor, np.percentile(v, 98))) if v.size else floor
 
 
+def named_strata(stats: pd.DataFrame) -> pd.DataFrame:
+    """A stats table without the rows of an unnamed disease stratum (a study without a
+    ``disease`` column: that stratum is every patient, the pooled rows again)."""
+    if "disease" not in stats.columns:
+        return stats
+    return stats[stats["disease"].fillna("").astype(str).str.strip() != ""]
+
+
 def pooled_stats(stats: pd.DataFrame, baseline: str | None) -> pd.DataFrame:
     """Pooled (``disease == "all"``), post-baseline, estimable rows of a stats table.
 

@@ -18,7 +18,7 @@ REPORT_TABLES = (
     "samples", "qc_steps", "populations", "parameters", "clusters", "cluster_counts",
     "embedding", "stats_supervised", "responders", "selectivity", "fold_changes", "pca",
     "stats_da", "stats_ds", "clinical_change", "clinical_immune", "adverse_events_summary",
-    "pca_variance", "clinical_summary",
+    "pca_variance", "clinical_summary", "gate_thresholds",
 )
 #: The primary end point of the model trial (a parameter string of the architecture).
 PRIMARY_PARAMETER = "Treg % of CD4 T"

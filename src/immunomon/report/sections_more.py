@@ -16,7 +16,7 @@ from . import interactive as ip
 from . import interactive_maps as im
 from .htmltable import esc, table_html
 from .methods import flatten, methods_paragraphs, versions
-from .prep import FDR, POOLED, marker_matrix, scaled_markers
+from .prep import FDR, POOLED, marker_matrix, named_strata, scaled_markers
 from .privacy import safe_keywords
 from .section import Context, Section, missing_note, para
 
@@ -69,7 +69,7 @@ def _umap(ctx: Context, cl: pd.DataFrame, emb: pd.DataFrame) -> str:
 def differential(ctx: Context) -> Section:
     """Differential abundance (heatmap + table) and differential state (table) of metaclusters."""
     run, title, body = ctx.run, "Differential abundance and state of metaclusters", []
-    da, ds = run.get("stats_da"), run.get("stats_ds")
+    da, ds = (None if t is None else named_strata(t) for t in (run.get("stats_da"), run.get("stats_ds")))
     body.append("<h3>Differential abundance</h3>")
     if da is None:
         body.append(missing_note(run, "stats_da"))

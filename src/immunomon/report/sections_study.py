@@ -8,8 +8,8 @@ import pandas as pd
 from . import interactive as ip
 from . import interactive_maps as im
 from .htmltable import esc, fmt_num, fmt_p, table_html
-from .prep import (FDR, POOLED, fold_change_matrix, paired_values, pc_labels, pooled_stats,
-                   sample_values)
+from .prep import (FDR, POOLED, fold_change_matrix, named_strata, paired_values, pc_labels,
+                   pooled_stats, sample_values)
 from .rundata import PRIMARY_PARAMETER
 from .section import Context, Section, missing_note, para
 
@@ -18,17 +18,27 @@ STATS_COLUMNS = ["parameter", "visit", "disease", "method", "n", "effect", "effe
 
 
 def overview(ctx: Context) -> Section:
-    """Patients per disease, samples per visit, samples left out with the reason, QC steps."""
+    """Patients per disease, samples per visit and per acquisition batch, samples left out with
+    the reason, the QC steps (ran or skipped, and why) and the gates found at a search bound."""
     run, body = ctx.run, []
     s = run.get("samples")
     if s is None:
         return Section("overview", "Study overview", missing_note(run, "samples"))
     analysed = run.analysed_samples
+    batches = _batches(s)
     body.append(para(f"{s['patient_id'].nunique()} patients, {len(s)} samples, "
-                     f"{len(run.visits)} visits; {len(analysed)} samples analysed."))
-    body.append('<div class="row">' +
-                ip.plotly_div(ip.fig_patients_per_disease(s, ctx.disease_colours), ctx.plot_id())
-                + ip.plotly_div(ip.fig_samples_per_visit(s, run.visits), ctx.plot_id()) + "</div>")
+                     f"{len(run.visits)} visit{'s' * (len(run.visits) != 1)}"
+                     + (f", {len(batches)} acquisition batches" if len(batches) else "")
+                     + f"; {len(analysed)} samples analysed."))
+    figs = [ip.fig_samples_per_visit(s, run.visits)]
+    if run.diseases and any(run.diseases):
+        figs.insert(0, ip.fig_patients_per_disease(s, ctx.disease_colours))
+    body.append('<div class="row">' + "".join(ip.plotly_div(f, ctx.plot_id()) for f in figs)
+                + "</div>")
+    if len(batches):
+        body.append("<h3>Samples per acquisition batch</h3>")
+        body.append(table_html(batches, labels={"samples": "samples", "analysed": "analysed",
+                                                "visits": "visits", "panels": "panels"}))
     out = s[~s.index.isin(analysed.index)].copy()
     body.append("<h3>Samples left out of the statistics</h3>")
     if out.empty:
@@ -37,25 +47,91 @@ def overview(ctx: Context) -> Section:
         qc = run.get("qc_steps")
         reasons = {}
         if qc is not None and "reason" in qc.columns:
-            r = qc[qc["reason"].fillna("").astype(str).str.len() > 0]
+            ran = qc["status"].astype(str) == "ran" if "status" in qc.columns else True
+            r = qc[ran & (qc["events_removed"] > 0)] if "events_removed" in qc.columns else qc[ran]
             reasons = r.groupby("sample_id")["reason"].agg(lambda x: "; ".join(map(str, x)))
         excl = out.get("excluded_reason", pd.Series("", index=out.index)).fillna("").astype(str)
         out["why"] = np.where(excl.str.len() > 0, "excluded: " + excl,
                               "failed QC: " + out["sample_id"].map(reasons).fillna("").astype(str))
-        body.append(table_html(out, columns=["sample_id", "patient_id", "disease", "visit",
-                                             "file", "events_total", "events_after_qc", "why"],
+        body.append(table_html(out, columns=[c for c in ("sample_id", "patient_id", "disease",
+                                                         "visit", "batch", "file", "events_total",
+                                                         "events_after_qc", "why")
+                                             if c in out.columns],
                                labels={"why": "reason"}))
-    qc = run.get("qc_steps")
     body.append("<h3>Quality-control steps</h3>")
+    qc = run.get("qc_steps")
     if qc is None:
         body.append(missing_note(run, "qc_steps"))
     else:
-        steps = qc.groupby("step", sort=False).agg(
-            samples=("sample_id", "nunique"), events_in=("events_in", "sum"),
-            events_removed=("events_removed", "sum")).reset_index()
-        body.append(table_html(steps, labels={"events_in": "events in (all samples)",
-                                              "events_removed": "events removed"}))
+        body.append(table_html(qc_summary(qc), labels={
+            "events_in": "events in (all samples)", "events_removed": "events removed",
+            "ran": "ran in (samples)", "skipped": "skipped in (samples)"}))
+    bound = gates_at_bound(run.get("gate_thresholds"))
+    if bound is not None:
+        body.append("<h3>Gates at their search bound</h3>")
+        if bound.empty:
+            body.append(para("None: every data-driven gate position found a density valley "
+                             "between two populations."))
+        else:
+            body.append(para(f"{int(bound['positions'].sum())} data-driven gate position(s) of "
+                             f"{len(bound)} gate bound(s) found no valley between two populations "
+                             "and sit on their search bound: look at these samples' gates (the "
+                             "population may be absent, or the bound wrong).", "note"))
+            body.append(table_html(bound, labels={"value": "position", "samples": "samples"}))
     return Section("overview", "Study overview", "".join(body))
+
+
+def _batches(s: pd.DataFrame) -> pd.DataFrame:
+    """One row per acquisition batch: samples, analysed samples, visits, panels (empty when
+    ``samples`` has no batch)."""
+    if "batch" not in s.columns or not s["batch"].fillna("").astype(str).str.len().any():
+        return pd.DataFrame()
+    s = s.assign(batch=s["batch"].fillna("").astype(str).replace("", "(none)"))
+    ok = pd.Series(True, index=s.index)
+    if "qc_pass" in s.columns:
+        ok &= s["qc_pass"].fillna(False).astype(bool)
+    if "excluded_reason" in s.columns:
+        ok &= s["excluded_reason"].fillna("").astype(str) == ""
+    g = s.assign(_ok=ok).groupby("batch", sort=True)
+    out = pd.DataFrame({"samples": g.size(), "analysed": g["_ok"].sum().astype(int),
+                        "visits": g["visit"].agg(lambda v: ", ".join(map(str, pd.unique(v))))})
+    if "panel" in s.columns and s["panel"].nunique() > 1:
+        out["panels"] = g["panel"].agg(lambda v: ", ".join(map(str, pd.unique(v))))
+    return out.reset_index()
+
+
+def qc_summary(qc: pd.DataFrame) -> pd.DataFrame:
+    """One row per QC step (and panel): samples where it ran and where it was skipped, events
+    in and removed, and why it was skipped."""
+    keys = ["panel", "step"] if "panel" in qc.columns and qc["panel"].nunique() > 1 else ["step"]
+    status = qc["status"] if "status" in qc.columns else pd.Series("ran", index=qc.index)
+    qc = qc.assign(_ran=status.astype(str) == "ran", _skip=status.astype(str) == "skipped")
+    g = qc.groupby(keys, sort=False)
+    out = pd.DataFrame({"ran": g["_ran"].sum().astype(int), "skipped": g["_skip"].sum().astype(int),
+                        "events_in": g["events_in"].sum(), "events_removed": g["events_removed"].sum()})
+    why = qc[qc["_skip"]].groupby(keys, sort=False)["reason"].agg(
+        lambda r: "; ".join(map(str, pd.unique(r))))
+    out["why skipped"] = why.reindex(out.index).fillna("")
+    return out.reset_index()
+
+
+def _first_ids(ids: pd.Series, n: int = 12) -> str:
+    unique = [str(x) for x in pd.unique(ids)]
+    return ", ".join(unique[:n]) + (f" and {len(unique) - n} more" if len(unique) > n else "")
+
+
+def gates_at_bound(thresholds: pd.DataFrame | None) -> pd.DataFrame | None:
+    """Data-driven gate positions found on their search bound: one row per population ×
+    marker × bound, with the samples (None without a ``gate_thresholds`` table)."""
+    if thresholds is None or "at_bound" not in thresholds.columns:
+        return None
+    t = thresholds[thresholds["at_bound"].fillna(False).astype(bool)]
+    if t.empty:
+        return t.iloc[:0][["population", "dimension", "bound"]]
+    keys = [k for k in ("panel", "population", "dimension", "bound") if k in t.columns]
+    g = t.groupby(keys, sort=False)
+    out = pd.DataFrame({"n": g.size(), "samples": g["sample_id"].agg(_first_ids)})
+    return out.reset_index().rename(columns={"dimension": "marker", "n": "positions"})
 
 
 def primary(ctx: Context) -> Section:
@@ -123,6 +199,7 @@ def volcano(ctx: Context) -> Section:
     st = run.get("stats_supervised")
     if st is None:
         return Section("volcano", title, missing_note(run, "stats_supervised"))
+    st = named_strata(st)
     pooled = pooled_stats(st, run.baseline)
     body = [para(f"Each point is one parameter, all diseases pooled; red/blue: q < {FDR} "
                  "(up/down), grey: not significant. The menu switches the statistical method.")]

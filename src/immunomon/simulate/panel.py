@@ -37,6 +37,17 @@ FLUORESCENCE = (
     ("APC-R700-A", "CD19", "APC-R700"),
 )
 
+#: Marker class and channel role (study.yaml ``class``/``role``) of the markers that are not
+#: lineage (``type``) markers: activation/proliferation read-outs (compared within populations
+#: by differential state tests; CD25 density is the Treg activation read-out) and the
+#: viability dye.
+MARKER_ROLES = {
+    "Viability": {"class": "none", "role": "viability"},
+    "Ki67": {"class": "state", "role": "marker"},
+    "HLA-DR": {"class": "state", "role": "marker"},
+    "CD25": {"class": "state", "role": "marker"},
+}
+
 FLUOR_CHANNELS = tuple(c for c, _, _ in FLUORESCENCE)
 #: Marker of each fluorescence channel, in file order.
 MARKERS = tuple(m for _, m, _ in FLUORESCENCE)

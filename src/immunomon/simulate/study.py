@@ -20,7 +20,7 @@ from immunomon.io.fcs import write_fcs
 from .clinical import clinical_tables
 from .events import ARTEFACTS, LABELS, apply_batch_effect, simulate_events
 from .model import DISEASES, Patient, make_patient, rng_for, sample_state
-from .panel import (CHANNELS, COFACTOR, FLUORESCENCE, FLUOR_CHANNELS, LABELS as CHANNEL_LABELS,
+from .panel import (CHANNELS, COFACTOR, FLUORESCENCE, FLUOR_CHANNELS, MARKER_ROLES, LABELS as CHANNEL_LABELS,
                     MARKERS, RANGE, SCATTER_CHANNELS, TIMESTEP, spillover_matrix)
 from .truth import HIERARCHY, effects_table, sample_truth
 
@@ -92,8 +92,10 @@ def _assign_batches(seed: int, cohort, visit_days, n_batches: int, confound: flo
 
 
 def _study_yaml(visits, seed: int) -> dict:
-    channels = {c: {"marker": c} for c in SCATTER_CHANNELS}
-    channels.update({c: {"marker": m, "fluorochrome": f} for c, m, f in FLUORESCENCE})
+    channels = {c: {"marker": c, "class": "none", "role": "time" if c == "Time" else "scatter"}
+                for c in SCATTER_CHANNELS}
+    channels.update({c: {"marker": m, "fluorochrome": f, **MARKER_ROLES.get(m, {"class": "type", "role": "marker"})}
+                     for c, m, f in FLUORESCENCE})
     return {
         "study_id": STUDY_ID,
         "description": "Simulated low-dose IL-2 basket trial (immunomon simulate)",
@@ -101,11 +103,13 @@ def _study_yaml(visits, seed: int) -> dict:
         "visits": [{"name": v, "day": d} for v, d in visits],
         "baseline": visits[0][0],
         "panels": {PANEL: {
+            "instrument": "flow",
             "channels": channels,
             "transform": {"type": "arcsinh", "cofactor": COFACTOR},
             "gating": {"template": "treg"},
             "clustering": {"markers": [m for m in MARKERS if m != "Viability"],
                            "grid": [10, 10], "metaclusters": 20},
+            "qc": {"dead_bounds": [1.0, 4.0]},  # the simulated dye's live/dead valley (arcsinh 150)
         }},
         "exclusions": [],
     }
