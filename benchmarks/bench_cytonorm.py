@@ -6,7 +6,7 @@
 (cytonormpy pins flowio<=1.3.0 and pulls scanpy through pytometry, so it lives in its own
 environment; ``--cytonormpy-python`` defaults to this interpreter.)
 
-Data: CytoNorm's example files (``tests/data/cytonorm``: 3 batches, a ``ref`` control and an
+Data: CytoNorm's example files (``tests/data/real/cytonorm``: 3 batches, a ``ref`` control and an
 ``other`` file each, 1,000 events × 55 channels, 37 normalised), as they are and resampled
 to ``--events`` events per file (drawn with replacement, seeded, written as FCS 3.1 under
 ``benchmarks/_work/cytonorm``). Both tools do the same job from FCS files to FCS files:
@@ -40,7 +40,7 @@ import numpy as np
 import pandas as pd
 
 HERE = Path(__file__).resolve().parent
-FIXTURE = HERE.parent / "tests" / "data" / "cytonorm"
+FIXTURE = HERE.parent / "tests" / "data" / "real" / "cytonorm"
 WORK = HERE / "_work" / "cytonorm"
 
 

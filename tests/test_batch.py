@@ -16,7 +16,8 @@ from immunomon.pipeline.run import RunOptions, run_study
 from immunomon.simulate import simulate_study
 from immunomon.stats.batch import batch_diagnostics, cramers_v, omega_squared
 
-DATA = Path(__file__).parent / "data" / "cytonorm"
+DATA = Path(__file__).parent / "data" / "cytonorm"  # R outputs and references
+REAL = Path(__file__).parent / "data" / "real" / "cytonorm"  # CytoNorm's example files
 NORMALISE = "panels.treg.normalisation={method: cytonorm, quantiles: 99}"
 
 
@@ -151,9 +152,9 @@ def test_diagnostics_statistics():
 
 def _cytonorm_study(root: Path) -> Path:
     """A study folder over CytoNorm's example files: 3 batches, `ref` files as controls."""
-    meta = pd.read_csv(DATA / "metadata.csv")
-    detectors = (DATA / "coding_detectors.txt").read_text().split()
-    shutil.copytree(DATA / "fcs", root / "fcs")
+    meta = pd.read_csv(REAL / "metadata.csv")
+    detectors = (REAL / "coding_detectors.txt").read_text().split()
+    shutil.copytree(REAL / "fcs", root / "fcs")
     first = read_fcs_metadata(root / "fcs" / meta["file_name"].iloc[0])
     label = dict(zip(first.names, first.labels))
     channels = {c: {"marker": label[c] or c, "role": "marker"} for c in detectors}
@@ -178,8 +179,8 @@ def test_normalise_cli_writes_r_cytonorm_values(tmp_path, monkeypatch, capsys):
     code, out, err = _cli(monkeypatch, capsys, "normalise", str(study), "--out",
                           str(tmp_path / "out"))
     assert code in (None, 0), err
-    detectors = (DATA / "coding_detectors.txt").read_text().split()
-    meta = pd.read_csv(DATA / "metadata.csv")
+    detectors = (REAL / "coding_detectors.txt").read_text().split()
+    meta = pd.read_csv(REAL / "metadata.csv")
     for name in meta.loc[meta["reference"] == "other", "file_name"]:
         src = read_fcs(study / "fcs" / name)
         mine = read_fcs(tmp_path / "out" / "fcs" / name)

@@ -11,7 +11,8 @@ from immunomon.clustering import FlowSOM
 from immunomon.io.fcs import read_fcs
 from immunomon.preprocess.normalise import CytoNorm, MonotoneSpline, control_summary
 
-DATA = Path(__file__).parent / "data" / "cytonorm"
+DATA = Path(__file__).parent / "data" / "cytonorm"  # R outputs and references
+REAL = Path(__file__).parent / "data" / "real" / "cytonorm"  # CytoNorm's example files
 
 
 def _knots():
@@ -39,14 +40,14 @@ def test_scipy_pchip_is_not_r_monoH_FC():
 
 
 def _cytonorm_data():
-    meta = pd.read_csv(DATA / "metadata.csv")
-    channels = (DATA / "coding_detectors.txt").read_text().split()
+    meta = pd.read_csv(REAL / "metadata.csv")
+    channels = (REAL / "coding_detectors.txt").read_text().split()
 
     def events(path):
         f = read_fcs(path)
         return np.arcsinh(f.events[:, [f.names.index(c) for c in channels]] / np.float32(5))
 
-    controls = {str(r.batch): events(DATA / "fcs" / r.file_name)
+    controls = {str(r.batch): events(REAL / "fcs" / r.file_name)
                 for r in meta[meta.reference == "ref"].itertuples()}
     others = meta[meta.reference == "other"]
     return channels, controls, others, events
@@ -58,7 +59,7 @@ def test_cytonorm_reproduces_r_cytonorm():
     model = CytoNorm(n_quantiles=99).fit(controls, channels)
     worst = 0.0
     for r in others.itertuples():
-        x = events(DATA / "fcs" / r.file_name)
+        x = events(REAL / "fcs" / r.file_name)
         expected = events(DATA / "r_normalised" / f"Norm_{r.file_name}")
         columns = [np.array(x[:, j]) for j in range(x.shape[1])]  # float32 copies, in place
         outside = model.transform_inplace(columns, str(r.batch))
@@ -88,7 +89,7 @@ def test_clustered_cytonorm_is_deterministic_and_falls_back_for_small_clusters()
         return CytoNorm(n_quantiles=99, clustering=som).fit(controls, channels)
 
     a, b = fit(), fit()
-    x = events(DATA / "fcs" / others.file_name.iloc[0])
+    x = events(REAL / "fcs" / others.file_name.iloc[0])
     np.testing.assert_array_equal(a.transform(x, "1"), b.transform(x, "1"))
     small = a.counts_[:, 1:] < 50
     assert (a.fallback_[:, 1:] == small).all() and small.any()
