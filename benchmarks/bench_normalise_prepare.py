@@ -57,6 +57,8 @@ def main() -> None:
         ids = ids[:: max(1, len(ids) // a.files)]
     n_train = -(-500_000 // len(study.samples))
     times = {k: [] for k in ("plain", "normalised", "summary", "plain_wall", "normalised_wall")}
+    for variant in (None, model):  # warm up: first-call compilation and caches, untimed
+        _prepare_task(_SampleJob(study, ids[0], "treg", "", None, 1, n_train, normaliser=variant))
     for i, sid in enumerate(ids):
         order = ("plain", "normalised") if i % 2 == 0 else ("normalised", "plain")
         for variant in order:
