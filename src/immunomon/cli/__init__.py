@@ -21,7 +21,7 @@ import sys
 from immunomon.errors import UserError
 
 from .app import app
-from . import cluster, fcs, gate, init, run, study  # noqa: F401  (register the verbs)
+from . import cluster, fcs, gate, init, normalise, run, study  # noqa: F401  (register the verbs)
 
 
 def main() -> None:

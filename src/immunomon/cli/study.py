@@ -57,6 +57,12 @@ def simulate(
     empty: int = typer.Option(3000, help="CITE-seq: empty droplets per library (0: no raw "
                               "matrix, CLR instead of dsb)."),
     matrix_format: str = typer.Option("mtx", "--format", help="CITE-seq: 'mtx' or 'h5'."),
+    batches: int = typer.Option(None, help="Acquisition batches, each with one bridge control "
+                                "(default: random batches of ~24 samples, no controls)."),
+    batch_effect: float = typer.Option(0.0, help="With --batches: per-batch, per-marker shift "
+                                       "sd (arcsinh units; scale log-sd a third of it)."),
+    confound: float = typer.Option(0.0, help="With --batches: share of patients whose k-th "
+                                   "visit is acquired in batch k (visits confounded)."),
 ) -> None:
     """Simulate a low-dose IL-2 trial: FCS files (or Cell Ranger folders with --assay
     citeseq), manifest, clinical/AE tables and truth/."""
@@ -83,8 +89,11 @@ def simulate(
                           visits=[v for v in visits.split(",") if v.strip()], events=events,
                           seed=seed, effect=effect, effect_size=effect_size,
                           arms=tuple(a.strip() for a in arms.split(",")) if arms else None,
-                          workers=workers,
-                          overwrite=force)
+                          workers=workers, overwrite=force, batches=batches,
+                          batch_effect=batch_effect, confound=confound)
     n = len(list((root / "fcs").glob("*.fcs")))
     typer.echo(f"{root}: {n} FCS files, {patients} patients, effect={effect} "
-               f"(size {effect_size:g})" + (f", arms {arms}" if arms else "") + f", seed {seed}")
+               f"(size {effect_size:g})" + (f", arms {arms}" if arms else "") + f", seed {seed}"
+               + (f"; {batches} batches with a bridge control each, batch effect "
+                  f"{batch_effect:g}, {confound:.0%} of patients confounded"
+                  if batches is not None else ""))

@@ -164,12 +164,15 @@ class NormalisationClustering(_Model):
 
 class Normalisation(_Model):
     """Batch normalisation on bridge controls (``samples.csv`` ``control`` column): CytoNorm
-    quantile normalisation per batch and marker on the transformed scale."""
+    quantile normalisation per batch and marker on the transformed scale. ``holdout``: control
+    samples normalised but not fitted on (they measure how well batches are brought
+    together)."""
 
     method: Literal["cytonorm"] = "cytonorm"
     quantiles: int = Field(99, ge=2, le=1000)
     clustering: Literal[False] | NormalisationClustering = False
     markers: list[str] | None = Field(None, min_length=1)
+    holdout: list[str] | None = None
 
 
 class QC(_Model):
@@ -639,10 +642,11 @@ def _read_samples(path: Path, cfg: StudyConfig, check_files: bool
             problems.append(f"{where(path, i, 'panel')}: unknown panel '{row['panel']}' "
                             f"(study.yaml declares {', '.join(cfg.panels)})")
         key = (row["patient_id"], row["visit"], row["panel"])
-        if all(key) and key in first_key:
-            problems.append(f"{where(path, i, 'visit')}: patient {key[0]} already has a "
-                            f"{key[2]} sample at {key[1]} (line {first_key[key] + 2})")
-        first_key.setdefault(key, i)
+        if control.iloc[i] not in _TRUE:  # a bridge control repeats donor × visit per batch
+            if all(key) and key in first_key:
+                problems.append(f"{where(path, i, 'visit')}: patient {key[0]} already has a "
+                                f"{key[2]} sample at {key[1]} (line {first_key[key] + 2})")
+            first_key.setdefault(key, i)
         pid, dis = row["patient_id"], row["disease"]
         if pid in disease_of and disease_of[pid][0] != dis:
             problems.append(f"{where(path, i, 'disease')}: patient {pid} has disease '{dis}' "

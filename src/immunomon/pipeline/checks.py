@@ -20,6 +20,7 @@ CHECKS: tuple[str, ...] = (
     "immunomon.pipeline.supervised:check_gating",
     "immunomon.pipeline.citeseq:check_citeseq",
     "immunomon.stats.plan_check:check_plan",
+    "immunomon.pipeline.normalise:check_normalisation",
 )
 
 

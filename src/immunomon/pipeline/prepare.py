@@ -61,6 +61,11 @@ class PreparedSample:
     raw, spillover
         With ``keep_raw=True``: every file event's linear uncompensated values (columns =
         ``$PnN``) and the file's spillover matrix, for imported (FlowJo, Gating-ML) gates.
+    normalised
+        With batch normalisation (``normalise``/``normaliser``): ``before``, the QC-passed
+        events of the normalised markers before normalisation (DataFrame, same rows as
+        ``events``), and ``outside``, marker → share of them outside the range of the
+        batch's control events (extrapolated); else None.
     """
 
     sample_id: str
@@ -79,6 +84,7 @@ class PreparedSample:
     compensated: bool = False
     raw: pd.DataFrame | None = None
     spillover: pd.DataFrame | None = None
+    normalised: dict[str, Any] | None = None
 
     @property
     def fluorescence_markers(self) -> list[str]:
@@ -132,8 +138,9 @@ def prepare_events(
     qc: QualityControl | None = None,
     sample_id: str = "",
     keep_all_events: bool = False,
+    normalise: Any = None,
 ) -> PreparedSample:
-    """Compensate, transform and QC one file's events (no study needed).
+    """Compensate, transform, (normalise) and QC one file's events (no study needed).
 
     Parameters
     ----------
@@ -159,6 +166,10 @@ def prepare_events(
         Quality-control settings; default :class:`QualityControl()`.
     keep_all_events
         Also return every file event (``all_events``), not only the QC-passed ones.
+    normalise
+        Batch normalisation applied after the transform and before QC:
+        ``normalise(events, columns)`` changes the Fortran-ordered float32 events in place
+        (:class:`~immunomon.preprocess.normalise.BatchNormalisation`).
     """
     from immunomon.preprocess.compensation import compensate
 
@@ -176,6 +187,8 @@ def prepare_events(
         per_channel = {}
     for j, t in per_channel.items():
         t.transform_inplace(events[:, j])
+    if normalise is not None:  # batch normalisation on the transformed scale (CytoNorm)
+        normalise(events, columns)
     frame = pd.DataFrame(events, columns=columns, copy=False)
     rng = {c: float(r) for c, r in zip(columns, ranges)} if ranges is not None else None
     lim = {c: float(v) for c, v in zip(columns, limits)} if limits is not None else None
@@ -291,11 +304,12 @@ def _qc_for(panel, columns: list[str], roles: list[str]) -> QualityControl:
 
 
 def prepare_sample(study, sample_id: str, *, qc: QualityControl | None = None,
-                   keep_all_events: bool = False, keep_raw: bool = False) -> PreparedSample:
+                   keep_all_events: bool = False, keep_raw: bool = False,
+                   normaliser: Any = None) -> PreparedSample:
     """Read (linear values: ``$PnE`` log decades undone, ``$PnG`` gain divided out),
     compensate (the file's ``$SPILLOVER`` unless the panel says ``compensation: none``),
-    transform the intensity channels (panel's transform, per-channel parameters) and QC one
-    sample of a study.
+    transform the intensity channels (panel's transform, per-channel parameters), normalise
+    batches (``normaliser``) and QC one sample of a study.
 
     Parameters
     ----------
@@ -311,6 +325,9 @@ def prepare_sample(study, sample_id: str, *, qc: QualityControl | None = None,
     keep_raw
         Also keep every file event's linear, uncompensated values in ``raw`` (columns =
         ``$PnN``, float64), for gates imported from FlowJo or Gating-ML.
+    normaliser
+        The panel's fitted :class:`~immunomon.preprocess.normalise.CytoNorm` (the run's
+        ``normalise`` stage), applied with the sample's ``batch`` after the transform.
     """
     from immunomon.io.fcs import read_fcs
 
@@ -325,6 +342,12 @@ def prepare_sample(study, sample_id: str, *, qc: QualityControl | None = None,
                         f"not defined in study.yaml (panels: {sorted(panels)})")
     panel = panels[panel_name]
     dataset = int(row["dataset"]) if "dataset" in row and pd.notna(row["dataset"]) else 1
+    normalise = None
+    if normaliser is not None:  # the panel's CytoNorm splines of the sample's batch
+        if str(row.get("batch")) not in normaliser.batches_:
+            raise UserError(f"{study.root}/samples.csv: sample {sample_id!r} is in batch "
+                            f"{row.get('batch')!r}, which has no bridge control to normalise it on")
+        normalise = normaliser.for_batch(row.get("batch"))
     f = read_fcs(study.path_of(sample_id), dataset=dataset, scale=True)
     names, labels = list(f.names), list(f.labels)
     channels = _as_dict(getattr(panel, "channels", {}) or {})
@@ -339,7 +362,7 @@ def prepare_sample(study, sample_id: str, *, qc: QualityControl | None = None,
         f.events, names, columns, spillover=spillover if compensated else None,
         transform=panel_transforms(panel, names, roles), ranges=list(f.channels["range"].astype(float)),
         limits=margin_limits(f.channels, roles), qc=qc, sample_id=sample_id,
-        keep_all_events=keep_all_events,
+        keep_all_events=keep_all_events, normalise=normalise,
     )
     prepared.panel = panel_name
     prepared.roles = dict(zip(columns, roles))
@@ -348,6 +371,8 @@ def prepare_sample(study, sample_id: str, *, qc: QualityControl | None = None,
     if keep_raw:
         prepared.raw = pd.DataFrame(f.events.astype(np.float64), columns=names, copy=False)
         prepared.spillover = f.spillover
+    if normalise is not None:
+        prepared.normalised = normalise.kept(prepared.keep)
     return prepared
 
 

@@ -4,6 +4,8 @@ Stages (each cached by content hash, see :mod:`immunomon.pipeline.cache`)::
 
     validate      load_checked: manifest + every stage's settings (every problem at once)
     hash          SHA-256 of every input file                       (parallel)
+    normalise     per panel asking for it: CytoNorm fitted on the bridge controls of
+                  each batch (read, compensate, transform; parallel over batches)
     prepare       per sample: read, compensate, transform, QC, gate,
                   population statistics, clustering training subsample (parallel)
     train         per panel: SOM + metaclusters on the pooled subsamples
@@ -41,6 +43,7 @@ from immunomon.errors import UserError
 from .cache import Cache, code_fingerprint, make_key, sha256_file, sha256_files
 from .executor import map_samples, worker_pool
 from .lock import run_lock
+from .normalise import NORMALISE_CODE, batch_tables, fit_study
 from .provenance import safe_keywords, utc_now, versions, write_provenance
 from .rundir import FIGURES, TABLES, remove_stale_temporaries, write_error, write_table
 
@@ -50,7 +53,7 @@ __all__ = ["run_study", "RunOptions", "not_analysed", "render_report", "SAMPLE_C
 log = logging.getLogger("immunomon.run")
 
 #: Stage names, in order (progress bars, ``provenance.json`` steps, cache folders).
-STAGES = ("hash", "prepare", "train", "map", "embed", "stats", "report")
+STAGES = ("hash", "normalise", "prepare", "train", "map", "embed", "stats", "report")
 
 #: Columns of ``tables/samples`` (architecture contract), in order.
 SAMPLE_COLUMNS = ["sample_id", "patient_id", "disease", "arm", "visit", "day", "panel", "batch",
@@ -64,6 +67,7 @@ _CODE = {
                 "immunomon.pipeline.unsupervised", "immunomon.pipeline.run"),
     "train": ("immunomon.clustering", "immunomon.pipeline.unsupervised"),
     "stats": ("immunomon.stats",),
+    "normalise": NORMALISE_CODE,
 }
 _CODE["map"] = _CODE["prepare"]
 
@@ -141,11 +145,13 @@ class _SampleJob:
     seed: int
     n: int
     model: Any = None
+    normaliser: Any = None
 
 
 @_measured
 def _prepare_task(job: _SampleJob) -> dict:
     """prepare + phenotype + training subsample of one sample, cached under ``prepare``."""
+    from immunomon.pipeline.normalise import batch_summary
     from immunomon.pipeline.supervised import phenotype_sample, prepare_for_gating
     from immunomon.pipeline.unsupervised import training_subsample
 
@@ -154,7 +160,7 @@ def _prepare_task(job: _SampleJob) -> dict:
     if hit is not None:
         return {**hit, "cached": True}
     try:
-        prepared = prepare_for_gating(job.study, job.sample_id)
+        prepared = prepare_for_gating(job.study, job.sample_id, normaliser=job.normaliser)
         tables = phenotype_sample(prepared, job.study, job.sample_id)
     except UserError as err:  # an unreadable or ungateable file: listed, not fatal
         return {"sample_id": job.sample_id, "error": "; ".join(err.problems),
@@ -176,6 +182,7 @@ def _prepare_task(job: _SampleJob) -> dict:
         "keywords": _acquisition(job.study, job.sample_id),
         "tables": {"qc_steps": qc_steps, **tables},
         "training": training_subsample(prepared, job.n, job.seed),
+        "batch": batch_summary(prepared),
     }
     cache.put("prepare", job.key, result)
     return {**result, "cached": False}
@@ -205,7 +212,7 @@ def _map_task(job: _SampleJob) -> dict:
     hit = cache.get("map", job.key)
     if hit is not None:
         return {**hit, "cached": True}
-    prepared = prepare_sample(job.study, job.sample_id)
+    prepared = prepare_sample(job.study, job.sample_id, normaliser=job.normaliser)
     result = {"sample_id": job.sample_id,
               "tables": map_sample(job.model, prepared, embed_n=job.n, seed=job.seed)}
     cache.put("map", job.key, result)
@@ -389,6 +396,9 @@ def _run(study, out: Path, seed: int, options: RunOptions, cache: Cache, paralle
                  "%s; its outputs are unchanged", previous.get("finished"))
         return {**previous, "steps": stages.steps, "up_to_date": True}
 
+    # normalise: per panel asking for it, CytoNorm on the bridge controls of every batch
+    normalisers = fit_study(study, file_sha, seed, cache, code["normalise"], parallel, stages)
+
     # prepare: every sample not excluded in study.yaml (all with include_excluded)
     listed = samples["excluded_reason"].fillna("").astype(str) == ""
     todo = samples.loc[listed | options.include_excluded, ["sample_id", "panel"]].astype(str)
@@ -400,7 +410,10 @@ def _run(study, out: Path, seed: int, options: RunOptions, cache: Cache, paralle
             continue
         n_train = math.ceil(options.train_cells / per_panel[panel])
         key = _prepare_key(study, sid, file_sha[sid], sha, seed, n_train, code["prepare"])
-        jobs.append(_SampleJob(study, sid, panel, key, _root(cache), seed, n_train))
+        norm_key, normaliser = normalisers.get(panel, (None, None))
+        key = make_key(key, norm_key) if normaliser is not None else key
+        jobs.append(_SampleJob(study, sid, panel, key, _root(cache), seed, n_train,
+                               normaliser=normaliser))
     prepared = _map_cached(_prepare_task, "prepare", jobs, cache,
                            stages.start("prepare", len(jobs)), parallel)
     by_id = {r["sample_id"]: r for r in prepared}
@@ -462,7 +475,8 @@ def _run(study, out: Path, seed: int, options: RunOptions, cache: Cache, paralle
     n_panel = analysed["panel"].astype(str).value_counts()
     map_jobs = [_SampleJob(study, sid, p, make_key("map", code["map"], keys[sid], train_keys[p],
                                                 options.embed_cells),
-                           _root(cache), seed, math.ceil(options.embed_cells / n_panel[p]))
+                           _root(cache), seed, math.ceil(options.embed_cells / n_panel[p]),
+                           normaliser=normalisers.get(p, (None, None))[1])
                 for sid, p in zip(analysed["sample_id"], analysed["panel"].astype(str))
                 if p not in cite_panels]
     mapped = _map_cached(_map_task, "map", map_jobs, cache, stages.start("map", len(map_jobs)),
@@ -497,6 +511,9 @@ def _run(study, out: Path, seed: int, options: RunOptions, cache: Cache, paralle
     if cite is not None:  # CITE-seq tables join the cytometry ones (same contracts)
         for name, frame in cite.tables.items():
             tables[name] = _concat([tables.get(name), frame])
+
+    # batch diagnostics (every study with batches) and the fitted normalisation splines
+    tables.update(batch_tables(study, analysed, by_id, normalisers))
 
     # stats: over analysed samples only
     tables.update(_stats(study, tables, analysed, seed, options, cache, code["stats"], stages))
@@ -628,7 +645,7 @@ def _stats(study, tables: dict, analysed: pd.DataFrame, seed: int, options: RunO
         "pseudobulk": _only(tables.get("pseudobulk", pd.DataFrame()), ids),
         "clinical": study.clinical,
         "adverse_events": study.adverse_events,
-        "patients": _patients(study.samples),
+        "patients": _patients(study.samples[~study.samples["control"].astype(bool)]),
     }
     visits = [v.name if hasattr(v, "name") else v["name"] for v in study.config.visits]
     baseline = study.config.baseline  # None: a single-visit study compares groups

@@ -95,12 +95,14 @@ def workspace_sample(study, sample_id: str, fil: str | None = None):
     return ws.match(Path(str(row["file"])).name, fil, group=gating.wsp_group)
 
 
-def prepare_for_gating(study, sample_id: str) -> PreparedSample:
+def prepare_for_gating(study, sample_id: str, normaliser=None) -> PreparedSample:
     """:func:`~immunomon.pipeline.prepare.prepare_sample` with what the panel's gating route
-    needs: every event and its raw values for imported (FlowJo, Gating-ML) gates."""
+    needs: every event and its raw values for imported (FlowJo, Gating-ML) gates
+    (``normaliser``: the panel's batch normalisation, see ``prepare_sample``)."""
     route = gating_route(study, str(study.sample(sample_id)["panel"]))
     imported = route in ("wsp", "gatingml")
-    return prepare_sample(study, sample_id, keep_all_events=imported, keep_raw=imported)
+    return prepare_sample(study, sample_id, keep_all_events=imported, keep_raw=imported,
+                          normaliser=normaliser)
 
 
 def gate_prepared(prepared: PreparedSample, template: GatingTemplate) -> TemplateGating:

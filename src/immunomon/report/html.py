@@ -18,6 +18,7 @@ from . import sections_citeseq as citeseq
 from . import sections_more as more
 from . import sections_plan as plan
 from . import sections_study as study
+from .sections_batch import batch_section
 from .assets import CSS, TABLE_JS
 from .figures import write_figures
 from .htmltable import esc
@@ -34,8 +35,8 @@ CSP = ("default-src 'none'; script-src 'unsafe-inline' 'unsafe-eval'; "
 #: Section builders in page order: the analysis plan first (a builder returning None — a
 #: plan section of a run without a plan — adds no section).
 SECTIONS: tuple[Callable[[Context], Section | None], ...] = (
-    plan.primary, plan.key_secondary, study.overview, study.kinetics, study.volcano,
-    study.fold_changes, study.pca, more.clusters, more.differential, citeseq.citeseq,
+    plan.primary, plan.key_secondary, study.overview, batch_section, study.kinetics,
+    study.volcano, study.fold_changes, study.pca, more.clusters, more.differential, citeseq.citeseq,
     plan.selectivity, more.clinical, more.adverse_events, more.methods, more.provenance,
 )
 #: At most this many other PNGs of figures/ (e.g. gate plots) are shown in the gallery.

@@ -13,7 +13,8 @@ instead of 1.15), debris (low FSC/SSC); shuffle; spillover (``true @ S``); per-b
 gain; detector noise ``N(0, sqrt(30² + 12 × signal))``; in some files a time-anomaly segment
 (2-4 % of events acquired at 6× the flow rate with every signal at 50-65 %); clipping at the
 top of the range. The Time channel counts 0.01 s ticks of a Poisson acquisition at
-600-1200 events/s.
+600-1200 events/s. Studies simulated with ``batches`` add a staining/instrument batch effect
+on top (:func:`apply_batch_effect`), after the truth is taken.
 """
 
 from __future__ import annotations
@@ -292,3 +293,30 @@ def simulate_events(state: SampleState, n_events: int, rng: np.random.Generator,
     events[:, 4:] = np.minimum(signal, RANGE - 1)
     return SimulatedEvents(events, population, artefact, cell_flags["Ki67"],
                            cell_flags["HLA-DR"], cell_flags["HELIOS"])
+
+
+def apply_batch_effect(events: np.ndarray, spillover: np.ndarray, shift: np.ndarray,
+                       scale: np.ndarray) -> np.ndarray:
+    """A copy of one file's events with an acquisition-batch effect on the transformed scale.
+
+    The fluorescence (columns 4 on) is compensated, put on the arcsinh scale of the panel
+    (cofactor 150), moved to ``scale · z + shift`` per marker, then brought back to measured
+    detector values (inverse arcsinh, spillover) and clipped below the range, so that the
+    analysis sees exactly this shift and scale after compensation and transform. Scatter and
+    Time are unchanged; no random draw is made (the file's stream is untouched).
+
+    Parameters
+    ----------
+    events
+        ``(n_events, 19)`` events of :func:`simulate_events`.
+    spillover
+        ``(15, 15)`` spillover matrix (rows = sources).
+    shift, scale
+        ``(15,)`` arcsinh units and factors, in marker order.
+    """
+    out = events.copy()
+    comp = events[:, 4:].astype(np.float64) @ np.linalg.inv(spillover)
+    z = np.arcsinh(comp / COFACTOR) * scale + shift
+    out[:, 4:] = np.minimum(COFACTOR * np.sinh(z) @ spillover, RANGE - 1)
+    return out
+

@@ -18,7 +18,7 @@ from immunomon.errors import UserError
 from immunomon.io.fcs import write_fcs
 
 from .clinical import clinical_tables
-from .events import ARTEFACTS, LABELS, simulate_events
+from .events import ARTEFACTS, LABELS, apply_batch_effect, simulate_events
 from .model import DISEASES, Patient, make_patient, rng_for, sample_state
 from .panel import (CHANNELS, COFACTOR, FLUORESCENCE, FLUOR_CHANNELS, MARKER_ROLES, LABELS as CHANNEL_LABELS,
                     MARKERS, RANGE, SCATTER_CHANNELS, TIMESTEP, spillover_matrix)
@@ -30,6 +30,8 @@ PANEL = "treg"
 #: Samples per acquisition batch (batches are drawn at random, not by visit).
 BATCH_SIZE = 24
 _FIRST_BATCH_DATE = dt.date(2024, 1, 8)
+#: The bridge-control donor of studies simulated with ``batches`` (one aliquot per batch).
+CONTROL_DONOR = "CTRL"
 
 
 def _visit_days(visits) -> tuple[list[tuple[str, int]], list[str]]:
@@ -58,6 +60,35 @@ def _batch_gains(seed: int, n_batches: int) -> np.ndarray:
         gains[b, :3] = scatter
         gains[b, 3:] = np.exp(rng.normal(0.0, 0.04, len(MARKERS)))
     return gains
+
+
+def _batch_effects(seed: int, n_batches: int, size: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per batch and marker (n_batches, 15): shift ~ N(0, size) arcsinh units and scale
+    ``exp(N(0, size / 3))`` on the transformed scale."""
+    shift, scale = np.zeros((n_batches, len(MARKERS))), np.ones((n_batches, len(MARKERS)))
+    for b in range(n_batches):
+        rng = rng_for(seed, "batch-effect", str(b))
+        shift[b] = rng.normal(0.0, size, len(MARKERS))
+        scale[b] = np.exp(rng.normal(0.0, size / 3, len(MARKERS)))
+    return shift, scale
+
+
+def _assign_batches(seed: int, cohort, visit_days, n_batches: int, confound: float) -> list[int]:
+    """Batch (0-based) of every patient × visit sample, patient-major: a seeded share
+    ``confound`` of the patients has its k-th visit in batch ``k mod n_batches`` (visits
+    confounded with batches); the other samples are dealt evenly over the batches at random."""
+    n_conf = int(round(confound * len(cohort)))
+    conf = set(rng_for(seed, "confounded").permutation(len(cohort))[:n_conf].tolist())
+    batch, free = [], []
+    for i in range(len(cohort)):
+        for k in range(len(visit_days)):
+            batch.append(k % n_batches if i in conf else -1)
+            if i not in conf:
+                free.append(len(batch) - 1)
+    order = rng_for(seed, "batches").permutation(len(free))
+    for j, pos in enumerate(order):
+        batch[free[pos]] = j % n_batches
+    return batch
 
 
 #: The model trial's analysis plan: key secondary end points (tested in this order at the
@@ -126,16 +157,21 @@ def _simulate_file(job: dict) -> tuple[np.ndarray, dict]:
     """Simulate, write and summarise one FCS file (runs in a worker process)."""
     spill = spillover_matrix()
     rng = rng_for(job["seed"], "events", job["sample_id"])
+    # a bridge control's aliquots share one blood sample: no visit-to-visit variation
     state = sample_state(job["patient"], job["day"], effect=job["effect"],
-                         effect_size=job["effect_size"], rng=rng)
+                         effect_size=job["effect_size"], rng=None if job["control"] else rng)
     sim = simulate_events(state, job["events"], rng, spill, job["gain"])
+    counts, params = sample_truth(sim, np.linalg.inv(spill), state.lymph_per_ul)
+    events = sim.events
+    if job.get("shift") is not None:  # after the truth: the biology is not the batch's
+        events = apply_batch_effect(events, spill, job["shift"], job["scale"])
     root = Path(job["root"])
     keywords = {
         "$CYT": "immunomon simulator", "$DATE": job["date"], "$SMNO": job["sample_id"],
         "$SRC": job["patient"].patient_id, "$FIL": f"{job['sample_id']}.fcs",
         "$TIMESTEP": repr(TIMESTEP), "$PROJ": STUDY_ID,
     }
-    write_fcs(root / "fcs" / f"{job['sample_id']}.fcs", sim.events, CHANNELS, CHANNEL_LABELS,
+    write_fcs(root / "fcs" / f"{job['sample_id']}.fcs", events, CHANNELS, CHANNEL_LABELS,
               ranges=[RANGE] * len(CHANNELS),
               spillover=pd.DataFrame(spill, index=FLUOR_CHANNELS, columns=FLUOR_CHANNELS),
               keywords=keywords)
@@ -145,7 +181,6 @@ def _simulate_file(job: dict) -> tuple[np.ndarray, dict]:
     })
     pq.write_table(table, root / "truth" / "events" / f"{job['sample_id']}.parquet",
                    compression="zstd")
-    counts, params = sample_truth(sim, np.linalg.inv(spill), state.lymph_per_ul)
     return counts, {"params": params, "lymph_per_ul": state.lymph_per_ul}
 
 
@@ -160,7 +195,8 @@ def randomise(patient_ids: list[str], arms: tuple[str, ...], seed: int) -> dict[
 def simulate_study(out_dir, patients: int = 46, visits=DEFAULT_VISITS, events: int = 50_000,
                    seed: int = 1, effect: str = "planted", effect_size: float = 1.0, *,
                    arms: tuple[str, ...] | None = None, workers: int = 1,
-                   overwrite: bool = False) -> Path:
+                   overwrite: bool = False, batches: int | None = None,
+                   batch_effect: float = 0.0, confound: float = 0.0) -> Path:
     """Simulate a low-dose IL-2 basket trial and write it as a study folder.
 
     Parameters
@@ -188,6 +224,18 @@ def simulate_study(out_dir, patients: int = 46, visits=DEFAULT_VISITS, events: i
         Processes that write FCS files in parallel (the output does not depend on it).
     overwrite
         Allow writing into a non-empty folder.
+    batches
+        Number of acquisition batches, each with one bridge control (an aliquot of the same
+        healthy donor, ``control`` true in samples.csv, sample id ``CTRL_B01`` …, at the
+        baseline visit). ``None``: batches of about 24 samples drawn at random, no controls.
+    batch_effect
+        With ``batches``: size of the per-batch, per-marker effect on the transformed scale
+        (shift sd in arcsinh units; scale log-sd ``batch_effect / 3``), applied to every
+        file of the batch after its truth is taken (:func:`.events.apply_batch_effect`).
+    confound
+        With ``batches``: share of the patients whose k-th visit is acquired in batch
+        ``k mod batches`` (e.g. D1 in batch 1 and D8 in batch 2); the other samples are
+        spread at random.
 
     Returns
     -------
@@ -209,6 +257,14 @@ def simulate_study(out_dir, patients: int = 46, visits=DEFAULT_VISITS, events: i
                         f"control first)")
     visit_days, vp = _visit_days(list(visits))
     problems += vp
+    if batches is None and (batch_effect or confound):
+        problems.append("--batch-effect and --confound need --batches")
+    if batches is not None and int(batches) < 1:
+        problems.append(f"--batches: {batches} (need at least 1)")
+    if not (math.isfinite(float(batch_effect)) and float(batch_effect) >= 0):
+        problems.append(f"--batch-effect: {batch_effect} is not a size >= 0")
+    if not 0 <= float(confound) <= 1:
+        problems.append(f"--confound: {confound} is not a share between 0 and 1")
     root = Path(out_dir)
     if root.exists() and any(root.iterdir()) and not overwrite:
         problems.append(f"{root}: folder exists and is not empty")
@@ -226,21 +282,34 @@ def simulate_study(out_dir, patients: int = 46, visits=DEFAULT_VISITS, events: i
     arm_of = randomise([p.patient_id for p in cohort], tuple(arms), seed) if arms else {}
     treated = {p.patient_id: not arms or arm_of[p.patient_id] != arms[0] for p in cohort}
     samples = [(p, v, d) for p in cohort for v, d in visit_days]
-    n_batches = max(1, round(len(samples) / BATCH_SIZE))
-    order = rng_for(seed, "batches").permutation(len(samples))
-    batch_of = np.empty(len(samples), dtype=int)
-    batch_of[order] = np.arange(len(samples)) % n_batches
+    if batches is None:
+        n_batches = max(1, round(len(samples) / BATCH_SIZE))
+        order = rng_for(seed, "batches").permutation(len(samples))
+        batch_of = np.empty(len(samples), dtype=int)
+        batch_of[order] = np.arange(len(samples)) % n_batches
+    else:  # bridge controls: one aliquot of the same donor's baseline sample per batch
+        n_batches = int(batches)
+        batch_of = np.array(_assign_batches(seed, cohort, visit_days, n_batches, confound))
+        donor = make_patient(CONTROL_DONOR, DISEASES[0][0], rng_for(seed, "patient", "CTRL"))
+        samples += [(donor, visit_days[0][0], visit_days[0][1])] * n_batches
+        batch_of = np.concatenate([batch_of, np.arange(n_batches)])
+        shift, scale = _batch_effects(seed, n_batches, float(batch_effect))
     gains = _batch_gains(seed, n_batches)
 
     jobs = []
     for (p, v, d), b in zip(samples, batch_of):
         date = _FIRST_BATCH_DATE + dt.timedelta(days=7 * int(b))
+        control = p.patient_id == CONTROL_DONOR
         jobs.append({
-            "sample_id": f"{p.patient_id}_{v}", "patient": p, "day": d, "seed": seed,
-            "effect": effect if treated[p.patient_id] else "none",
-            "effect_size": float(effect_size), "events": int(events),
-            "gain": gains[b], "root": str(root), "date": date.strftime("%d-%b-%Y").upper(),
+            "sample_id": f"CTRL_B{b + 1:02d}" if control else f"{p.patient_id}_{v}",
+            "patient": p, "day": d, "seed": seed,
+            "effect": "none" if control or not treated[p.patient_id] else effect,
+            "effect_size": float(effect_size),
+            "events": int(events), "gain": gains[b], "root": str(root),
+            "date": date.strftime("%d-%b-%Y").upper(), "control": control,
         })
+        if batches is not None and batch_effect:
+            jobs[-1].update(shift=shift[b], scale=scale[b])
     if workers > 1:
         with ProcessPoolExecutor(workers) as pool:
             results = list(pool.map(_simulate_file, jobs, chunksize=4))
@@ -251,9 +320,12 @@ def simulate_study(out_dir, patients: int = 46, visits=DEFAULT_VISITS, events: i
     for (p, v, d), b, job, (counts, info) in zip(samples, batch_of, jobs, results):
         sid = job["sample_id"]
         rows.append({"sample_id": sid, "file": f"fcs/{sid}.fcs", "patient_id": p.patient_id,
-                     "disease": p.disease, **({"arm": arm_of[p.patient_id]} if arms else {}),
-                     "visit": v, "panel": PANEL, "batch": f"B{b + 1:02d}",
-                     "dataset": 1, "lymphocytes_per_ul": round(info["lymph_per_ul"], 1)})
+                     "disease": "healthy" if job["control"] else p.disease,
+                     **({"arm": arm_of[p.patient_id]} if arms and not job["control"] else {}),
+                     "visit": v, "panel": PANEL, "batch": f"B{b + 1:02d}", "dataset": 1,
+                     "lymphocytes_per_ul": round(info["lymph_per_ul"], 1)})
+        if batches is not None:
+            rows[-1]["control"] = str(job["control"]).lower()
         total = counts[0]
         for (pop, parent), count in zip(HIERARCHY.items(), counts):
             denom = counts[list(HIERARCHY).index(parent)] if parent else total
@@ -261,6 +333,11 @@ def simulate_study(out_dir, patients: int = 46, visits=DEFAULT_VISITS, events: i
                          count / total if total else np.nan))
         params += [(sid, k, val) for k, val in info["params"].items()]
 
+    if batches is not None:
+        pd.DataFrame([{"batch": f"B{b + 1:02d}", "marker": m, "shift": round(shift[b, j], 6),
+                       "scale": round(scale[b, j], 6)}
+                      for b in range(n_batches) for j, m in enumerate(MARKERS)]).to_csv(
+            root / "truth" / "batch_effects.csv", index=False, lineterminator="\n")
     pd.DataFrame(rows).to_csv(root / "samples.csv", index=False, lineterminator="\n")
     pd.DataFrame(pops, columns=["sample_id", "population", "parent", "count", "freq_parent",
                                 "freq_total"]).to_csv(root / "truth" / "populations.csv",

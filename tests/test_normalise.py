@@ -1,0 +1,95 @@
+"""CytoNorm (immunomon.preprocess.normalise) against R: splinefun(monoH.FC) and CytoNorm's outputs."""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.interpolate import PchipInterpolator
+
+from immunomon.clustering import FlowSOM
+from immunomon.io.fcs import read_fcs
+from immunomon.preprocess.normalise import CytoNorm, MonotoneSpline, control_summary
+
+DATA = Path(__file__).parent / "data" / "cytonorm"  # R outputs and references
+REAL = Path(__file__).parent / "data" / "real" / "cytonorm"  # CytoNorm's example files
+
+
+def _knots():
+    return pd.read_csv(DATA / "splinefun_knots.csv"), pd.read_csv(DATA / "splinefun_reference.csv")
+
+
+@pytest.mark.parametrize("case", ["quantiles", "steep", "ties"])
+def test_spline_equals_r_splinefun_monoH_FC(case):
+    knots, ref = _knots()
+    k, r = knots[knots.case == case], ref[ref.case == case]
+    spline = MonotoneSpline.fit(k.x.to_numpy(), k.y.to_numpy())
+    np.testing.assert_allclose(spline(r.t.to_numpy()), r.value.to_numpy(), rtol=1e-12, atol=1e-12)
+
+
+def test_scipy_pchip_is_not_r_monoH_FC():
+    """Same knots and values, different curve between knots (harmonic-mean slopes)."""
+    knots, ref = _knots()
+    k, r = knots[knots.case == "quantiles"], ref[ref.case == "quantiles"]
+    spline = MonotoneSpline.fit(k.x.to_numpy(), k.y.to_numpy())
+    pchip = PchipInterpolator(spline.x, spline.y)
+    inside = r.t.between(spline.x[0], spline.x[-1]).to_numpy()
+    t = r.t.to_numpy()[inside]
+    assert np.abs(pchip(spline.x) - spline(spline.x)).max() < 1e-12
+    assert np.abs(pchip(t) - r.value.to_numpy()[inside]).max() > 1e-2
+
+
+def _cytonorm_data():
+    meta = pd.read_csv(REAL / "metadata.csv")
+    channels = (REAL / "coding_detectors.txt").read_text().split()
+
+    def events(path):
+        f = read_fcs(path)
+        return np.arcsinh(f.events[:, [f.names.index(c) for c in channels]] / np.float32(5))
+
+    controls = {str(r.batch): events(REAL / "fcs" / r.file_name)
+                for r in meta[meta.reference == "ref"].itertuples()}
+    others = meta[meta.reference == "other"]
+    return channels, controls, others, events
+
+
+def test_cytonorm_reproduces_r_cytonorm():
+    """No clustering, 99 quantiles, asinh(x/5): every value within 1e-3 of R's output."""
+    channels, controls, others, events = _cytonorm_data()
+    model = CytoNorm(n_quantiles=99).fit(controls, channels)
+    worst = 0.0
+    for r in others.itertuples():
+        x = events(REAL / "fcs" / r.file_name)
+        expected = events(DATA / "r_normalised" / f"Norm_{r.file_name}")
+        columns = [np.array(x[:, j]) for j in range(x.shape[1])]  # float32 copies, in place
+        outside = model.transform_inplace(columns, str(r.batch))
+        worst = max(worst, np.abs(np.column_stack(columns) - expected).max(),
+                    np.abs(model.transform(x, str(r.batch)) - expected).max())
+        assert 0 < outside.mean() < 0.01  # the other aliquot mostly lies within the control range
+    assert worst < 1e-3
+
+
+def test_table_and_summaries_describe_the_fit():
+    channels, controls, _, _ = _cytonorm_data()
+    model = CytoNorm(n_quantiles=9).fit({b: x[:, :3] for b, x in controls.items()}, channels[:3])
+    table = model.to_table()
+    assert len(table) == 3 * 1 * 9 * 3
+    goal = table.groupby(["marker", "p"])["batch_quantile"].mean()
+    np.testing.assert_allclose(table.set_index(["marker", "p"])["goal_quantile"]
+                               .groupby(level=[0, 1]).first().loc[goal.index], goal)
+    s = control_summary(np.zeros((10, 2)), n_quantiles=9)
+    assert np.isnan(s.quantiles).all() and s.counts[0] == 10  # fewer than 50 events: no quantiles
+
+
+def test_clustered_cytonorm_is_deterministic_and_falls_back_for_small_clusters():
+    channels, controls, others, events = _cytonorm_data()
+
+    def fit():
+        som = FlowSOM(grid=(5, 5), n_metaclusters=5, random_state=1)
+        return CytoNorm(n_quantiles=99, clustering=som).fit(controls, channels)
+
+    a, b = fit(), fit()
+    x = events(REAL / "fcs" / others.file_name.iloc[0])
+    np.testing.assert_array_equal(a.transform(x, "1"), b.transform(x, "1"))
+    small = a.counts_[:, 1:] < 50
+    assert (a.fallback_[:, 1:] == small).all() and small.any()
