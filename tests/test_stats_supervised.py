@@ -2,8 +2,6 @@
 sensitivity analyses, arms, cross-sectional groups, descriptive strata, responders, BH."""
 
 import itertools
-import os
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -280,11 +278,15 @@ def test_deterministic_output():
         pd.testing.assert_frame_equal(a[k], b[k])
 
 
-@pytest.mark.skipif(not os.environ.get("IMMUNOMON_RUN_DIR"),
-                    reason="set IMMUNOMON_RUN_DIR (and IMMUNOMON_STUDY_DIR) to check a real run")
-def test_real_run_planted_effects():
-    """Point at a run of ``immunomon run`` on ``immunomon simulate`` output."""
-    run = Path(os.environ["IMMUNOMON_RUN_DIR"])
-    study = Path(os.environ.get("IMMUNOMON_STUDY_DIR", run.parent / "study"))
-    report = check_run(run, study)
+def test_check_run_reads_a_run_directory_and_the_truth(planted, tmp_path):
+    """``check_run`` finds ``tables/stats_supervised`` (parquet, else csv) of a run and
+    ``truth/effects.csv`` of its study, and judges them as :func:`check_tables` does."""
+    t, res = planted
+    (tmp_path / "run" / "tables").mkdir(parents=True)
+    (tmp_path / "study" / "truth").mkdir(parents=True)
+    res["stats_supervised"].to_csv(tmp_path / "run" / "tables" / "stats_supervised.csv", index=False)
+    t["effects"].to_csv(tmp_path / "study" / "truth" / "effects.csv", index=False)
+    report = check_run(tmp_path / "run", tmp_path / "study")
     assert report["passed"], (report["planted"], report["null"])
+    pd.testing.assert_frame_equal(report["planted"], check_tables(res["stats_supervised"],
+                                                                  t["effects"])["planted"])
