@@ -217,3 +217,34 @@ def test_volcano_labels_do_not_pile_up():
     g = pd.DataFrame({"x": [1.0, 1.1, -1.0, 0.5], "mlog10p": [10.0, 9.9, 9.95, 2.0],
                       "p": [1e-10, 1.2e-10, 1.1e-10, 1e-2], "sig": [True, True, True, True]})
     assert label_points(g, 5) == [0, 2, 3]        # 1 sits under 0's label; 2 is on the left
+
+
+def test_figures_are_written_atomically(tmp_path, monkeypatch):
+    """A figure write that fails midway (disk full, kill) leaves the previous file as it was
+    and no temporary file: the report's, the cluster maps' and the gate plots' writers."""
+    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
+
+    from immunomon.report import cluster_figures, gate_plots
+    from immunomon.report.figures import savefig_atomic
+
+    def broken(self, fname, **kwargs):
+        Path(fname).write_bytes(b"\x89PNG partial")
+        raise OSError(28, "No space left on device")
+
+    fig = plt.figure()
+    monkeypatch.setattr(gate_plots, "plot_gates", lambda *a, **k: fig)
+    writers = (lambda p: savefig_atomic(fig, p), lambda p: cluster_figures._save(fig, p),
+               lambda p: gate_plots.write_gate_plots(p, None, None))
+    for write in writers:
+        target = tmp_path / "figure.png"
+        target.write_bytes(b"previous")
+        with monkeypatch.context() as m:
+            m.setattr(Figure, "savefig", broken)
+            with pytest.raises(OSError):
+                write(target)
+        assert target.read_bytes() == b"previous"
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["figure.png"]
+        write(target)
+        assert target.read_bytes().startswith(b"\x89PNG")
+    plt.close("all")

@@ -14,6 +14,7 @@ import pandas as pd
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from .figures import savefig_atomic
 
 __all__ = ["umap_map", "umap_panels", "marker_heatmap", "draw_cluster_figures"]
 
@@ -24,8 +25,9 @@ _NON_MARKERS = {"sample_id", "cluster", "label", "umap_1", "umap_2", "patient_id
 def _save(fig: Figure, path: str | Path | None) -> Figure:
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=150, bbox_inches="tight", metadata={"Software": None} if str(path).endswith(".png")
-                    else {"Creator": None, "Producer": None, "CreationDate": None})
+        meta = {"Software": None} if str(path).endswith(".png") else \
+            {"Creator": None, "Producer": None, "CreationDate": None}
+        savefig_atomic(fig, path, dpi=150, bbox_inches="tight", metadata=meta)
     return fig
 
 

@@ -38,6 +38,19 @@ RC = {
 DPI = 300
 
 
+def savefig_atomic(fig: Figure, path: str | Path, **kwargs) -> Path:
+    """``fig.savefig`` into a temporary file beside ``path``, then renamed onto it: a killed
+    or failed write never leaves a truncated figure (the format comes from ``path``)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", **kwargs)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
 def save(fig: Figure, out_dir: Path, name: str) -> list[Path]:
     """Write ``fig`` as ``name.png`` (300 dpi) and ``name.pdf`` atomically; return both paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -45,11 +58,7 @@ def save(fig: Figure, out_dir: Path, name: str) -> list[Path]:
     with mpl.rc_context(RC):
         for ext, meta in (("png", {"Software": None}),
                           ("pdf", {"CreationDate": None, "Producer": None, "Creator": None})):
-            path = out_dir / f"{name}.{ext}"
-            tmp = path.with_name(f".{path.name}.tmp")
-            fig.savefig(tmp, format=ext, dpi=DPI, metadata=meta)
-            os.replace(tmp, path)
-            paths.append(path)
+            paths.append(savefig_atomic(fig, out_dir / f"{name}.{ext}", dpi=DPI, metadata=meta))
     return paths
 
 

@@ -19,6 +19,8 @@ import pandas as pd
 
 from immunomon.gating.gates import BooleanGate, PolygonGate, RectangleGate
 
+from .figures import savefig_atomic
+
 _COLOURS = ("#d62728", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b")
 
 
@@ -215,6 +217,6 @@ def write_gate_plots(path: str | Path, events: pd.DataFrame, gating, *, title: s
     fig = plot_gates(events, gating, title=title, **kwargs)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi, metadata={"Software": None})
+    savefig_atomic(fig, path, dpi=dpi, metadata={"Software": None})
     plt.close(fig)
     return path
