@@ -53,3 +53,26 @@ def test_no_plan_no_primary_section_no_headline_no_treg_wording(tmp_path):
     text = " ".join(statistics_sentences(run))
     assert "Treg" not in text and "plan" not in text
     assert "exploratory analyses" in text and "Sensitivity analyses" in text
+
+
+def test_key_secondaries_are_listed_in_the_order_of_the_fixed_sequence(tmp_path):
+    """The fixed sequence tests the key secondaries in the plan's order: the table shows
+    them in that order (not sorted by name), and a cytometry study has no CITE-seq section."""
+    run_dir = build_run_dir(tmp_path / "run", n_patients=6, n_visits=3, n_cells=200)
+    t = run_dir / "tables" / "stats_supervised.parquet"
+    st = pd.read_parquet(t)
+    order = ["Treg Ki67+ %", "CD25 median in Treg", "B cells % of Lymphocytes"]
+    pooled = (st["visit"] == "D8") & (st["disease"] == "all") & (st["method"] == "paired_t")
+    assert set(order) <= set(st.loc[pooled, "parameter"])
+    st.loc[pooled & st["parameter"].isin(order), "role"] = "key_secondary"
+    st.to_parquet(t)
+    prov = json.loads((run_dir / "provenance.json").read_text())
+    prov["parameters"]["analysis"]["key_secondary"] = {
+        "strategy": "fixed_sequence",
+        "endpoints": [{"parameter": p, "visits": ["D8"]} for p in order]}
+    (run_dir / "provenance.json").write_text(json.dumps(prov))
+    page = build_html(load_run(run_dir), [])
+    section = page.split('<section id="key_secondary">')[1].split("</section>")[0]
+    where = [section.index(f"<td>{p}</td>") for p in order]
+    assert where == sorted(where)
+    assert '<section id="citeseq">' not in page

@@ -253,7 +253,10 @@ class _Stages:
         log.info("%s: %d item(s)", stage, total)
         _peak_rss_mb(reset=True)
         self._t0, self._cpu0 = time.perf_counter(), time.process_time()
-        return self.progress, self.progress.add_task(stage, total=total)
+        task = self.progress.add_task(stage, total=total)
+        if total == 0:  # nothing to do: finished now (else its clock runs through the run)
+            self.progress.update(task, completed=0)
+        return self.progress, task
 
     def done(self, stage: str, tasks: Sequence[dict] = (), **counts: Any) -> None:
         """Record the step: ``counts``, wall/CPU seconds and peak memory of the stage."""

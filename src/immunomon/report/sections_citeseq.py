@@ -160,12 +160,13 @@ def _volcanoes(ctx: Context, de: pd.DataFrame, alpha: float = 0.05) -> str:
                                                        "log2fc", "p", "q"]))
 
 
-def citeseq(ctx: Context) -> Section:
-    """CITE-seq: QC per sample, UMAP by marker, DE volcano per cluster, methods."""
+def citeseq(ctx: Context) -> Section | None:
+    """CITE-seq: QC per sample, UMAP by marker, DE volcano per cluster, methods (None for a
+    study without a CITE-seq panel)."""
     run, title = ctx.run, "CITE-seq: cell QC, markers and pseudobulk expression"
     panels = _citeseq_panels(run)
     if not panels:
-        return Section("citeseq", title, para("No CITE-seq panel in this study."))
+        return None
     body = []
     emb, de = run.get("embedding"), run.get("stats_de")
     for panel in panels:

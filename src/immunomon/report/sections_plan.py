@@ -46,6 +46,25 @@ def _rows(run, role: str) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
 
+def _in_plan_order(rows: pd.DataFrame, endpoints: list[dict], visits: list[str]
+                   ) -> pd.DataFrame:
+    """``rows`` in the order the plan lists its end points (the order a fixed sequence
+    tests them in), then by visit."""
+    def rank(r) -> int:
+        for i, e in enumerate(endpoints):
+            if e.get("parameter") is not None and r.get("parameter") == e["parameter"]:
+                return i
+            if e.get("cluster") is not None and str(r.get("cluster")) == str(e["cluster"]) \
+                    and (e.get("marker") is None or r.get("marker") == e["marker"]):
+                return i
+        return len(endpoints)
+
+    visit_rank = {v: i for i, v in enumerate(visits)}
+    order = rows.assign(_e=[rank(r) for _, r in rows.iterrows()],
+                        _v=rows["visit"].astype(str).map(visit_rank))
+    return rows.loc[order.sort_values(["_e", "_v"], kind="stable").index]
+
+
 def _columns(df: pd.DataFrame) -> list[str]:
     """The confirmatory columns worth showing: a stratum column that only says ``all`` is
     left out (the sentence above the table says it)."""
@@ -153,6 +172,8 @@ def key_secondary(ctx: Context) -> Section | None:
         return None
     plan = _plan(ctx.run)
     strategy = (plan.get("key_secondary") or {}).get("strategy", "fixed_sequence")
+    rows = _in_plan_order(rows, (plan.get("key_secondary") or {}).get("endpoints") or [],
+                          ctx.run.visits)
     how = ("in the listed order (fixed sequence: adjusted p = the running maximum, testing "
            "stops at the first p above alpha)" if strategy == "fixed_sequence"
            else "with Holm's procedure")
