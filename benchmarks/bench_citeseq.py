@@ -7,15 +7,15 @@ whole 10^6-cell study.
 1. *Steps* on the ADT of a simulated study (``immunomon simulate --assay citeseq``, 10
    lineage antibodies + HLA-DR + 2 isotypes), N cells pooled: CLR across cells (muon
    ``prot.pp.clr`` / ``immunomon.preprocess.adt.clr``), kNN graph (scanpy ``pp.neighbors``,
-   pynndescent + umap weights / immunomon exact kNN + the same weights), Leiden (scanpy
-   ``tl.leiden`` igraph flavour / immunomon, same igraph call), UMAP (only up to 2·10^5
-   cells; scanpy ``tl.umap`` / immunomon ``umap_embedding``). immunomon runs as the pipeline
-   does: the graph holds at most 2·10^5 cells (``citeseq.graph_cells``) and the other cells
-   take the majority cluster of their 15 nearest graph cells (the "transfer" column); up to
-   2·10^5 cells both tools build the whole graph. Each tool runs in its own process (after a
-   5,000-cell warm-up that compiles numba code, not timed); its peak process-tree PSS is
-   measured every 0.25 s. One round per size (10^6 cells take minutes): ratios are of this
-   run, on this machine.
+   pynndescent + umap weights / immunomon exact kNN + the same weights; both search on every
+   core), Leiden (scanpy ``tl.leiden`` igraph flavour / immunomon, same igraph call), UMAP
+   (only up to 2·10^5 cells; scanpy ``tl.umap`` / immunomon ``umap_embedding``). immunomon
+   runs as the pipeline does: the graph holds at most 2·10^5 cells (``citeseq.graph_cells``)
+   and the other cells take the majority cluster of their 15 nearest graph cells (the
+   "transfer" column); up to 2·10^5 cells both tools build the whole graph. Each tool runs
+   in its own process (after a 5,000-cell warm-up that compiles numba code, not timed); its
+   peak process-tree PSS is measured every 0.25 s. One round per size (10^6 cells take
+   minutes): ratios are of this run, on this machine.
 2. *Study*: ``immunomon run`` on the simulated study of ``--study-cells`` cells (2 workers),
    peak process-tree PSS against ``--limit-gb``.
 
@@ -27,8 +27,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -39,6 +39,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench_cluster_study import watch  # noqa: E402 - the process-tree memory sampler
 
 GRAPH_CELLS = 200_000
+#: Threads of immunomon's neighbour search, as the pipeline uses with ``--workers`` = the
+#: machine's cores (pynndescent, the peer's, uses every core through numba).
+CORES = os.cpu_count() or 1
 UMAP_MAX = 200_000
 
 
@@ -121,7 +124,7 @@ def _run_immunomon(x: np.ndarray, umap: bool) -> dict:
     t["normalise"] = time.perf_counter() - s
     graph = subsample_indices(len(z), GRAPH_CELLS, 0, key="graph")
     s = time.perf_counter()
-    idx, dist = knn(z[graph], 15)
+    idx, dist = knn(z[graph], 15, n_jobs=CORES)
     g = knn_graph(idx, dist)
     t["neighbours"] = time.perf_counter() - s
     s = time.perf_counter()
@@ -130,7 +133,7 @@ def _run_immunomon(x: np.ndarray, umap: bool) -> dict:
     t["leiden"] = time.perf_counter() - s
     s = time.perf_counter()
     rest = np.setdiff1d(np.arange(len(z)), graph)
-    labels[rest] = transfer_labels(z[graph], labels[graph], z[rest])
+    labels[rest] = transfer_labels(z[graph], labels[graph], z[rest], n_jobs=CORES)
     t["transfer"] = time.perf_counter() - s
     if umap:
         s = time.perf_counter()
@@ -167,7 +170,6 @@ def main() -> None:
         tool, n, out = args.worker
         worker(tool, study, int(n), Path(out), args.umap_max)
         return
-    gib = 1024 ** 3
     if args.part != "study":
         steps(args, sizes)
     if args.part != "steps":

@@ -256,8 +256,10 @@ def _rna_space(samples: list[CiteseqSample], n_pcs: int, seed: int) -> np.ndarra
 
 
 def cluster_citeseq_panel(study, panel: str, samples: list[CiteseqSample], seed: int,
-                          embed_cells: int = EMBED_CELLS) -> dict:
-    """Cluster and name one panel's cells; its cytometry-shaped tables plus ``cells``."""
+                          embed_cells: int = EMBED_CELLS, n_jobs: int = 1) -> dict:
+    """Cluster and name one panel's cells; its cytometry-shaped tables plus ``cells``.
+    ``n_jobs`` threads search the (exact) nearest neighbours: the result does not depend
+    on it."""
     from immunomon.clustering.cells import annotate_cells, cell_counts, load_cell_table
     from immunomon.clustering.embedding import subsample_indices, umap_embedding
     from immunomon.clustering.graph import leiden_clusters, transfer_labels
@@ -276,10 +278,10 @@ def cluster_citeseq_panel(study, panel: str, samples: list[CiteseqSample], seed:
     graph = subsample_indices(len(space), cfg.graph_cells, seed, key=f"{panel}:graph")
     clusters = np.empty(len(space), dtype=np.int64)
     clusters[graph] = leiden_clusters(space[graph], resolution=cfg.resolution,
-                                      k=cfg.neighbours, seed=seed)
+                                      k=cfg.neighbours, seed=seed, n_jobs=n_jobs)
     rest = np.setdiff1d(np.arange(len(space)), graph, assume_unique=True)
     clusters[rest] = transfer_labels(space[graph], clusters[graph], space[rest],
-                                     k=cfg.neighbours)
+                                     k=cfg.neighbours, n_jobs=n_jobs)
     ann = annotate_cells(values, clusters, sample_of, table)
     cl = ann.clusters
     k = int(clusters.max()) if len(clusters) else 0
@@ -441,6 +443,8 @@ def run_citeseq(study, sample_ids: list[str], file_sha: dict, seed: int, cache: 
                 cells=sum(b.get("events_after_qc", 0) for b in by_id.values()))
     ok = {r["sample_id"]: r["sample"] for r in results if not r["error"] and r["sample"].qc_pass}
     tables: dict[str, list[pd.DataFrame]] = {}
+    # the clustering runs here: as many neighbour-search threads as local workers
+    local_cores = max(1, int(parallel.get("workers") or 1)) if parallel.get("scheduler") is None else 1
     for panel in citeseq_panels(study):
         ids = [s for s in sample_ids if s in ok and ok[s].panel == panel]
         if not ids:
@@ -452,7 +456,7 @@ def run_citeseq(study, sample_ids: list[str], file_sha: dict, seed: int, cache: 
         if result is None:
             result = cache.put("citeseq_cluster", key,
                                cluster_citeseq_panel(study, panel, [ok[s] for s in ids], seed,
-                                                     embed_cells))
+                                                     embed_cells, n_jobs=local_cores))
         facts["marker_table"][panel] = result["marker_table"]
         facts["refined"].update(result["refined"])
         cells = result["cells"]
