@@ -7,6 +7,7 @@ option, and compare the tables byte for byte with the reference.
 """
 
 import json
+import re
 import os
 import shutil
 import signal
@@ -215,3 +216,22 @@ def test_two_panels_and_a_sample_failing_qc(study, reference, tmp_path):
     counted = tables["cluster_counts"].groupby("panel")["sample_id"].agg(set)
     assert counted["treg_b"] == set(extra["sample_id"]) - {debris}
     assert set(tables["stats_supervised"]["panel"]) == {"treg", "treg_b"}
+
+
+def test_one_visit_one_group_report_describes_without_empty_sections(tmp_path):
+    """Another lab's study: one sample per patient, one visit, no disease or arm. Nothing is
+    compared, so the report has no change-over-visits, statistics, differential or batch
+    section (no 'not available' notes), and its methods say the samples are described."""
+    study = simulate_study(tmp_path / "study", patients=4, visits=("D1",), events=2000, seed=3)
+    samples = pd.read_csv(study / "samples.csv").drop(columns=["disease", "batch"])
+    samples.to_csv(study / "samples.csv", index=False)
+    run = run_study(study, tmp_path / "run", quiet=True, options=RunOptions(embed_cells=1000))
+    assert len(pd.read_parquet(run / "tables" / "parameters.parquet"))
+    assert pd.read_parquet(run / "tables" / "stats_supervised.parquet").empty
+    page = (run / "report.html").read_text()
+    sections = set(re.findall(r'<section id="([^"]+)">', page))
+    assert {"overview", "pca", "clusters", "methods", "provenance"} <= sections
+    assert not sections & {"primary", "kinetics", "volcano", "foldchange", "differential",
+                           "batches", "citeseq", "selectivity"}
+    assert 'class="missing"' not in page
+    assert "one visit and one group: the samples are described, nothing is compared" in page

@@ -45,11 +45,21 @@ MAX_EXTRA_FIGURES = 24
 
 def _applies(builder: Callable[[Context], Section | None], run: RunData) -> bool:
     """Whether the study holds the subject of a section: the supervised sections only when
-    the study was gated, the clinical and safety sections only for studies with those
-    tables (the plan's sections follow the plan: their builders return None without one)."""
+    the study was gated, changes over visits (kinetics, fold changes, clinical change) only
+    with two visits or more, statistics only where something was compared, the clinical and
+    safety sections only for studies with those tables (the plan's, batch and CITE-seq
+    builders return None when the run has no plan, batches or CITE-seq panel)."""
     if builder in (study.kinetics, study.volcano, study.fold_changes, study.pca):
         # a study without gating has empty population tables: no supervised sections
-        return not run.problems.get("parameters", "").endswith("has no rows")
+        if not _has_rows(run, "parameters"):
+            return False
+        if builder in (study.kinetics, study.fold_changes):  # changes need two visits
+            return len(run.visits) >= 2
+        return builder is study.pca or _has_rows(run, "stats_supervised")
+    if builder is more.differential:  # e.g. one visit and no groups: nothing was compared
+        return _has_rows(run, "stats_da") or _has_rows(run, "stats_ds")
+    if builder is more.clinical and len(run.visits) < 2:  # clinical change needs two visits
+        return False
     source = {more.clinical: ("clinical.csv", ("clinical_change", "clinical_summary")),
               more.adverse_events: ("adverse_events.csv", ("adverse_events_summary",))}.get(builder)
     inputs = run.provenance.get("inputs")
@@ -57,6 +67,12 @@ def _applies(builder: Callable[[Context], Section | None], run: RunData) -> bool
             all(run.get(name) is None for name in source[1]):  # no table: did the study have one?
         return any(str(i.get("path", "")).endswith(source[0]) for i in inputs if isinstance(i, dict))
     return True
+
+
+def _has_rows(run: RunData, table: str) -> bool:
+    """False when the run wrote ``table`` without rows (nothing to show); a missing table
+    is still drawn as a section naming it."""
+    return not run.problems.get(table, "").endswith("has no rows")
 
 
 def _safe(builder: Callable[[Context], Section | None], ctx: Context) -> Section | None:

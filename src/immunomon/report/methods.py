@@ -93,8 +93,12 @@ def _study_sentence(run: RunData, samples: pd.DataFrame, analysed, ver: dict) ->
     text += f" with immunomon {ver['immunomon']}" if "immunomon" in ver else ""
     deps = [f"{'Python' if k == 'python' else k} {ver[k]}" for k in KEY_PACKAGES if k in ver]
     text += f" ({', '.join(deps)})." if deps else "."
+    tested = any(t is not None and len(t) for t in (run.get(n) for n in (
+        "stats_supervised", "stats_da", "stats_ds")))
     text += (" Design: every later visit was compared with the baseline within patients."
-             if len(visits) > 1 else " Design: cross-sectional (one visit; groups are compared).")
+             if len(visits) > 1 else " Design: cross-sectional (one visit; groups are compared)."
+             if tested else " Design: cross-sectional, one visit and one group: the samples are "
+             "described, nothing is compared.")
     n_out = len(samples) - (len(analysed) if analysed is not None else len(samples))
     text += (" No sample was left out of the statistics." if n_out == 0 else
              f" {n_out} sample{'s were' if n_out > 1 else ' was'} left out of the statistics "

@@ -230,16 +230,14 @@ def _publication(ctx: Context, wide: pd.DataFrame, norm: pd.DataFrame | None) ->
         save(fig, out, f"batch_splines_{panel}")
 
 
-def batch_section(ctx: Context) -> Section:
+def batch_section(ctx: Context) -> Section | None:
     """Batch effects: warnings, design, distances, variance shares, PCA, distributions,
-    splines and extrapolation, per panel."""
+    splines and extrapolation, per panel (None for a study acquired in one batch)."""
     title = "Batch effects"
     t = _read(ctx)
     design = t.get("batch_design")
-    if design is None or design.empty:
-        return Section("batches", title, para(
-            "The samples were not acquired in two or more batches (samples.csv column "
-            "'batch'), so there are no batch diagnostics."))
+    if design is None or design.empty:  # one batch (or no batch column): nothing to diagnose
+        return None
     body = []
     warn = t.get("batch_warnings")
     items = [f"<li>⚠ {esc(m)}</li>" for m in (warn["message"] if warn is not None else [])]
