@@ -164,3 +164,20 @@ def test_default_event_draws_are_those_of_the_clustering_branch():
 
     assert (run.TRAIN_CELLS, run.EMBED_CELLS) == (unsupervised.TRAIN_CELLS,
                                                   unsupervised.EMBED_CELLS)
+
+
+def test_init_and_simulate_on_a_full_disk_leave_no_partial_file(study, tmp_path):
+    """``init`` and ``simulate`` write through the same atomic writer as a run: a full disk
+    is one line naming the file, and no truncated study.yaml or FCS file is left."""
+    with tmpfs(tmp_path / "disk", "200k") as disk:
+        (disk / "fill").write_bytes(b"\0" * (200 * 1024 - 2048))
+        result = cli("init", study / "fcs", "--out", disk / "study")
+        assert_contract(result, 2, str(disk / "study"), "No space left on device", lines=1)
+        assert not temporaries(disk) and not (disk / "study" / "study.yaml").exists()
+        (disk / "fill").unlink()
+        result = cli("simulate", disk / "sim", "--patients", "2", "--visits", "D1",
+                     "--events", "2000")
+        assert_contract(result, 2, "No space left on device", lines=1)
+        assert not temporaries(disk)
+        for fcs in (disk / "sim" / "fcs").glob("*.fcs"):
+            assert read_fcs(fcs).events.shape == (2000, 19)

@@ -7,6 +7,7 @@ from pathlib import Path
 import pandas as pd
 import typer
 
+from immunomon.atomic import atomic_write
 from immunomon.errors import UserError
 
 from .app import app, fcs_app  # noqa: F401
@@ -57,7 +58,7 @@ def gate(
         table = pd.DataFrame({"gate_id": strategy.population_ids,
                               "count": [int(result.membership(p).sum()) for p in strategy.population_ids]})
         if membership is not None:
-            result.membership_frame().to_csv(membership, index=False)
+            atomic_write(membership, result.membership_frame().to_csv(index=False))
     else:
         from immunomon.gating.flowjo import read_wsp
 
@@ -70,5 +71,5 @@ def gate(
         data, _ = _events(path)
         table = s.counts(s.gate(data))
     if counts is not None:
-        table.iloc[:, :2].to_csv(counts, index=False)
+        atomic_write(counts, table.iloc[:, :2].to_csv(index=False))
     typer.echo(table.to_string(index=False))

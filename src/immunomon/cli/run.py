@@ -8,6 +8,7 @@ from pathlib import Path
 
 import typer
 
+from immunomon.atomic import atomic_write
 from immunomon.errors import UserError
 
 from .app import SET_HELP, app, parse_set
@@ -90,7 +91,7 @@ def demo(
         marker.unlink(missing_ok=True)
         simulate_study(study, patients=patients, events=events, seed=seed, workers=workers,
                        overwrite=True)
-        marker.write_text(json.dumps(wanted) + "\n")
+        atomic_write(marker, json.dumps(wanted) + "\n")
     run_dir = run_study(study, out / "run", workers=workers, seed=seed, quiet=quiet)
     _finish(run_dir, quiet)
 

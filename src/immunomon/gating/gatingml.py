@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 from defusedxml import DefusedXmlException
 
+from immunomon.atomic import atomic_write
 from immunomon.errors import UserError
 from immunomon.preprocess import transforms as tr
 
@@ -430,6 +431,4 @@ def to_gatingml(strategy: GatingStrategy) -> str:
 
 def write_gatingml(strategy: GatingStrategy, path: str | Path) -> Path:
     """Write ``strategy`` as a Gating-ML 2.0 file; returns the path."""
-    path = Path(path)
-    path.write_text(to_gatingml(strategy), encoding="utf-8")
-    return path
+    return atomic_write(path, to_gatingml(strategy))

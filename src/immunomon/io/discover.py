@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from immunomon.atomic import atomic_write
 from immunomon.errors import UserError
 from immunomon.markernames import FLUOROCHROME, canonical, clean_label, is_known, marker_class
 
@@ -750,6 +751,6 @@ def write_study(d: Discovery, out_dir: str | Path, *, study_id: str | None = Non
     if (out / "study.yaml").exists() and not force:
         raise UserError(f"{out / 'study.yaml'}: exists already (use --force to overwrite it)")
     sid = study_id or re.sub(r"[^\w\-]+", "-", out.resolve().name).strip("-") or "study"
-    (out / "study.yaml").write_text(study_yaml(d, sid), encoding="utf-8")
-    d.samples.to_csv(out / "samples.csv", index=False, lineterminator="\n")
+    atomic_write(out / "study.yaml", study_yaml(d, sid))
+    atomic_write(out / "samples.csv", d.samples.to_csv(index=False, lineterminator="\n"))
     return out

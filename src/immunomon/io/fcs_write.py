@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from immunomon.atomic import atomic_path
+
 _OFFSET_WIDTH = 20
 _HEADER_MAX = 99_999_999
 _DELIMITERS = (b"/", b"|", b"\\", b"!", b"~", b"^", b"#", b"\x0c", b"\x1e")
@@ -62,9 +64,7 @@ def write_fcs(path: str | Path, events, names: Sequence[str], labels: Sequence[s
     """
     blob = encode_dataset(events, names, labels, datatypes=datatype, bits=bits, ranges=ranges,
                           spillover=spillover, keywords=keywords, byteorder=byteorder)
-    path = Path(path)
-    path.write_bytes(blob)
-    return path
+    return _write(path, blob)
 
 
 def write_datasets(path: str | Path, datasets: Sequence[Mapping]) -> Path:
@@ -73,9 +73,14 @@ def write_datasets(path: str | Path, datasets: Sequence[Mapping]) -> Path:
     blobs = []
     for i, ds in enumerate(datasets):
         blobs.append(encode_dataset(**ds, last=i == len(datasets) - 1))
-    path = Path(path)
-    path.write_bytes(b"".join(blobs))
-    return path
+    return _write(path, b"".join(blobs))
+
+
+def _write(path: str | Path, blob: bytes) -> Path:
+    """``blob`` to ``path`` atomically (a killed writer leaves no half-written FCS file)."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(blob)
+    return Path(path)
 
 
 def encode_dataset(events, names: Sequence[str], labels: Sequence[str] | None = None, *,
