@@ -4,13 +4,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from immunomon.preprocess.density import density_valley, robust_z
 from immunomon.preprocess.qc import (
     QC_STEPS_COLUMNS,
     QualityControl,
-    density_valley,
     doublet_events,
     margin_events,
-    robust_z,
     time_anomalies,
 )
 
@@ -195,7 +194,7 @@ def test_density_valley_equals_its_scipy_definition():
 
 
 def test_median_equals_numpy():
-    from immunomon.preprocess.qc import median
+    from immunomon.preprocess.density import median
 
     rng = np.random.default_rng(9)
     for shape, axis in (((7,), 0), ((8,), 0), ((5, 6), 1), ((5, 6), 0), ((3, 1), 1)):

@@ -8,14 +8,14 @@ sample's own events, so one template serves every file of a trial:
     a fixed position (transformed units for fluorescence, linear for scatter);
 ``{valley: [lo, hi]}``
     the deepest density minimum of the dimension within ``[lo, hi]``
-    (:func:`immunomon.preprocess.qc.density_valley`), computed on the parent's events, or
+    (:func:`immunomon.preprocess.density.density_valley`), computed on the parent's events, or
     on the events of ``within: <population>``; ``adjust`` scales the KDE bandwidth;
     ``log: true`` looks for it on a log10 scale (scatter). A position that sits on its
     search bound (no valley between two peaks inside it) is flagged ``at_bound``;
 ``{valley: auto}``
     searched between the 1st and 99th percentiles of the events (scale-free: the built-in
     ``lineage`` and ``mass`` templates use it, whatever the transform), the valley that best
-    separates two populations (:func:`immunomon.preprocess.qc.separating_valley`: Otsu's
+    separates two populations (:func:`immunomon.preprocess.density.separating_valley`: Otsu's
     criterion among the valleys between density peaks, so that the dips of zero-inflated
     mass-cytometry data or of a dim shoulder are passed over);
 ``{mad: k}`` / ``{mad: -k}``
@@ -72,8 +72,8 @@ from immunomon.events import frame_columns
 from immunomon.gating.gates import BooleanGate, Gate, GatingStrategy, PolygonGate, RectangleGate
 from immunomon.gating.statistics import ParameterSpec
 from immunomon.markernames import find_marker
-from immunomon.preprocess.qc import (MAD_SCALE, PROBE_EVENTS, VALLEY_EVENTS, at_bound,
-                                     density_valley, median, separating_valley)
+from immunomon.preprocess.density import (MAD_SCALE, PROBE_EVENTS, VALLEY_EVENTS, at_bound,
+                                          density_valley, median, separating_valley)
 
 THRESHOLD_COLUMNS = ["sample_id", "population", "dimension", "bound", "value", "source", "at_bound"]
 GATE_TYPES = ("rectangle", "polygon", "singlets", "not", "all")
