@@ -250,3 +250,13 @@ def test_figures_are_written_atomically(tmp_path, monkeypatch):
         write(target)
         assert target.read_bytes().startswith(b"\x89PNG")
     plt.close("all")
+
+
+def test_visits_of_each_batch_are_listed_in_study_order(rendered):
+    """The overview's batch table lists a batch's visits in study order (D8 before D15), not
+    in the order the samples come or alphabetically."""
+    run, page = rendered
+    overview = page.split('<section id="overview">')[1].split("</section>")[0]
+    table = overview.split("Samples per acquisition batch")[1].split("<h3>")[0]
+    rows = re.findall(r"<td>(D[0-9][^<]*)</td>", table)
+    assert rows and all(r == "D1, D8, D15, D29" for r in rows), rows[:3]

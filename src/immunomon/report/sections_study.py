@@ -27,7 +27,7 @@ def overview(ctx: Context) -> Section:
     if s is None:
         return Section("overview", "Study overview", missing_note(run, "samples"))
     analysed = run.analysed_samples
-    batches = _batches(s)
+    batches = _batches(s, run.visits)
     body.append(para(f"{s['patient_id'].nunique()} patients, {len(s)} samples, "
                      f"{len(run.visits)} visit{'s' * (len(run.visits) != 1)}"
                      + (f", {len(batches)} acquisition batches" if len(batches) else "")
@@ -83,9 +83,9 @@ def overview(ctx: Context) -> Section:
     return Section("overview", "Study overview", "".join(body))
 
 
-def _batches(s: pd.DataFrame) -> pd.DataFrame:
-    """One row per acquisition batch: samples, analysed samples, visits, panels (empty when
-    ``samples`` has no batch)."""
+def _batches(s: pd.DataFrame, visits: list[str]) -> pd.DataFrame:
+    """One row per acquisition batch: samples, analysed samples, visits (in study order),
+    panels (empty when ``samples`` has no batch)."""
     if "batch" not in s.columns or not s["batch"].fillna("").astype(str).str.len().any():
         return pd.DataFrame()
     s = s.assign(batch=s["batch"].fillna("").astype(str).replace("", "(none)"))
@@ -96,10 +96,16 @@ def _batches(s: pd.DataFrame) -> pd.DataFrame:
         ok &= s["excluded_reason"].fillna("").astype(str) == ""
     g = s.assign(_ok=ok).groupby("batch", sort=True)
     out = pd.DataFrame({"samples": g.size(), "analysed": g["_ok"].sum().astype(int),
-                        "visits": g["visit"].agg(lambda v: ", ".join(map(str, pd.unique(v))))})
+                        "visits": g["visit"].agg(lambda v: ", ".join(_in_order(v, visits)))})
     if "panel" in s.columns and s["panel"].nunique() > 1:
         out["panels"] = g["panel"].agg(lambda v: ", ".join(map(str, pd.unique(v))))
     return out.reset_index()
+
+
+def _in_order(values: pd.Series, visits: list[str]) -> list[str]:
+    """The distinct ``values`` in study visit order (unknown ones last, by name)."""
+    rank = {v: i for i, v in enumerate(visits)}
+    return sorted(map(str, pd.unique(values)), key=lambda v: (rank.get(v, len(rank)), v))
 
 
 def qc_summary(qc: pd.DataFrame) -> pd.DataFrame:
