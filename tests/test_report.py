@@ -252,10 +252,13 @@ def test_figures_are_written_atomically(tmp_path, monkeypatch):
     plt.close("all")
 
 
-def test_visits_of_each_batch_are_listed_in_study_order(rendered):
+def test_visits_of_each_batch_are_listed_in_study_order(tmp_path):
     """The overview's batch table lists a batch's visits in study order (D8 before D15), not
     in the order the samples come or alphabetically."""
-    run, page = rendered
+    run = build_run_dir(tmp_path / "run", n_patients=4, n_visits=4, n_cells=200)
+    samples = pd.read_parquet(run / "tables" / "samples.parquet")
+    samples.sample(frac=1.0, random_state=3).to_parquet(run / "tables" / "samples.parquet")
+    page = render_report(run).read_text(encoding="utf-8")
     overview = page.split('<section id="overview">')[1].split("</section>")[0]
     table = overview.split("Samples per acquisition batch")[1].split("<h3>")[0]
     rows = re.findall(r"<td>(D[0-9][^<]*)</td>", table)
