@@ -3,6 +3,11 @@ whole 10^6-cell study.
 
     python benchmarks/bench_citeseq.py                       # 10^5 and 10^6 cells
     python benchmarks/bench_citeseq.py --sizes 20000 --study-cells 100000   # a quick check
+    python benchmarks/bench_citeseq.py --part steps --peer-python /path/to/venv/bin/python
+
+(scanpy and muon are not dependencies of immunomon: ``--peer-python`` names an environment
+that has them, e.g. ``python -m venv /tmp/peer && /tmp/peer/bin/pip install -e . scanpy==1.11.5
+muon==0.1.9``.)
 
 1. *Steps* on the ADT of a simulated study (``immunomon simulate --assay citeseq``, 10
    lineage antibodies + HLA-DR + 2 isotypes), N cells pooled: CLR across cells (muon
@@ -161,6 +166,8 @@ def main() -> None:
                     help="run only the step comparison or only the whole study")
     ap.add_argument("--umap-max", type=int, default=UMAP_MAX,
                     help="largest size embedded with UMAP (0: no UMAP)")
+    ap.add_argument("--peer-python", default=sys.executable,
+                    help="interpreter with scanpy and muon (default: this one)")
     ap.add_argument("--worker", nargs=3, metavar=("TOOL", "N", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",") if s]
@@ -185,7 +192,8 @@ def steps(args, sizes: list[int]) -> None:
     for n in sizes:
         for tool in ("immunomon", "scanpy+muon"):
             out = args.root / f"steps_{tool}_{n}.json"
-            r = watch([sys.executable, __file__, "--sizes", args.sizes, "--study-cells",
+            python = args.peer_python if tool == "scanpy+muon" else sys.executable
+            r = watch([python, __file__, "--sizes", args.sizes, "--study-cells",
                        str(args.study_cells), "--root", str(args.root), "--umap-max",
                        str(args.umap_max), "--worker", tool, str(n), str(out)])
             if r["rc"] != 0:

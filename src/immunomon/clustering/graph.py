@@ -23,6 +23,11 @@ from scipy import sparse
 
 __all__ = ["knn", "knn_graph", "leiden", "leiden_clusters", "transfer_labels"]
 
+#: scikit-learn's exact search: brute force (BLAS distances in chunks) was 1.75x faster than
+#: the k-d tree its "auto" picks for the ~10-20 antibodies of a CITE-seq panel (2·10^4
+#: queries against 2·10^5 cells, 13 dimensions, 2 threads: 5.2 s against 9.1 s).
+ALGORITHM = "brute"
+
 
 def knn(X: np.ndarray, k: int = 15, Y: np.ndarray | None = None, n_jobs: int = 1
         ) -> tuple[np.ndarray, np.ndarray]:
@@ -32,7 +37,7 @@ def knn(X: np.ndarray, k: int = 15, Y: np.ndarray | None = None, n_jobs: int = 1
 
     X = np.ascontiguousarray(X, dtype=np.float32)
     k = min(k, X.shape[0])
-    nn = NearestNeighbors(n_neighbors=k, n_jobs=n_jobs).fit(X)
+    nn = NearestNeighbors(n_neighbors=k, algorithm=ALGORITHM, n_jobs=n_jobs).fit(X)
     dist, idx = nn.kneighbors(X if Y is None else np.ascontiguousarray(Y, dtype=np.float32))
     return idx.astype(np.int64), dist.astype(np.float32)
 
@@ -124,7 +129,8 @@ def transfer_labels(X: np.ndarray, labels: np.ndarray, Y: np.ndarray, k: int = 1
     from sklearn.neighbors import NearestNeighbors
 
     k = min(k, len(X))
-    nn = NearestNeighbors(n_neighbors=k, n_jobs=n_jobs).fit(np.asarray(X, dtype=np.float32))
+    nn = NearestNeighbors(n_neighbors=k, algorithm=ALGORITHM, n_jobs=n_jobs).fit(
+        np.asarray(X, dtype=np.float32))
     out = np.empty(len(Y), dtype=labels.dtype)
     uniq, codes = np.unique(labels, return_inverse=True)
     for start in range(0, len(Y), chunk):
