@@ -99,6 +99,23 @@ def test_deterministic_bytes_and_workers(tmp_path):
     assert not filecmp.cmp(a / "fcs" / "P001_D1.fcs", c / "fcs" / "P001_D1.fcs", shallow=False)
 
 
+def test_citeseq_simulation_is_byte_identical_at_another_time(tmp_path):
+    """Same seed, a second later: the same bytes, gzip members of the matrices included
+    (their header holds no write time)."""
+    import time
+
+    from immunomon.simulate.citeseq import simulate_citeseq
+
+    kw = dict(patients=2, visits=("D1", "D8"), cells=100, genes=20, pool=2, empty=150, seed=5)
+    a = simulate_citeseq(tmp_path / "a", **kw)
+    time.sleep(1.1)
+    b = simulate_citeseq(tmp_path / "b", **kw)
+    files = sorted(str(p.relative_to(a)) for p in a.rglob("*") if p.is_file())
+    assert any(f.endswith("matrix.mtx.gz") for f in files)
+    match, mismatch, errors = filecmp.cmpfiles(a, b, files, shallow=False)
+    assert mismatch == [] and errors == [] and len(match) == len(files)
+
+
 def test_truth_counts_match_labels(study):
     pops = pd.read_csv(study / "truth" / "populations.csv")
     params = pd.read_csv(study / "truth" / "parameters.csv")

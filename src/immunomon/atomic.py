@@ -18,7 +18,7 @@ from pathlib import Path
 
 from immunomon.errors import UserError
 
-__all__ = ["atomic_path", "atomic_write", "write_error"]
+__all__ = ["atomic_path", "atomic_write", "write_csv", "write_error"]
 
 
 def _umask() -> int:
@@ -82,3 +82,8 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
             handle.flush()
             os.fsync(handle.fileno())
     return Path(path)
+
+
+def write_csv(table, path: str | os.PathLike, **kwargs) -> Path:
+    """``table.to_csv(index=False, lineterminator="\\n", **kwargs)`` written atomically."""
+    return atomic_write(path, table.to_csv(index=False, lineterminator="\n", **kwargs))

@@ -32,6 +32,7 @@ This module never imports the analysis code.
 from __future__ import annotations
 
 import gzip
+import io
 import shutil
 from pathlib import Path
 
@@ -40,6 +41,8 @@ import pandas as pd
 import yaml
 from scipy import io as spio
 from scipy import sparse
+
+from immunomon.atomic import atomic_path, atomic_write, write_csv
 
 __all__ = ["simulate_citeseq", "CELL_TYPES", "ANTIBODIES"]
 
@@ -79,7 +82,7 @@ def _write_matrix(folder: Path, counts: sparse.csr_matrix, features: pd.DataFram
         import h5py
 
         csc = sparse.csc_matrix(counts.T)  # features × barcodes, CSC over barcodes
-        with h5py.File(folder.with_suffix(".h5"), "w") as f:
+        with atomic_path(folder.with_suffix(".h5")) as tmp, h5py.File(tmp, "w") as f:
             g = f.create_group("matrix")
             g["barcodes"] = np.array(barcodes, dtype="S")
             g["data"] = csc.data.astype(np.int32)
@@ -92,13 +95,18 @@ def _write_matrix(folder: Path, counts: sparse.csr_matrix, features: pd.DataFram
                 ft[key] = np.array(features[col].tolist(), dtype="S")
         return
     folder.mkdir(parents=True, exist_ok=True)
-    with gzip.open(folder / "matrix.mtx.gz", "wb", compresslevel=1) as fh:
-        spio.mmwrite(fh, sparse.coo_matrix(counts.T), field="integer")
-    with gzip.open(folder / "features.tsv.gz", "wt") as fh:
-        for r in features.itertuples():
-            fh.write(f"{r.id}\t{r.name}\t{r.type}\n")
-    with gzip.open(folder / "barcodes.tsv.gz", "wt") as fh:
-        fh.write("".join(f"{b}\n" for b in barcodes))
+    mtx = io.BytesIO()
+    spio.mmwrite(mtx, sparse.coo_matrix(counts.T), field="integer")
+    _write_gzip(folder / "matrix.mtx.gz", mtx.getvalue())
+    _write_gzip(folder / "features.tsv.gz", "".join(
+        f"{r.id}\t{r.name}\t{r.type}\n" for r in features.itertuples()).encode())
+    _write_gzip(folder / "barcodes.tsv.gz", "".join(f"{b}\n" for b in barcodes).encode())
+
+
+def _write_gzip(path: Path, data: bytes) -> None:
+    """``data`` gzip-compressed with a fixed header time (the same seed gives the same bytes),
+    written atomically."""
+    atomic_write(path, gzip.compress(data, compresslevel=1, mtime=0))
 
 
 def _fractions(rng, n_patients: int, visits: list[str], effect: str):
@@ -255,15 +263,15 @@ def simulate_citeseq(out_dir, patients: int = 8, visits=("D1", "D8"), cells: int
         truth.append(pd.DataFrame({"file": f"data/{folder_name}", "barcode": barcodes,
                                    "sample_id": [sample_of.get(c, c) for c in call],
                                    "cell_type": cell_types}))
-    pd.DataFrame(rows).to_csv(root / "samples.csv", index=False)
-    pd.concat(truth, ignore_index=True).to_csv(root / "truth" / "cells.csv", index=False)
+    write_csv(pd.DataFrame(rows), root / "samples.csv")
+    write_csv(pd.concat(truth, ignore_index=True), root / "truth" / "cells.csv")
     effects = [{"patient_id": f"P{p + 1:03d}", "visit": visits[1] if len(visits) > 1 else "",
                 "parameter": "Treg % of CD4 T", "fold_change": fold[p]} for p in range(patients)]
-    pd.DataFrame(effects).to_csv(root / "truth" / "effects.csv", index=False)
+    write_csv(pd.DataFrame(effects), root / "truth" / "effects.csv")
     if genes:
-        pd.DataFrame({"gene": gene_names[:_N_DE], "cell_types": "CD4 Tconv;Treg",
-                      "fold_change": 2.0 if effect == "planted" else 1.0}
-                     ).to_csv(root / "truth" / "de_genes.csv", index=False)
+        write_csv(pd.DataFrame({"gene": gene_names[:_N_DE], "cell_types": "CD4 Tconv;Treg",
+                                "fold_change": 2.0 if effect == "planted" else 1.0}),
+                  root / "truth" / "de_genes.csv")
     days = [int(v.lstrip("Dd")) if v.lstrip("Dd").isdigit() else i + 1
             for i, v in enumerate(visits)]
     config = {"study_id": "SIM-CITESEQ", "seed": seed,
@@ -274,7 +282,7 @@ def simulate_citeseq(out_dir, patients: int = 8, visits=("D1", "D8"), cells: int
                   f: {"marker": m, "class": ANTIBODIES[m]}
                   for f, m in zip(adt_feats["id"], markers)}}},
               "analysis": {"min_patients": max(2, min(6, patients))}}
-    (root / "study.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    atomic_write(root / "study.yaml", yaml.safe_dump(config, sort_keys=False))
     return root
 
 

@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
+from immunomon.atomic import atomic_path, atomic_write, write_csv
 from immunomon.errors import UserError
 from immunomon.io.fcs import write_fcs
 
@@ -179,8 +180,8 @@ def _simulate_file(job: dict) -> tuple[np.ndarray, dict]:
         "population": pa.DictionaryArray.from_arrays(pa.array(sim.population), pa.array(LABELS)),
         "artefact": pa.DictionaryArray.from_arrays(pa.array(sim.artefact), pa.array(ARTEFACTS)),
     })
-    pq.write_table(table, root / "truth" / "events" / f"{job['sample_id']}.parquet",
-                   compression="zstd")
+    with atomic_path(root / "truth" / "events" / f"{job['sample_id']}.parquet") as tmp:
+        pq.write_table(table, tmp, compression="zstd")
     return counts, {"params": params, "lymph_per_ul": state.lymph_per_ul}
 
 
@@ -334,26 +335,23 @@ def simulate_study(out_dir, patients: int = 46, visits=DEFAULT_VISITS, events: i
         params += [(sid, k, val) for k, val in info["params"].items()]
 
     if batches is not None:
-        pd.DataFrame([{"batch": f"B{b + 1:02d}", "marker": m, "shift": round(shift[b, j], 6),
-                       "scale": round(scale[b, j], 6)}
-                      for b in range(n_batches) for j, m in enumerate(MARKERS)]).to_csv(
-            root / "truth" / "batch_effects.csv", index=False, lineterminator="\n")
-    pd.DataFrame(rows).to_csv(root / "samples.csv", index=False, lineterminator="\n")
-    pd.DataFrame(pops, columns=["sample_id", "population", "parent", "count", "freq_parent",
-                                "freq_total"]).to_csv(root / "truth" / "populations.csv",
-                                                      index=False, lineterminator="\n",
-                                                      float_format="%.6g")
-    pd.DataFrame(params, columns=["sample_id", "parameter", "value"]).to_csv(
-        root / "truth" / "parameters.csv", index=False, lineterminator="\n",
-        float_format="%.6g")
-    effects_table(visit_days, visit_days[0][0], effect=effect,
-                  effect_size=float(effect_size)).to_csv(
-        root / "truth" / "effects.csv", index=False, lineterminator="\n")
-    pd.DataFrame([{"patient_id": p.patient_id, "disease": p.disease,
-                   **({"arm": arm_of[p.patient_id]} if arms else {}),
-                   "treg_responsiveness": round(p.r_treg, 4),
-                   "nk_responsiveness": round(p.r_nk, 4)} for p in cohort]).to_csv(
-        root / "truth" / "patients.csv", index=False, lineterminator="\n")
+        write_csv(pd.DataFrame([{"batch": f"B{b + 1:02d}", "marker": m,
+                                 "shift": round(shift[b, j], 6), "scale": round(scale[b, j], 6)}
+                                for b in range(n_batches) for j, m in enumerate(MARKERS)]),
+                  root / "truth" / "batch_effects.csv")
+    write_csv(pd.DataFrame(rows), root / "samples.csv")
+    write_csv(pd.DataFrame(pops, columns=["sample_id", "population", "parent", "count",
+                                          "freq_parent", "freq_total"]),
+              root / "truth" / "populations.csv", float_format="%.6g")
+    write_csv(pd.DataFrame(params, columns=["sample_id", "parameter", "value"]),
+              root / "truth" / "parameters.csv", float_format="%.6g")
+    write_csv(effects_table(visit_days, visit_days[0][0], effect=effect,
+                            effect_size=float(effect_size)), root / "truth" / "effects.csv")
+    write_csv(pd.DataFrame([{"patient_id": p.patient_id, "disease": p.disease,
+                             **({"arm": arm_of[p.patient_id]} if arms else {}),
+                             "treg_responsiveness": round(p.r_treg, 4),
+                             "nk_responsiveness": round(p.r_nk, 4)} for p in cohort]),
+              root / "truth" / "patients.csv")
     clinical, aes = clinical_tables(cohort, visit_days, STUDY_ID, effect, float(effect_size),
                                     seed)
     if arms:  # the placebo arm: the same draws without the treatment effect
@@ -363,9 +361,8 @@ def simulate_study(out_dir, patients: int = 46, visits=DEFAULT_VISITS, events: i
         clinical = pd.concat([clinical[~placebo], c0]).sort_values(
             "patient_id", key=lambda c: c.map({p.patient_id: i for i, p in enumerate(cohort)}),
             kind="stable").reset_index(drop=True)
-    clinical.to_csv(root / "clinical.csv", index=False, lineterminator="\n")
-    aes.to_csv(root / "adverse_events.csv", index=False, lineterminator="\n")
-    with open(root / "study.yaml", "w", encoding="utf-8") as fh:
-        yaml.safe_dump(_study_yaml(visit_days, seed, tuple(arms) if arms else None), fh,
-                       sort_keys=False)
+    write_csv(clinical, root / "clinical.csv")
+    write_csv(aes, root / "adverse_events.csv")
+    atomic_write(root / "study.yaml", yaml.safe_dump(
+        _study_yaml(visit_days, seed, tuple(arms) if arms else None), sort_keys=False))
     return root
