@@ -28,6 +28,7 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from immunomon.errors import UserError
@@ -169,7 +170,7 @@ def _reported_markers(prepared: PreparedSample) -> list[str]:
 
 
 def _imported_gating(prepared: PreparedSample, study, sample_id: str, route: str
-                     ) -> tuple[dict[str, "np.ndarray"], dict[str, str | None]]:
+                     ) -> tuple[dict[str, np.ndarray], dict[str, str | None]]:
     """Memberships (every file event) and parents of a FlowJo or Gating-ML gating, population
     names shortened to the gate's own name where that is unique."""
     if prepared.raw is None:
