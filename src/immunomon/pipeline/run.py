@@ -25,12 +25,10 @@ unless ``include_excluded=True``.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import json
 import logging
 import math
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +44,7 @@ from .lock import run_lock
 from .normalise import NORMALISE_CODE, batch_tables, fit_study
 from .provenance import safe_keywords, utc_now, versions, write_provenance
 from .rundir import FIGURES, TABLES, remove_stale_temporaries, write_error, write_table
+from .stages import Stages, advance, measured, open_log
 
 __all__ = ["run_study", "RunOptions", "not_analysed", "render_report", "SAMPLE_COLUMNS",
            "STAGES"]
@@ -108,30 +107,6 @@ class RunOptions:
     stats: dict[str, Any] = field(default_factory=dict)
 
 
-def _peak_rss_mb(reset: bool = False) -> float | None:
-    """Peak resident memory of this process in MiB (Linux ``VmHWM``); ``reset`` restarts it."""
-    try:
-        if reset:
-            Path("/proc/self/clear_refs").write_text("5")
-            return None
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
-
-
-def _measured(task):
-    """Decorate a per-sample task: add its CPU seconds and process peak memory to the result."""
-    @functools.wraps(task)
-    def wrapper(job):
-        t0 = time.process_time()
-        result = task(job)
-        return {**result, "cpu_s": time.process_time() - t0, "peak_mb": _peak_rss_mb()}
-    return wrapper
-
-
 # --------------------------------------------------------------------------- per-sample tasks
 @dataclass(frozen=True)
 class _SampleJob:
@@ -148,7 +123,7 @@ class _SampleJob:
     normaliser: Any = None
 
 
-@_measured
+@measured
 def _prepare_task(job: _SampleJob) -> dict:
     """prepare + phenotype + training subsample of one sample, cached under ``prepare``."""
     from immunomon.pipeline.normalise import batch_summary
@@ -202,7 +177,7 @@ def _acquisition(study, sample_id: str) -> dict[str, str]:
     return {k: v for k, v in keywords.items() if k in _ACQUISITION_KEYWORDS}
 
 
-@_measured
+@measured
 def _map_task(job: _SampleJob) -> dict:
     """Map one sample's QC-passed events onto its panel's clusters, cached under ``map``."""
     from immunomon.pipeline.prepare import prepare_sample
@@ -220,59 +195,6 @@ def _map_task(job: _SampleJob) -> dict:
 
 
 # --------------------------------------------------------------------------- the run
-class _Stages:
-    """Rich progress bars (one per stage, with counts and ETA), the log and the step records.
-
-    Each step records wall seconds, CPU seconds (this process, plus the worker tasks'
-    own CPU time when they run elsewhere) and peak resident memory in MiB (this
-    process since the stage started, and the largest worker's).
-    """
-
-    def __init__(self, quiet: bool, remote: bool):
-        from rich.console import Console
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                   TimeElapsedColumn, TimeRemainingColumn)
-
-        self.progress = Progress(
-            TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn(),
-            TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-            console=Console(stderr=True), disable=quiet, transient=False)
-        self.remote = remote
-        self.steps: list[dict] = []
-        self._t0 = self._cpu0 = 0.0
-
-    def __enter__(self):
-        self.progress.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        return self.progress.__exit__(*exc)
-
-    def start(self, stage: str, total: int) -> tuple:
-        """Open the bar of ``stage`` for ``total`` items; returns the ``progress`` pair."""
-        log.info("%s: %d item(s)", stage, total)
-        _peak_rss_mb(reset=True)
-        self._t0, self._cpu0 = time.perf_counter(), time.process_time()
-        task = self.progress.add_task(stage, total=total)
-        if total == 0:  # nothing to do: finished now (else its clock runs through the run)
-            self.progress.update(task, completed=0)
-        return self.progress, task
-
-    def done(self, stage: str, tasks: Sequence[dict] = (), **counts: Any) -> None:
-        """Record the step: ``counts``, wall/CPU seconds and peak memory of the stage."""
-        wall = time.perf_counter() - self._t0
-        cpu = time.process_time() - self._cpu0
-        peak = _peak_rss_mb() or 0.0
-        if self.remote and tasks:
-            cpu += sum(t.get("cpu_s", 0.0) for t in tasks)
-            peak = max([peak, *(t.get("peak_mb") or 0.0 for t in tasks)])
-        step = {"step": stage, **counts, "wall_s": round(wall, 2), "cpu_s": round(cpu, 2),
-                "peak_mb": round(peak, 1)}
-        self.steps.append(step)
-        log.info("%s done in %.1f s (cpu %.1f s, peak %.0f MiB): %s", stage, wall, cpu, peak,
-                 ", ".join(f"{k}={v}" for k, v in counts.items()))
-
-
 def run_study(
     study_dir: str | Path,
     out_dir: str | Path,
@@ -347,7 +269,7 @@ def _run_locked(study_dir, out: Path, started: str, workers: int, scheduler, see
     """:func:`run_study` once the run directory exists and its lock is held."""
     from immunomon.pipeline.checks import load_checked
 
-    handler, level = _open_log(out / "run.log")
+    handler, level = open_log(out / "run.log")
     try:
         log.info("run %s -> %s (workers=%s, scheduler=%s)", study_dir, out, workers, scheduler)
         study = load_checked(Path(study_dir).resolve(), overrides=overrides)
@@ -358,7 +280,7 @@ def _run_locked(study_dir, out: Path, started: str, workers: int, scheduler, see
         cache = Cache(Path(cache_dir).resolve() if cache_dir is not None else out / ".cache")
         parallel = {"workers": workers, "scheduler": scheduler}
         remote = scheduler is not None or workers > 1
-        with _Stages(quiet, remote) as stages, worker_pool(workers if scheduler is None else 1):
+        with Stages(quiet, remote) as stages, worker_pool(workers if scheduler is None else 1):
             record = _run(study, out, seed, options, cache, parallel, stages, report)
         record.update(started=started, finished=utc_now())
         write_provenance(out / "provenance.json", record)
@@ -377,7 +299,7 @@ def _run_locked(study_dir, out: Path, started: str, workers: int, scheduler, see
 
 
 def _run(study, out: Path, seed: int, options: RunOptions, cache: Cache, parallel: dict,
-         stages: _Stages, report: bool) -> dict:
+         stages: Stages, report: bool) -> dict:
     """The stages of :func:`run_study`; returns the provenance record (without times)."""
     samples = study.samples.reset_index(drop=True)
     code = {stage: code_fingerprint(*mods) for stage, mods in _CODE.items()}
@@ -470,7 +392,7 @@ def _run(study, out: Path, seed: int, options: RunOptions, cache: Cache, paralle
                                      [keys[s] for s in ids])
         if not cache.has("train", train_keys[panel]):
             model_of(panel)
-        _advance(progress)
+        advance(progress)
     stages.done("train", panels=len(panels),
                 training_events=int(sum(len(by_id[s].get("training", ())) for s in analysed["sample_id"])))
 
@@ -501,7 +423,7 @@ def _run(study, out: Path, seed: int, options: RunOptions, cache: Cache, paralle
             frame = result[name]
             frame["panel"] = panel
             unsupervised[name].append(frame)
-        _advance(progress)
+        advance(progress)
     stages.done("embed", panels=len(panels),
                 cells=int(sum(len(f) for f in unsupervised["embedding"])))
 
@@ -552,7 +474,7 @@ def _run(study, out: Path, seed: int, options: RunOptions, cache: Cache, paralle
         if rendered:
             write_provenance(out / "provenance.json", {**record, "finished": None})
             render_report(out)
-        _advance(progress)
+        advance(progress)
         stages.done("report", figures=len(list((out / FIGURES).glob("*"))),
                     rendered=int(rendered))
     record["outputs"] = _output_digests(out, report)
@@ -572,7 +494,7 @@ def _map_cached(task, stage: str, jobs: list, cache: Cache, progress: tuple, par
             todo.append(i)
         else:
             results[i] = {**hit, "cached": True}
-            _advance(progress)
+            advance(progress)
     work = [complete(jobs[i]) if complete else jobs[i] for i in todo]
     for i, result in zip(todo, map_samples(task, work, progress=progress, **parallel)):
         results[i] = result
@@ -633,7 +555,7 @@ def not_analysed(run_dir: str | Path) -> list[str]:
 
 
 def _stats(study, tables: dict, analysed: pd.DataFrame, seed: int, options: RunOptions,
-           cache: Cache, code: str, stages: _Stages) -> dict[str, pd.DataFrame]:
+           cache: Cache, code: str, stages: Stages) -> dict[str, pd.DataFrame]:
     """``immunomon.stats.analyze`` over the analysed samples' tables with the study's
     analysis plan, cached under ``stats`` (the key needs no import of immunomon.stats)."""
     if "control" in analysed.columns:  # bridge/reference controls serve normalisation only
@@ -668,41 +590,13 @@ def _stats(study, tables: dict, analysed: pd.DataFrame, seed: int, options: RunO
             raise UserError(f"statistics options {sorted(options.stats)}: {err}") from None
         result = cache.put("stats", key, dict(analyze(inputs, baseline=baseline, visits=visits,
                                                       options=stats_options, plan=plan)))
-    _advance(progress)
+    advance(progress)
     stages.done("stats", samples=len(ids), tables=len(result), cached=int(cached),
                 rows=int(sum(len(t) for t in result.values())))
     return result
 
 
 # --------------------------------------------------------------------------- helpers
-class _LogFile(logging.FileHandler):
-    """``run.log``: a record that cannot be written (disk full) is dropped without the
-    traceback :mod:`logging` prints; the run's next write reports the full disk."""
-
-    def handleError(self, record: logging.LogRecord) -> None:
-        pass
-
-
-def _open_log(path: Path) -> tuple[logging.Handler, int]:
-    """Append this run's log records (``immunomon.*`` loggers, INFO and up) to ``run.log``;
-    returns the handler and the logger's previous level."""
-    try:
-        handler = _LogFile(path, encoding="utf-8")
-    except OSError as err:
-        raise write_error(path, err) from None
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger("immunomon")
-    level = root.level
-    root.addHandler(handler)
-    root.setLevel(logging.INFO)
-    return handler, level
-
-
-def _advance(progress: tuple) -> None:
-    bar, task = progress
-    bar.advance(task)
-
-
 def _citeseq_panels(study) -> set[str]:
     return {n for n, p in study.config.panels.items() if getattr(p, "assay", "") == "citeseq"}
 
