@@ -46,7 +46,7 @@ def test_min_patients_3_in_the_plan_gives_p_values(tables):
     assert (sup["status"] == "ok").all() and sup["p"].between(0, 1).all()
     assert (sup.loc[sup["method"] == "wilcoxon", "p"] >= 0.125).all()  # exact, 4 pairs
     mm = sup[sup["method"] == "mmrm"].set_index("parameter")
-    assert np.allclose(mm["df"], 2.0) and (mm["covariance"] == "unstructured").all()
+    assert np.allclose(mm["df"], 3.0) and (mm["covariance"] == "unstructured").all()  # n - 1
     ps6 = mm.loc["pS6 median in B cells"]
     assert ps6["effect_scale"] == "difference (arcsinh(5))"
     assert ps6["effect"] > 2 and ps6["p"] < 0.01

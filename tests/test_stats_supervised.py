@@ -135,9 +135,11 @@ def test_key_secondaries_fixed_sequence_behind_the_primary(planted):
     assert (explo["p_adjusted"].dropna() == explo["q"].dropna()).all()
 
 
-def test_mmrm_is_the_mean_change_with_complete_data():
-    """No missing visit: the MMRM at a visit is that visit's ANCOVA at the mean baseline,
-    so the estimate is the mean change and KR df = n - 2."""
+def test_mmrm_is_the_paired_t_with_complete_data():
+    """No missing visit: the within-arm MMRM (every visit a response, the baseline
+    included) is the paired t — the same estimate, KR df = n - 1 and the same p. (With the
+    baseline as a covariate, the change tested at the sample's mean baseline ignores its
+    regression to the mean: p too small when visits correlate weakly.)"""
     t = simulate_tables(patients=20, seed=8, dropout=0.0, missing=0.0, qc_fail=0.0)
     t["samples"]["excluded_reason"] = ""
     par = t["parameters"][t["parameters"]["parameter"] == "CD8 T Ki67+ %"]
@@ -146,7 +148,30 @@ def test_mmrm_is_the_mean_change_with_complete_data():
     for visit in ("D8", "D85"):
         mm, pt = sup.loc[(visit, "mmrm")], sup.loc[(visit, "paired_t")]
         assert mm["effect"] == pytest.approx(pt["effect"], rel=1e-9)
-        assert mm["df"] == pytest.approx(18, rel=1e-6)
+        assert mm["df"] == pytest.approx(19, rel=1e-6)
+        assert mm["p"] == pytest.approx(pt["p"], rel=1e-4)
+        assert mm["ci_low"] == pytest.approx(pt["ci_low"], rel=1e-5)
+
+
+def test_within_arm_mmrm_is_calibrated_when_visits_correlate_weakly():
+    """A null change (visits exchangeable, correlation 0.3, 24 patients, two visits): the
+    MMRM rejects at the nominal rate (a baseline-covariate MMRM rejected ~10 %)."""
+    rng = np.random.default_rng(11)
+    hits = []
+    for trial in range(300):
+        z = rng.multivariate_normal([0, 0], [[1, 0.3], [0.3, 1]], size=24)
+        pct = 100 / (1 + np.exp(-(-2.5 + 0.4 * z)))
+        ids = [f"P{i:02d}" for i in range(24)]
+        samples = pd.DataFrame({"sample_id": [f"{p}_{v}" for v in ("D1", "D8") for p in ids],
+                                "patient_id": ids * 2, "visit": ["D1"] * 24 + ["D8"] * 24,
+                                "day": [1] * 24 + [8] * 24, "disease": "all"})
+        params = pd.DataFrame({"sample_id": samples["sample_id"], "parameter": "X %",
+                               "measure": "percent", "value": pct.T.ravel()})
+        sup = analyze({"samples": samples, "parameters": params}, baseline="D1",
+                      options=StatsOptions(per_disease=False, supervised_methods=("mmrm",),
+                                           tables=("stats_supervised",)))["stats_supervised"]
+        hits.append(float(sup.loc[sup["method"] == "mmrm", "p"].iloc[0]) < 0.05)
+    assert 0.02 <= np.mean(hits) <= 0.08, np.mean(hits)
 
 
 def test_planted_effects_found_and_unchanged_parameters_quiet(planted):
