@@ -10,12 +10,14 @@ from .rundata import RunData
 
 #: Plain-language names of statistical methods, matched on a lower-cased substring, in order.
 METHOD_NAMES = (
-    ("mmrm", "a mixed model for repeated measures (MMRM) of the change from baseline with "
-             "baseline × visit (and arm × visit) fixed effects, an unstructured covariance "
-             "over visits (pre-specified fallback: heterogeneous Toeplitz, heterogeneous "
-             "compound symmetry, AR(1); the structure used is given in each row), REML, "
-             "Kenward–Roger degrees of freedom and every available visit (missing at random, "
-             "no imputation)"),
+    ("mmrm", "a mixed model for repeated measures (MMRM) — for the change within an arm, "
+             "every visit (baseline included) as a response with a mean per arm and visit "
+             "and the change as the contrast visit − baseline; for differences between arms, "
+             "the change at each later visit with baseline × visit and arm × visit fixed "
+             "effects — with an unstructured covariance over visits (pre-specified fallback: "
+             "heterogeneous Toeplitz, heterogeneous compound symmetry, AR(1); the structure "
+             "used is given in each row), REML, Kenward–Roger degrees of freedom and every "
+             "available visit (missing at random, no imputation)"),
     ("wilcoxon", "Wilcoxon signed-rank tests of the within-patient changes (effect: "
                  "Hodges–Lehmann estimate)"),
     ("paired_t", "paired t-tests of the within-patient changes (t on n − 1 df)"),
