@@ -133,8 +133,8 @@ def main() -> None:
     args = ap.parse_args()
     sizes = [int(float(s)) for s in args.sizes.split(",")]
     readers = args.readers.split(",")
-    print(f"| events | reader | runs | median s | MB/s | vs numpy.fromfile | peak anon MB "
-          f"| peak / array | dtype |")
+    print("| events | reader | runs | median s | MB/s | vs numpy.fromfile | peak anon MB "
+          "| peak / array | dtype |")
     print("|---:|---|---:|---:|---:|---:|---:|---:|---|")
     for n in sizes:
         path, begin = make_file(n)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import typer
 
-from immunomon.atomic import atomic_write
+from immunomon.atomic import write_csv
 from immunomon.errors import UserError
 
 from .app import app, fcs_app  # noqa: F401
@@ -58,7 +58,7 @@ def gate(
         table = pd.DataFrame({"gate_id": strategy.population_ids,
                               "count": [int(result.membership(p).sum()) for p in strategy.population_ids]})
         if membership is not None:
-            atomic_write(membership, result.membership_frame().to_csv(index=False))
+            write_csv(result.membership_frame(), membership)
     else:
         from immunomon.gating.flowjo import read_wsp
 
@@ -71,5 +71,5 @@ def gate(
         data, _ = _events(path)
         table = s.counts(s.gate(data))
     if counts is not None:
-        atomic_write(counts, table.iloc[:, :2].to_csv(index=False))
+        write_csv(table.iloc[:, :2], counts)
     typer.echo(table.to_string(index=False))

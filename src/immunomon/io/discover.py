@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from immunomon.atomic import atomic_write
+from immunomon.atomic import atomic_write, write_csv
 from immunomon.errors import UserError
 from immunomon.markernames import FLUOROCHROME, canonical, clean_label, is_known, marker_class
 
@@ -474,6 +474,16 @@ def visits_of(labels: list[str]) -> tuple[list[tuple[str, int]], str | None, str
     return visits, base, why
 
 
+def guess_visits(labels: list[str]) -> tuple[list[tuple[str, int]], str | None, list[str]]:
+    """:func:`visits_of` as ``init`` reports it: (visits, baseline — None for a single visit —,
+    the guess in words, as a list of at most one line)."""
+    visits, baseline, why = visits_of(labels)
+    if len(visits) <= 1:
+        return visits, None, []
+    return visits, baseline, [f"baseline visit '{baseline}' ({why}); visits in order: "
+                              + ", ".join(f"{v} (day {d})" for v, d in visits)]
+
+
 def study_path(target: Path, out_dir: Path) -> str:
     """How study.yaml / samples.csv name a file: relative to the study folder when it is at most
     two levels up, else absolute."""
@@ -625,12 +635,8 @@ def discover(fcs_dir: str | Path, out_dir: str | Path, *, pattern: str | None = 
         samples["visit"] = "V1"
         guesses.append("one visit 'V1' for every sample (no visit given: --pattern {visit}, "
                        "--visit-keyword or a sample sheet)")
-    visits, baseline, why = visits_of(samples["visit"].tolist())
-    if len(visits) > 1:
-        guesses.append(f"baseline visit '{baseline}' ({why}); visits in order: "
-                       + ", ".join(f"{v} (day {d})" for v, d in visits))
-    else:
-        baseline = None
+    visits, baseline, said = guess_visits(samples["visit"].tolist())
+    guesses += said
     n_missing = {c: int((samples[c] == "").sum()) for c in ("patient_id", "visit")}
     for col, n in n_missing.items():
         if n:
@@ -743,14 +749,15 @@ def study_yaml(d: Discovery, study_id: str) -> str:
 
 
 def write_study(d: Discovery, out_dir: str | Path, *, study_id: str | None = None,
-                force: bool = False) -> Path:
-    """Write ``study.yaml`` and ``samples.csv`` into ``out_dir`` (created); refuses to overwrite
-    an existing study.yaml unless ``force``."""
+                force: bool = False, render=None) -> Path:
+    """Write ``study.yaml`` (``render(d, study_id)``, default :func:`study_yaml`) and
+    ``d.samples`` as ``samples.csv`` into ``out_dir`` (created); refuses to overwrite an
+    existing study.yaml unless ``force``. The study id defaults to the folder's name."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if (out / "study.yaml").exists() and not force:
         raise UserError(f"{out / 'study.yaml'}: exists already (use --force to overwrite it)")
     sid = study_id or re.sub(r"[^\w\-]+", "-", out.resolve().name).strip("-") or "study"
-    atomic_write(out / "study.yaml", study_yaml(d, sid))
-    atomic_write(out / "samples.csv", d.samples.to_csv(index=False, lineterminator="\n"))
+    atomic_write(out / "study.yaml", (render or study_yaml)(d, sid))
+    write_csv(d.samples, out / "samples.csv")
     return out

@@ -9,17 +9,14 @@ name; ``state`` or ``type`` from the built-in list of human blood markers).
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
-from immunomon.atomic import atomic_write
-from immunomon.errors import UserError
 from immunomon.markernames import canonical, marker_class
 
-from .discover import pattern_regex, study_path, visits_of
+from .discover import guess_visits, pattern_regex, study_path, write_study
 from .tenx import discover as discover_outputs
 
 PANEL = "citeseq"
@@ -54,12 +51,8 @@ def discover_citeseq(folder: str | Path, out_dir: str | Path, *,
     if not pattern:
         guesses.append("each sample folder is its own patient at one visit 'V1' (give "
                        "--pattern '{patient}_{visit}' to read them from the folder names)")
-    visits, baseline, why = visits_of(samples["visit"].tolist())
-    if len(visits) > 1:
-        guesses.append(f"baseline visit '{baseline}' ({why}); visits in order: "
-                       + ", ".join(f"{v} (day {d})" for v, d in visits))
-    else:
-        baseline = None
+    visits, baseline, said = guess_visits(samples["visit"].tolist())
+    guesses += said
     return CiteseqDiscovery(root, features, samples, visits, baseline, guesses)
 
 
@@ -86,15 +79,7 @@ def study_yaml(d: CiteseqDiscovery, study_id: str) -> str:
     return text
 
 
-def write_citeseq_study(d: CiteseqDiscovery, out_dir: str | Path, *, study_id: str | None = None,
-                        force: bool = False) -> Path:
-    """Write ``study.yaml`` and ``samples.csv`` into ``out_dir`` (created); refuses to overwrite
-    an existing study.yaml unless ``force``."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    if (out / "study.yaml").exists() and not force:
-        raise UserError(f"{out / 'study.yaml'}: exists already (use --force to overwrite it)")
-    sid = study_id or re.sub(r"[^\w\-]+", "-", out.resolve().name).strip("-") or "study"
-    atomic_write(out / "study.yaml", study_yaml(d, sid))
-    atomic_write(out / "samples.csv", d.samples.to_csv(index=False, lineterminator="\n"))
-    return out
+def write_citeseq_study(d: CiteseqDiscovery, out_dir: str | Path, *,
+                        study_id: str | None = None, force: bool = False) -> Path:
+    """:func:`~immunomon.io.discover.write_study` with this module's ``study.yaml``."""
+    return write_study(d, out_dir, study_id=study_id, force=force, render=study_yaml)

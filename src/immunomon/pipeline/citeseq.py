@@ -444,7 +444,8 @@ def run_citeseq(study, sample_ids: list[str], file_sha: dict, seed: int, cache: 
     ok = {r["sample_id"]: r["sample"] for r in results if not r["error"] and r["sample"].qc_pass}
     tables: dict[str, list[pd.DataFrame]] = {}
     # the clustering runs here: as many neighbour-search threads as local workers
-    local_cores = max(1, int(parallel.get("workers") or 1)) if parallel.get("scheduler") is None else 1
+    local_cores = 1 if parallel.get("scheduler") is not None else \
+        max(1, int(parallel.get("workers") or 1))
     for panel in citeseq_panels(study):
         ids = [s for s in sample_ids if s in ok and ok[s].panel == panel]
         if not ids:

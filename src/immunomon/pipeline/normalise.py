@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from immunomon.atomic import atomic_write
+from immunomon.atomic import write_csv
 from immunomon.io.clinical import where
 from immunomon.preprocess.normalise import MIN_CELLS, CytoNorm, control_summary
 
@@ -396,6 +396,6 @@ def write_normalised(study, out_dir, seed: int, workers: int = 1) -> list[Path]:
                 jobs.append(_WriteJob(study, sid, model, str(target), text))
             written += map_samples(_write_task, jobs, workers=workers)
     table = pd.concat(tables, ignore_index=True)
-    atomic_write(out / "normalisation.csv", table[["panel"] + [
-        c for c in table.columns if c != "panel"]].to_csv(index=False, lineterminator="\n"))
+    write_csv(table[["panel"] + [c for c in table.columns if c != "panel"]],
+              out / "normalisation.csv")
     return [Path(p) for p in written]

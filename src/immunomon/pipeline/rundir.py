@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from immunomon.atomic import atomic_path, atomic_write, write_error
+from immunomon.atomic import atomic_path, atomic_write, write_csv, write_error
 
 __all__ = ["atomic_write", "atomic_path", "write_error", "remove_stale_temporaries",
            "write_table", "read_table", "TABLES", "FIGURES", "TEMPORARY"]
@@ -47,7 +47,7 @@ def write_table(run_dir: str | os.PathLike, name: str, table: pd.DataFrame) -> P
     buffer = io.BytesIO()
     table.to_parquet(buffer, index=False, engine="pyarrow", compression="zstd")
     parquet = atomic_write(folder / f"{name}.parquet", buffer.getvalue())
-    atomic_write(folder / f"{name}.csv", table.to_csv(index=False, lineterminator="\n"))
+    write_csv(table, folder / f"{name}.csv")
     return parquet
 
 

@@ -48,6 +48,14 @@ def sample_values(run: RunData, parameter: str | None = None) -> pd.DataFrame | 
     return out.drop(columns="_v").reset_index(drop=True)
 
 
+def in_visit_order(values, visits: list[str]) -> list[str]:
+    """The distinct ``values`` (visit names) in study order; names not among ``visits`` last,
+    alphabetically."""
+    rank = {v: i for i, v in enumerate(visits)}
+    return sorted(map(str, pd.unique(pd.Series(list(values), dtype=object))),
+                  key=lambda v: (rank.get(v, len(rank)), v))
+
+
 def paired_values(run: RunData, parameter: str, visits: tuple[str, str]) -> pd.DataFrame:
     """Per-patient values of ``parameter`` at two visits, patients having both.
 

@@ -21,6 +21,7 @@ from plotly.subplots import make_subplots
 from . import interactive as ip
 from . import style
 from .htmltable import esc, fmt_num, table_html
+from .prep import in_visit_order
 from .section import Context, Section, para
 
 log = logging.getLogger(__name__)
@@ -264,8 +265,7 @@ def batch_section(ctx: Context) -> Section | None:
         d = design[design["panel"] == panel]
         grid = d.pivot_table(index="batch", columns="visit", values="samples", aggfunc="sum",
                              fill_value=0)
-        order = {v: i for i, v in enumerate(ctx.run.visits)}  # study order, not alphabetical
-        grid = grid[sorted(grid.columns, key=lambda v: (order.get(str(v), len(order)), str(v)))]
+        grid = grid[in_visit_order(grid.columns, ctx.run.visits)]  # not alphabetical
         grid["controls"] = d.groupby("batch")["controls"].sum()
         body.append("<h3>Samples per batch and visit</h3>" + table_html(grid.reset_index()))
         if norm is not None and (norm["panel"] == panel).any():

@@ -10,7 +10,7 @@ import pandas as pd
 from . import interactive as ip
 from . import interactive_maps as im
 from .htmltable import table_html
-from .prep import (FDR, POOLED, fold_change_matrix, named_strata, pc_labels,
+from .prep import (FDR, POOLED, fold_change_matrix, in_visit_order, named_strata, pc_labels,
                    pooled_stats, sample_values)
 from .rundata import PRIMARY_PARAMETER
 from .section import Context, Section, missing_note, para
@@ -96,16 +96,10 @@ def _batches(s: pd.DataFrame, visits: list[str]) -> pd.DataFrame:
         ok &= s["excluded_reason"].fillna("").astype(str) == ""
     g = s.assign(_ok=ok).groupby("batch", sort=True)
     out = pd.DataFrame({"samples": g.size(), "analysed": g["_ok"].sum().astype(int),
-                        "visits": g["visit"].agg(lambda v: ", ".join(_in_order(v, visits)))})
+                        "visits": g["visit"].agg(lambda v: ", ".join(in_visit_order(v, visits)))})
     if "panel" in s.columns and s["panel"].nunique() > 1:
         out["panels"] = g["panel"].agg(lambda v: ", ".join(map(str, pd.unique(v))))
     return out.reset_index()
-
-
-def _in_order(values: pd.Series, visits: list[str]) -> list[str]:
-    """The distinct ``values`` in study visit order (unknown ones last, by name)."""
-    rank = {v: i for i, v in enumerate(visits)}
-    return sorted(map(str, pd.unique(values)), key=lambda v: (rank.get(v, len(rank)), v))
 
 
 def qc_summary(qc: pd.DataFrame) -> pd.DataFrame:

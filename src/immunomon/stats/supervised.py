@@ -106,9 +106,8 @@ def observations(samples: pd.DataFrame, parameters: pd.DataFrame,
 def _mmrm(W: pd.DataFrame, info: pd.DataFrame, design: Design, pooled: bool):
     """Fit the ANCOVA-type MMRM of one stratum for the differences between arms: change at
     each later visit ~ visit + baseline (a covariate, slope per visit) + arm × visit.
-    ``W``: patients × visits on the model scale. Returns (fit, {(arm, visit): L},
-    {(active arm, visit): L}, note) or (None, {}, {}, reason); within-arm changes come from
-    :func:`_mmrm_within`."""
+    ``W``: patients × visits on the model scale. Returns (fit, {(active arm, visit): L},
+    note) or (None, {}, reason); within-arm changes come from :func:`_mmrm_within`."""
     post = list(design.visits[1:])
     base = W[design.baseline].to_numpy()
     D = W[post].to_numpy() - base[:, None]
@@ -116,7 +115,7 @@ def _mmrm(W: pd.DataFrame, info: pd.DataFrame, design: Design, pooled: bool):
     no_base = int((~np.isfinite(base) & later).sum())
     keep = np.isfinite(base) & later
     if keep.sum() < 2:
-        return None, {}, {}, "fewer than 2 patients with a baseline and a later visit"
+        return None, {}, "fewer than 2 patients with a baseline and a later visit"
     i, j = np.nonzero(np.isfinite(D) & keep[:, None])
     change, pid = D[i, j], W.index.to_numpy()[i]
     arm_of, dis_of = info["arm"].to_numpy()[i], info["disease"].to_numpy()[i]
@@ -150,20 +149,10 @@ def _mmrm(W: pd.DataFrame, info: pd.DataFrame, design: Design, pooled: bool):
     try:
         fit = fit_mmrm_fallback(change, X, pid, np.searchsorted(vis, j), n_visits=len(vis))
     except MMRMError as err:
-        return None, {}, {}, f"MMRM not fitted: {err}"
+        return None, {}, f"MMRM not fitted: {err}"
     pos = {n: k for k, n in enumerate(names)}
-    within, diff = {}, {}
+    diff = {}
     for v in vis:
-        for a in (arms or [ALL]):
-            if a in active:
-                L = np.zeros(len(names))
-                L[[pos[("visit", v)], pos[("arm", a, v)]]] = 1.0
-            elif a == design.control or len(arms) <= 1:  # the reference arm, or one arm
-                L = np.zeros(len(names))
-                L[pos[("visit", v)]] = 1.0
-            else:  # several arms but not the control: no reference for the visit terms
-                continue
-            within[(a, post[v])] = L
         for a in active:
             L = np.zeros(len(names))
             L[pos[("arm", a, v)]] = 1.0
@@ -173,7 +162,7 @@ def _mmrm(W: pd.DataFrame, info: pd.DataFrame, design: Design, pooled: bool):
         notes.append(f"covariance fallback ({'; '.join(fit.notes)})")
     if not slope_per_visit:
         notes.append("one baseline slope for all visits (too few patients at a visit)")
-    return fit, within, diff, "; ".join(notes)
+    return fit, diff, "; ".join(notes)
 
 
 def _mmrm_within(W: pd.DataFrame, info: pd.DataFrame, design: Design):
@@ -237,7 +226,7 @@ def _repeated_rows(name: str, W: pd.DataFrame, info: pd.DataFrame, disease: str,
     if "mmrm" in methods:
         wfit, within, wnote = _mmrm_within(W, info, design)
         if design.active:  # arm differences: ANCOVA on change, the baseline a covariate
-            fit, _, diff, note = _mmrm(W, info, design, disease == ALL)
+            fit, diff, note = _mmrm(W, info, design, disease == ALL)
     rows = []
 
     def put(visit, arm, comparison, method, n, n_missing, r):
