@@ -16,8 +16,9 @@ METHOD_NAMES = (
              "the change at each later visit with baseline × visit and arm × visit fixed "
              "effects — with an unstructured covariance over visits (pre-specified fallback: "
              "heterogeneous Toeplitz, heterogeneous compound symmetry, AR(1); the structure "
-             "used is given in each row), REML, Kenward–Roger degrees of freedom and every "
-             "available visit (missing at random, no imputation)"),
+             "used is given in each row), REML, Kenward–Roger degrees of freedom, standard "
+             "errors from the observed information (valid when dropout depends on observed "
+             "values) and every available visit (missing at random, no imputation)"),
     ("wilcoxon", "Wilcoxon signed-rank tests of the within-patient changes (effect: "
                  "Hodges–Lehmann estimate)"),
     ("paired_t", "paired t-tests of the within-patient changes (t on n − 1 df)"),

@@ -35,6 +35,15 @@ Inference for a contrast ``L'b`` (:meth:`MMRMFit.contrast`):
   ``2 (L' Phi L)^2 / g' W_obs g``, W_obs the inverse *observed* REML information (the
   Hessian, as lmerTest and the R ``mmrm`` package).
 
+Missing visits (``information="observed"``, the default): both add to the SE the part of
+the inverse *observed* information that the expected information drops, the fixed
+effects' share of the β–θ block, ``Phi B' W_obs B Phi``. Its expectation is zero only
+when values are missing completely at random; under MAR dropout (the likelier the higher
+the last value) the model-based SE of SAS, nlme and R ``mmrm`` is too small (20 % dropout:
+6.6 % false positives at alpha 5 %; 40 %: 10.8 %), with the term 4.6 % / 5.6 %. With
+complete data and a mean per visit (and arm) the term is exactly zero, so the MMRM of
+change from baseline stays the paired t.
+
 Optimisation: BFGS on an unconstrained parametrisation (log-Cholesky for ``us``; log
 standard deviations and transformed correlations for the others, Toeplitz correlations
 through partial autocorrelations so that every step is positive definite) with the
@@ -513,6 +522,12 @@ class MMRMFit:
         Fixed effects (p,) and their model-based covariance ``Phi = (X' V^-1 X)^-1``.
     vcov_kr
         Kenward–Roger adjusted covariance ``Phi_A`` (p, p).
+    vcov_cross
+        The fixed effects' extra variance from the β–θ block of the observed information,
+        ``Phi B' W_obs B Phi`` (p, p), ``B_r = sum_i r_i' S_i^-1 dS_i/dpsi_r S_i^-1 X_i``.
+        Zero when every subject has the same observed visits and the mean model is
+        saturated per visit (complete data); under MAR dropout it is what the expected
+        information leaves out (Kenward & Molenberghs 1998).
     structure
         Key of the covariance structure used (``us``, ``toeph``, ``csh``, ``ar1``).
     sigma
@@ -535,6 +550,7 @@ class MMRMFit:
     P: np.ndarray = field(repr=False)
     W_expected: np.ndarray = field(repr=False)
     W_observed: np.ndarray = field(repr=False)
+    vcov_cross: np.ndarray = field(repr=False)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -550,14 +566,26 @@ class MMRMFit:
         denom = float(g @ W @ g)
         return 2 * float(L @ u) ** 2 / denom if denom > 0 else float("inf")
 
-    def contrast(self, L, method: str = "kr") -> Contrast:
+    def contrast(self, L, method: str = "kr", information: str = "observed") -> Contrast:
         """Estimate, SE, df, t and two-sided p of ``L'b`` with ``kr`` (adjusted SE) or
-        ``satterthwaite`` (model-based SE) degrees of freedom."""
+        ``satterthwaite`` (model-based SE) degrees of freedom.
+
+        ``information="observed"`` (default) adds :attr:`vcov_cross` to the variance: with
+        values missing at random the expected information underestimates it (MAR dropout
+        of 20 % / 40 %: 6.6 % / 10.8 % false positives at alpha 5 % with the model-based
+        SE, 4.6 % / 5.6 % with this term; ``benchmarks/calibration.py``). ``"expected"``
+        gives the textbook formulas (SAS PROC MIXED, pbkrtest, lmerTest), which the tests
+        compare with R. The df are the same in both."""
         if method not in DF_METHODS:
             raise ValueError(f"df method {method!r} not one of {DF_METHODS}")
+        if information not in ("observed", "expected"):
+            raise ValueError(f"information {information!r} not 'observed' or 'expected'")
         L = np.asarray(L, float)
         est = float(L @ self.beta)
-        var = float(L @ (self.vcov_kr if method == "kr" else self.vcov) @ L)
+        V = self.vcov_kr if method == "kr" else self.vcov
+        if information == "observed":
+            V = V + self.vcov_cross
+        var = float(L @ V @ L)
         se = np.sqrt(var) if var > 0 else float("nan")
         df = self.df(L, method)
         t = est / se if se > 0 else float("nan")
@@ -693,7 +721,7 @@ class _Model:
             obs = -0.5 * IE2 + 0.5 * trV2 + (t1 - bvec @ Phi @ bvec.T) - 0.5 * ePe
             obs = 0.5 * (obs + obs.T)
         return dict(crit=crit, beta=beta, Phi=Phi, P=P, Q=KQ, R=RR, expected=0.5 * IE2,
-                    observed=obs, score=score, sigma=sig, psi=psi_all)
+                    observed=obs, cross=bvec, score=score, sigma=sig, psi=psi_all)
 
 
 def _start(pats: list[_Pattern], T: int, G: int, p: int) -> list[np.ndarray]:
@@ -796,11 +824,13 @@ def fit_mmrm(y, X, subject, visit, *, group=None, structure: str = "us",
     inner = Q - np.matmul(P[:, None], np.matmul(Phi, P)[None]) - (0 if R is None else R / 4)
     U = np.tensordot(W_e, inner, axes=([0, 1], [0, 1]))
     Phi_A = Phi + 2 * Phi @ U @ Phi
+    PB = Phi @ info["cross"].T
+    cross = PB @ W_o @ PB.T
     n_sub = int(sum(pt.y.shape[0] for pt in pats))
     return MMRMFit(beta=info["beta"], vcov=Phi, vcov_kr=0.5 * (Phi_A + Phi_A.T),
                    structure=structure, sigma=info["sigma"], n_subjects=n_sub, n_obs=N,
                    loglik=-0.5 * info["crit"], psi=info["psi"], P=P, W_expected=W_e,
-                   W_observed=W_o)
+                   W_observed=W_o, vcov_cross=0.5 * (cross + cross.T))
 
 
 def _near_boundary(sigmas) -> bool:

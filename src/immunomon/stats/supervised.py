@@ -12,12 +12,14 @@ Analysis scale of a parameter (``effect_scale``), the same for every method:
 
 Methods (``method``):
 
-* ``mmrm`` — :mod:`.mmrm` on the change from baseline at every post-baseline visit:
-  ``change ~ visit + baseline × visit (+ arm × visit + disease)`` (baseline centred at the
-  mean of the analysed patients, so visit terms are adjusted mean changes at the mean
-  baseline), unstructured covariance with the fallback order, REML, Kenward–Roger df
-  (``StatsOptions.df_method``), all available data (patients with a baseline and at least
-  one later visit). One fit per stratum: per-disease strata have their own covariance.
+* ``mmrm`` — :mod:`.mmrm`. The change within an arm: every visit, the baseline included,
+  is a response with a mean per arm and visit, and the change is the contrast visit −
+  baseline (the paired t with complete data). Differences between arms: the change from
+  baseline at every post-baseline visit, ``change ~ visit + baseline × visit + arm × visit
+  (+ disease when pooled)`` (baseline centred at the mean of the analysed patients). Unstructured covariance with the
+  fallback order, REML, Kenward–Roger df (``StatsOptions.df_method``), SEs with the observed
+  information's β–θ term (:meth:`.mmrm.MMRMFit.contrast`: MAR dropout), all available data.
+  One fit per stratum: per-disease strata have their own covariance.
 * ``paired_t``, ``wilcoxon`` — within-arm changes of complete pairs (:mod:`.classical`).
 * ``welch_t``, ``rank_sum`` — arm differences of the change from baseline, or group
   differences of the values in a cross-sectional study.
