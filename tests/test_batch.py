@@ -124,6 +124,25 @@ def test_cached_rerun_gives_identical_tables(trial, runs, tmp_path):
             (norm / "tables" / f"{name}.csv").read_bytes()
 
 
+def test_clustered_normalisation_reports_distances_within_clusters(trial, tmp_path):
+    """With clustering, the controls' distances are also measured inside the normalisation's
+    clusters (before and after), and the report shows them."""
+    run = run_study(trial, tmp_path / "run", quiet=True,
+                    options=RunOptions(embed_cells=300, train_cells=6_000),
+                    overrides={"panels.treg.normalisation":
+                               "{method: cytonorm, clustering: {grid: [3, 3], metaclusters: 3}}"})
+    emd = _table(run, "batch_emd")
+    assert set(emd["scope"]) == {"all events", "within clusters"}
+    within = emd[emd["scope"] == "within clusters"]
+    assert set(within["group"]) == {"controls"} and within["emd"].notna().all()
+    mean = within.groupby("stage")["emd"].mean()
+    assert mean["normalised"] < 0.5 * mean["transformed"]
+    cq = _table(run, "batch_cluster_quantiles")
+    assert set(cq["sample_id"]) == {"CTRL_B01", "CTRL_B02"} and cq["cluster"].between(1, 3).all()
+    html = (run / "report.html").read_text()
+    assert "<h4>Within the normalisation's clusters</h4>" in html
+
+
 def test_diagnostics_statistics():
     rng = np.random.default_rng(0)
     g = np.repeat(["a", "b", "c"], 20)

@@ -253,15 +253,16 @@ def fit_study(study, file_sha: dict, seed: int, cache, code: str, parallel: dict
     return out
 
 
-def batch_summary(prepared) -> dict[str, pd.DataFrame]:
+def batch_summary(prepared, control: bool = False) -> dict[str, pd.DataFrame]:
     """One prepared sample's rows of the batch diagnostics (see
     :func:`immunomon.preprocess.batch.sample_summary`): quantiles of every transformed
-    marker (before and after normalisation where normalised) and extrapolated shares."""
+    marker (before and after normalisation where normalised) and extrapolated shares; for a
+    bridge ``control`` of a clustered normalisation also per metacluster."""
     from immunomon.preprocess.batch import sample_summary
 
     norm = prepared.normalised or {}
     return sample_summary(prepared.events, prepared.fluorescence_markers, norm.get("before"),
-                          norm.get("outside"))
+                          norm.get("outside"), norm.get("clusters") if control else None)
 
 
 def batch_tables(study, analysed: pd.DataFrame, by_id: dict,
@@ -277,7 +278,7 @@ def batch_tables(study, analysed: pd.DataFrame, by_id: dict,
     analysed = analysed.assign(batch_role=np.where(
         analysed["sample_id"].isin(holdout), "holdout", np.where(control, "controls", "samples")))
 
-    frames = {"quantiles": [], "extrapolated": []}
+    frames = {"quantiles": [], "extrapolated": [], "cluster_quantiles": []}
     for sid in analysed["sample_id"]:
         summary = by_id[sid].get("batch") or {}
         for name in frames:
@@ -285,11 +286,11 @@ def batch_tables(study, analysed: pd.DataFrame, by_id: dict,
                 frames[name].append(summary[name].assign(sample_id=sid))
     quantiles = (pd.concat(frames["quantiles"], ignore_index=True) if frames["quantiles"]
                  else pd.DataFrame(columns=["marker", "stage", "p", "value", "sample_id"]))
-    extrapolated = (pd.concat(frames["extrapolated"], ignore_index=True)
-                    if frames["extrapolated"] else None)
+    extrapolated, by_cluster = (pd.concat(frames[k], ignore_index=True) if frames[k] else None
+                                for k in ("extrapolated", "cluster_quantiles"))
     fits = [m.to_table().assign(panel=p) for p, (_, m) in normalisers.items()]
     return batch_diagnostics(analysed, quantiles, extrapolated,
-                             pd.concat(fits, ignore_index=True) if fits else None)
+                             pd.concat(fits, ignore_index=True) if fits else None, by_cluster)
 
 
 # --------------------------------------------------------------------------- FCS output

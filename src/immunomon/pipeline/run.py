@@ -157,7 +157,7 @@ def _prepare_task(job: _SampleJob) -> dict:
         "keywords": _acquisition(job.study, job.sample_id),
         "tables": {"qc_steps": qc_steps, **tables},
         "training": training_subsample(prepared, job.n, job.seed),
-        "batch": batch_summary(prepared),
+        "batch": batch_summary(prepared, bool(job.study.sample(job.sample_id).get("control"))),
     }
     cache.put("prepare", job.key, result)
     return {**result, "cached": False}

@@ -45,7 +45,8 @@ def marker_quantiles(values: np.ndarray, levels: np.ndarray = LEVELS,
 
 def sample_summary(events: pd.DataFrame, markers: list[str],
                    before: pd.DataFrame | None = None,
-                   outside: Mapping[str, float] | None = None) -> dict[str, pd.DataFrame]:
+                   outside: Mapping[str, float] | None = None,
+                   clusters: np.ndarray | None = None) -> dict[str, pd.DataFrame]:
     """The diagnostics rows of one sample (without ``sample_id``).
 
     Parameters
@@ -61,11 +62,16 @@ def sample_summary(events: pd.DataFrame, markers: list[str],
     outside
         Normalised marker → share of QC-passed events outside the range of the batch's
         control events (extrapolated by the spline).
+    clusters
+        ``(n_events,)`` metacluster (1 … k) of every event in a clustered normalisation
+        (given for bridge controls: the batch distances within cell populations).
 
     Returns
     -------
     ``quantiles``: marker, stage (``transformed`` = not normalised, ``normalised``), p,
-    value; ``extrapolated``: marker, share (empty without normalisation).
+    value; ``extrapolated``: marker, share (empty without normalisation);
+    ``cluster_quantiles`` (only with ``clusters``): cluster, events, marker, stage, p,
+    value of the normalised markers per metacluster, before and after.
     """
     normalised = list(before.columns) if before is not None else []
     parts = []
@@ -85,4 +91,24 @@ def sample_summary(events: pd.DataFrame, markers: list[str],
         columns=["marker", "stage", "p", "value"])
     extrapolated = pd.DataFrame({"marker": list(outside or {}),
                                  "share": [float(v) for v in (outside or {}).values()]})
-    return {"quantiles": quantiles, "extrapolated": extrapolated}
+    out = {"quantiles": quantiles, "extrapolated": extrapolated}
+    if clusters is not None and before is not None:
+        out["cluster_quantiles"] = _cluster_quantiles(events, before, np.asarray(clusters))
+    return out
+
+
+def _cluster_quantiles(events: pd.DataFrame, before: pd.DataFrame,
+                       clusters: np.ndarray) -> pd.DataFrame:
+    """Quantiles of the normalised markers per metacluster, before and after."""
+    cols = list(before.columns)
+    rows = []
+    for c in np.unique(clusters):
+        sel = clusters == c
+        for stage, frame in (("transformed", before), ("normalised", events)):
+            q = marker_quantiles(frame[cols].to_numpy()[sel])
+            rows.append(pd.DataFrame({
+                "cluster": int(c), "events": int(sel.sum()),
+                "marker": np.repeat(np.array(cols, dtype=object), len(LEVELS)),
+                "stage": stage, "p": np.tile(LEVELS, len(cols)), "value": q.T.ravel()}))
+    return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(
+        columns=["cluster", "events", "marker", "stage", "p", "value"])

@@ -468,25 +468,28 @@ class BatchNormalisation:
     ``norm(events, columns)`` normalises, in place, the columns of a Fortran-ordered float32
     ``(n_events, n_columns)`` array named ``columns`` that are markers of the model (others
     untouched); :meth:`kept` then gives, for the events kept by QC, ``before`` (DataFrame of
-    the normalised markers' values before normalisation) and ``outside`` (marker → share
-    outside the batch's control range).
+    the normalised markers' values before normalisation), ``outside`` (marker → share
+    outside the batch's control range) and ``clusters`` (the metacluster 1 … k of every
+    event with a clustered model, else None).
     """
 
     def __init__(self, model: CytoNorm, batch: str):
         self.model, self.batch = model, batch
-        self.before = self.outside = None
+        self.before = self.outside = self.clusters = None
 
     def __call__(self, events: np.ndarray, columns: Sequence[str]) -> None:
         markers = self.model.markers_
         idx = [list(columns).index(m) for m in markers]
         self.before = np.array(events[:, idx], order="F")
+        self.clusters = self.model.clusters_of(self.before, markers)
         self.outside = self.model.transform_inplace([events[:, j] for j in idx], self.batch,
-                                                    self.model.clusters_of(self.before, markers))
+                                                    self.clusters)
 
     def kept(self, keep: np.ndarray) -> dict:
         markers = self.model.markers_
         outside = self.outside[keep]
         share = outside.mean(axis=0) if len(outside) else np.zeros(len(markers))
         return {"before": pd.DataFrame(self.before[keep], columns=markers),
-                "outside": dict(zip(markers, share.tolist()))}
+                "outside": dict(zip(markers, share.tolist())),
+                "clusters": None if self.clusters is None else self.clusters[keep]}
 

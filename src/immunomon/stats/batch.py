@@ -14,8 +14,15 @@ held out of the fit — or ``samples`` — the trial's samples):
 ``batch_design``
     batch × visit: trial samples and controls acquired.
 ``batch_emd``
-    marker × group × stage × pair of batches: earth mover's (1-Wasserstein) distance between
-    the two batches' distributions, transformed units.
+    marker × group × stage × pair of batches × scope: earth mover's (1-Wasserstein)
+    distance between the two batches' distributions, transformed units. ``scope`` ``all
+    events`` compares whole distributions; ``within clusters`` (bridge controls of a
+    clustered normalisation) is the events-weighted mean over the normalisation's
+    metaclusters of the distance within each, the batch effect left inside cell
+    populations, which a difference of the controls' cluster proportions does not enter
+    (CytoNorm's evaluation, per population).
+``batch_cluster_quantiles``
+    the per-metacluster quantiles of the controls behind the ``within clusters`` rows.
 ``batch_variance``
     marker × stage × factor (``batch``, ``visit``): share of the variance of the trial
     samples' per-sample medians explained by the factor alone (one-way ω², 0 when
@@ -37,16 +44,20 @@ held out of the fit — or ``samples`` — the trial's samples):
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 import pandas as pd
 from scipy import stats
 from scipy.stats import wasserstein_distance
 
-__all__ = ["batch_diagnostics", "omega_squared", "cramers_v", "BATCH_TABLES"]
+__all__ = ["batch_diagnostics", "emd_within_clusters", "omega_squared", "cramers_v",
+           "BATCH_TABLES"]
 
-BATCH_TABLES = ("normalisation", "batch_quantiles", "batch_design", "batch_emd",
-                "batch_variance", "batch_pca", "batch_densities", "batch_extrapolation",
-                "batch_warnings")
+BATCH_TABLES = ("normalisation", "batch_quantiles", "batch_cluster_quantiles", "batch_design",
+                "batch_emd", "batch_variance", "batch_pca", "batch_densities",
+                "batch_extrapolation", "batch_warnings")
+SCOPES = ("all events", "within clusters")
 STAGES = ("transformed", "normalised")
 #: Thresholds of the warnings (see the module docstring).
 CONFOUND_P, CONFOUND_V, BATCH_P = 0.05, 0.3, 0.01
@@ -114,7 +125,55 @@ def _emd_rows(q: pd.DataFrame, meta: pd.DataFrame, batches: list[str]) -> list[d
                     d = wasserstein_distance(u, v) if len(u) and len(v) else np.nan
                     rows.append({"marker": marker, "group": group, "stage": stage,
                                  "batch_a": a, "batch_b": b, "emd": d,
-                                 "samples_a": len(ids[a]), "samples_b": len(ids[b])})
+                                 "samples_a": len(ids[a]), "samples_b": len(ids[b]),
+                                 "scope": SCOPES[0]})
+    return rows
+
+
+def emd_within_clusters(a: Mapping, b: Mapping) -> float:
+    """Earth mover's distance between two batches within clusters: the mean over the
+    clusters present in both of the EMD of their values in the cluster, weighted by the
+    two batches' events in it.
+
+    Parameters
+    ----------
+    a, b
+        Cluster → (values ``(n,)`` (events, or quantile points standing for them), number
+        of events the cluster holds in the batch).
+
+    Returns
+    -------
+    The distance (NaN when no cluster has values in both).
+    """
+    num = den = 0.0
+    for c in sorted(set(a) & set(b)):
+        (u, na), (v, nb) = a[c], b[c]
+        u, v = np.asarray(u, float), np.asarray(v, float)
+        u, v = u[np.isfinite(u)], v[np.isfinite(v)]
+        if len(u) and len(v):
+            num += (na + nb) * wasserstein_distance(u, v)
+            den += na + nb
+    return num / den if den else float("nan")
+
+
+def _emd_within_rows(cq: pd.DataFrame, meta: pd.DataFrame, batches: list[str]) -> list[dict]:
+    """``within clusters`` rows (:func:`emd_within_clusters`) per marker, stage, group and
+    pair of batches; a batch's cluster is the mixture of its samples' quantile points."""
+    rows = []
+    for (marker, stage), g in cq.groupby(["marker", "stage"], sort=True):
+        for group, gm in meta.groupby("group", sort=True):
+            ids = {b: set(gm.loc[gm["batch"] == b, "sample_id"]) for b in batches}
+            per = {b: {c: (x["value"].to_numpy(float), x.drop_duplicates("sample_id")["events"]
+                           .sum()) for c, x in g[g["sample_id"].isin(ids[b])].groupby("cluster")}
+                   for b in batches if ids[b]}
+            have = sorted(per)
+            for i, a in enumerate(have):
+                for b in have[i + 1:]:
+                    rows.append({"marker": marker, "group": group, "stage": stage,
+                                 "batch_a": a, "batch_b": b,
+                                 "emd": emd_within_clusters(per[a], per[b]),
+                                 "samples_a": len(ids[a]), "samples_b": len(ids[b]),
+                                 "scope": SCOPES[1]})
     return rows
 
 
@@ -229,7 +288,8 @@ def _warnings(panel: str, meta: pd.DataFrame, variance: pd.DataFrame) -> list[di
 
 def batch_diagnostics(samples: pd.DataFrame, quantiles: pd.DataFrame,
                       extrapolated: pd.DataFrame | None = None,
-                      normalisation: pd.DataFrame | None = None) -> dict[str, pd.DataFrame]:
+                      normalisation: pd.DataFrame | None = None,
+                      cluster_quantiles: pd.DataFrame | None = None) -> dict[str, pd.DataFrame]:
     """Every batch table the inputs allow (see the module docstring).
 
     Parameters
@@ -243,6 +303,9 @@ def batch_diagnostics(samples: pd.DataFrame, quantiles: pd.DataFrame,
         sample_id, marker, share (normalised samples only), or None.
     normalisation
         The fitted splines (``CytoNorm.to_table`` rows with ``panel``), or None.
+    cluster_quantiles
+        sample_id, cluster, events, marker, stage, p, value (controls of a clustered
+        normalisation), or None.
 
     Returns
     -------
@@ -269,6 +332,13 @@ def batch_diagnostics(samples: pd.DataFrame, quantiles: pd.DataFrame,
         out["batch_quantiles"].append(q.merge(meta[["sample_id", "batch"]], on="sample_id")
                                       .assign(panel=panel))
         out["batch_emd"].append(pd.DataFrame(_emd_rows(q, meta, batches)).assign(panel=panel))
+        if cluster_quantiles is not None and len(cluster_quantiles):
+            cq = cluster_quantiles[cluster_quantiles["sample_id"].isin(set(meta["sample_id"]))]
+            cmeta = meta[meta["sample_id"].isin(set(cq["sample_id"]))]
+            out["batch_emd"].append(pd.DataFrame(_emd_within_rows(cq, cmeta, batches))
+                                    .assign(panel=panel))
+            out["batch_cluster_quantiles"].append(
+                cq.merge(meta[["sample_id", "batch"]], on="sample_id").assign(panel=panel))
         med = _medians(q)
         variance = pd.DataFrame(_variance_rows(med, meta)).assign(panel=panel)
         out["batch_variance"].append(variance)
