@@ -93,12 +93,19 @@ def _trial(kw: dict, seed: int) -> dict:
     return t
 
 
+def _logits(t: dict) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    """A trial's rows (samples joined), their logits and visit positions (0 = D1)."""
+    d = t["parameters"].merge(t["samples"], on="sample_id")
+    position = {v: k for k, (v, _) in enumerate(VISITS)}
+    y = np.log(d["value"] / (100 - d["value"])).to_numpy()
+    return d, y, d["visit"].map(position).to_numpy()
+
+
 def _peer(t: dict, visit: str) -> dict:
     """statsmodels MixedLM random intercept, Wald z for the visit coefficient (logit)."""
     from statsmodels.regression.mixed_linear_model import MixedLM
 
-    d = t["parameters"].merge(t["samples"], on="sample_id")
-    y = np.log(d["value"] / (100 - d["value"])).to_numpy()
+    d, y, _ = _logits(t)
     visits = [v for v, _ in VISITS]
     X = np.column_stack([np.ones(len(d))] + [(d["visit"] == v).to_numpy(float)
                                              for v in visits[1:]])
@@ -118,11 +125,9 @@ def _expected_information(t: dict, visit: str) -> dict:
     R mmrm), KR df — what ``mmrm`` reports without the observed information's β–θ term."""
     from immunomon.stats.mmrm import fit_mmrm_fallback
 
-    d = t["parameters"].merge(t["samples"], on="sample_id")
+    d, y, j = _logits(t)
     visits = [v for v, _ in VISITS]
-    j = d["visit"].map({v: k for k, v in enumerate(visits)}).to_numpy()
-    fit = fit_mmrm_fallback(np.log(d["value"] / (100 - d["value"])).to_numpy(),
-                            np.eye(len(visits))[j], d["patient_id"].to_numpy(), j,
+    fit = fit_mmrm_fallback(y, np.eye(len(visits))[j], d["patient_id"].to_numpy(), j,
                             n_visits=len(visits))
     L = np.zeros(len(visits))
     L[[visits.index(visit), 0]] = (1.0, -1.0)

@@ -81,12 +81,7 @@ def sample_summary(events: pd.DataFrame, markers: list[str],
         parts.append(("normalised", events, normalised))
     if raw:
         parts.append(("transformed", events, raw))
-    rows = []
-    for stage, frame, cols in parts:
-        q = marker_quantiles(frame[cols].to_numpy())
-        rows.append(pd.DataFrame({
-            "marker": np.repeat(np.array(cols, dtype=object), len(LEVELS)),
-            "stage": stage, "p": np.tile(LEVELS, len(cols)), "value": q.T.ravel()}))
+    rows = [_quantile_rows(frame[cols].to_numpy(), cols, stage) for stage, frame, cols in parts]
     quantiles = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(
         columns=["marker", "stage", "p", "value"])
     extrapolated = pd.DataFrame({"marker": list(outside or {}),
@@ -105,10 +100,17 @@ def _cluster_quantiles(events: pd.DataFrame, before: pd.DataFrame,
     for c in np.unique(clusters):
         sel = clusters == c
         for stage, frame in (("transformed", before), ("normalised", events)):
-            q = marker_quantiles(frame[cols].to_numpy()[sel])
-            rows.append(pd.DataFrame({
-                "cluster": int(c), "events": int(sel.sum()),
-                "marker": np.repeat(np.array(cols, dtype=object), len(LEVELS)),
-                "stage": stage, "p": np.tile(LEVELS, len(cols)), "value": q.T.ravel()}))
+            part = _quantile_rows(frame[cols].to_numpy()[sel], cols, stage)
+            part.insert(0, "cluster", int(c))
+            part.insert(1, "events", int(sel.sum()))
+            rows.append(part)
     return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(
         columns=["cluster", "events", "marker", "stage", "p", "value"])
+
+
+def _quantile_rows(values: np.ndarray, cols: list[str], stage: str) -> pd.DataFrame:
+    """marker, stage, p, value rows of the :data:`LEVELS` quantiles of ``values``
+    ``(n_events, len(cols))``."""
+    q = marker_quantiles(values)
+    return pd.DataFrame({"marker": np.repeat(np.array(cols, dtype=object), len(LEVELS)),
+                         "stage": stage, "p": np.tile(LEVELS, len(cols)), "value": q.T.ravel()})

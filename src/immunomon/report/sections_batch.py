@@ -76,6 +76,17 @@ def _emd_summary(emd: pd.DataFrame, scope: str = "all events") -> pd.DataFrame:
     return wide
 
 
+def _emd_table(w: pd.DataFrame, normalised: bool) -> str:
+    """One panel's rows of :func:`_emd_summary` as a table (before/after/change when
+    ``normalised``, else the distance alone)."""
+    w["group"] = w["group"].map(GROUP_LABEL).fillna(w["group"])
+    shown = ["marker", "group", "transformed"] + (["normalised", "change"] if normalised else [])
+    return table_html(w, columns=shown,
+                      labels={"transformed": "EMD before" if normalised else "EMD",
+                              "normalised": "EMD after", "change": "change (%)"},
+                      source="tables/batch_emd.csv")
+
+
 def fig_emd(wide: pd.DataFrame, panel: str) -> go.Figure:
     w = wide[wide["panel"] == panel]
     fig = go.Figure()
@@ -293,26 +304,15 @@ def batch_section(ctx: Context) -> Section | None:
                 "(mean over pairs of batches, transformed units)"
                 + (", before and after normalisation." if normalised else "."))
                 + ip.plotly_div(fig_emd(wide, panel), ctx.plot_id()))
-            w["group"] = w["group"].map(GROUP_LABEL).fillna(w["group"])
-            shown = ["marker", "group", "transformed"] + (["normalised", "change"]
-                                                          if normalised else [])
-            body.append(table_html(w, columns=shown,
-                                   labels={"transformed": "EMD before" if normalised else
-                                           "EMD", "normalised": "EMD after",
-                                           "change": "change (%)"},
-                                   source="tables/batch_emd.csv"))
+            body.append(_emd_table(w, normalised))
         if within is not None and (within["panel"] == panel).any():
-            w = within[within["panel"] == panel].copy()
-            w["group"] = w["group"].map(GROUP_LABEL).fillna(w["group"])
             body.append("<h4>Within the normalisation's clusters</h4>" + para(
                 "The same distance inside each cluster of the controls (mean over clusters, "
                 "weighted by their events): the batch effect left within cell populations. "
                 "Whole-distribution distances also carry differences in the controls' cluster "
                 "proportions between batches, which a per-cluster normalisation does not "
-                "remove and should not.") + table_html(
-                    w, columns=["marker", "group", "transformed", "normalised", "change"],
-                    labels={"transformed": "EMD before", "normalised": "EMD after",
-                            "change": "change (%)"}, source="tables/batch_emd.csv"))
+                "remove and should not.")
+                + _emd_table(within[within["panel"] == panel].copy(), normalised=True))
         if var is not None and (var["panel"] == panel).any():
             body.append("<h3>Batch versus visit</h3>" + para(
                 "Share of the variance of the trial samples' per-sample medians explained by "

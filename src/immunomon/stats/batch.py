@@ -107,26 +107,34 @@ def _groups(samples: pd.DataFrame) -> pd.Series:
                      index=samples.index)
 
 
-def _mixture(q: pd.DataFrame, ids) -> np.ndarray:
-    return q.loc[q["sample_id"].isin(ids), "value"].to_numpy(float)
+def _by_cluster(q: pd.DataFrame, ids, scope: str) -> dict:
+    """One batch's values for :func:`emd_within_clusters`: cluster → (the mixture of its
+    samples' quantile points, events) — for ``all events`` a single cluster of every point."""
+    g = q[q["sample_id"].isin(ids)]
+    if scope == SCOPES[0]:
+        return {0: (g["value"].to_numpy(float), 1)}
+    return {c: (x["value"].to_numpy(float), x.drop_duplicates("sample_id")["events"].sum())
+            for c, x in g.groupby("cluster")}
 
 
-def _emd_rows(q: pd.DataFrame, meta: pd.DataFrame, batches: list[str]) -> list[dict]:
+def _emd_rows(q: pd.DataFrame, meta: pd.DataFrame, batches: list[str],
+              scope: str = SCOPES[0]) -> list[dict]:
+    """Rows of ``batch_emd`` of one ``scope`` per marker, stage, group and pair of batches;
+    a batch's distribution is the mixture of its samples' quantile points (per cluster for
+    ``within clusters``, with ``q`` the cluster quantiles)."""
     rows = []
     for (marker, stage), g in q.groupby(["marker", "stage"], sort=True):
         for group, gm in meta.groupby("group", sort=True):
             ids = {b: gm.loc[gm["batch"] == b, "sample_id"].tolist() for b in batches}
             have = [b for b in batches if ids[b]]
-            values = {b: _mixture(g, ids[b]) for b in have}
+            values = {b: _by_cluster(g, ids[b], scope) for b in have}
             for i, a in enumerate(have):
                 for b in have[i + 1:]:
-                    u, v = values[a], values[b]
-                    u, v = u[np.isfinite(u)], v[np.isfinite(v)]
-                    d = wasserstein_distance(u, v) if len(u) and len(v) else np.nan
                     rows.append({"marker": marker, "group": group, "stage": stage,
-                                 "batch_a": a, "batch_b": b, "emd": d,
+                                 "batch_a": a, "batch_b": b,
+                                 "emd": emd_within_clusters(values[a], values[b]),
                                  "samples_a": len(ids[a]), "samples_b": len(ids[b]),
-                                 "scope": SCOPES[0]})
+                                 "scope": scope})
     return rows
 
 
@@ -154,27 +162,6 @@ def emd_within_clusters(a: Mapping, b: Mapping) -> float:
             num += (na + nb) * wasserstein_distance(u, v)
             den += na + nb
     return num / den if den else float("nan")
-
-
-def _emd_within_rows(cq: pd.DataFrame, meta: pd.DataFrame, batches: list[str]) -> list[dict]:
-    """``within clusters`` rows (:func:`emd_within_clusters`) per marker, stage, group and
-    pair of batches; a batch's cluster is the mixture of its samples' quantile points."""
-    rows = []
-    for (marker, stage), g in cq.groupby(["marker", "stage"], sort=True):
-        for group, gm in meta.groupby("group", sort=True):
-            ids = {b: set(gm.loc[gm["batch"] == b, "sample_id"]) for b in batches}
-            per = {b: {c: (x["value"].to_numpy(float), x.drop_duplicates("sample_id")["events"]
-                           .sum()) for c, x in g[g["sample_id"].isin(ids[b])].groupby("cluster")}
-                   for b in batches if ids[b]}
-            have = sorted(per)
-            for i, a in enumerate(have):
-                for b in have[i + 1:]:
-                    rows.append({"marker": marker, "group": group, "stage": stage,
-                                 "batch_a": a, "batch_b": b,
-                                 "emd": emd_within_clusters(per[a], per[b]),
-                                 "samples_a": len(ids[a]), "samples_b": len(ids[b]),
-                                 "scope": SCOPES[1]})
-    return rows
 
 
 def _medians(q: pd.DataFrame) -> pd.DataFrame:
@@ -335,7 +322,7 @@ def batch_diagnostics(samples: pd.DataFrame, quantiles: pd.DataFrame,
         if cluster_quantiles is not None and len(cluster_quantiles):
             cq = cluster_quantiles[cluster_quantiles["sample_id"].isin(set(meta["sample_id"]))]
             cmeta = meta[meta["sample_id"].isin(set(cq["sample_id"]))]
-            out["batch_emd"].append(pd.DataFrame(_emd_within_rows(cq, cmeta, batches))
+            out["batch_emd"].append(pd.DataFrame(_emd_rows(cq, cmeta, batches, SCOPES[1]))
                                     .assign(panel=panel))
             out["batch_cluster_quantiles"].append(
                 cq.merge(meta[["sample_id", "batch"]], on="sample_id").assign(panel=panel))

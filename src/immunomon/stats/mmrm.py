@@ -39,8 +39,8 @@ Missing visits (``information="observed"``, the default): both add to the SE the
 the inverse *observed* information that the expected information drops, the fixed
 effects' share of the β–θ block, ``Phi B' W_obs B Phi``. Its expectation is zero only
 when values are missing completely at random; under MAR dropout (the likelier the higher
-the last value) the model-based SE of SAS, nlme and R ``mmrm`` is too small (20 % dropout:
-6.6 % false positives at alpha 5 %; 40 %: 10.8 %), with the term 4.6 % / 5.6 %. With
+the last value) the model-based SE of SAS, nlme and R ``mmrm`` is too small (KR, 20 % / 40 %
+dropout: 6.7 % / 7.8 % false positives at alpha 5 %), with the term 4.4 % / 4.1 %. With
 complete data and a mean per visit (and arm) the term is exactly zero, so the MMRM of
 change from baseline stays the paired t.
 
@@ -572,8 +572,8 @@ class MMRMFit:
 
         ``information="observed"`` (default) adds :attr:`vcov_cross` to the variance: with
         values missing at random the expected information underestimates it (MAR dropout
-        of 20 % / 40 %: 6.6 % / 10.8 % false positives at alpha 5 % with the model-based
-        SE, 4.6 % / 5.6 % with this term; ``benchmarks/calibration.py``). ``"expected"``
+        of 20 % / 40 %, KR: 6.7 % / 7.8 % false positives at alpha 5 % without this term,
+        4.4 % / 4.1 % with it; ``benchmarks/calibration.py``). ``"expected"``
         gives the textbook formulas (SAS PROC MIXED, pbkrtest, lmerTest), which the tests
         compare with R. The df are the same in both."""
         if method not in DF_METHODS:

@@ -16,10 +16,11 @@ Methods (``method``):
   is a response with a mean per arm and visit, and the change is the contrast visit −
   baseline (the paired t with complete data). Differences between arms: the change from
   baseline at every post-baseline visit, ``change ~ visit + baseline × visit + arm × visit
-  (+ disease when pooled)`` (baseline centred at the mean of the analysed patients). Unstructured covariance with the
-  fallback order, REML, Kenward–Roger df (``StatsOptions.df_method``), SEs with the observed
-  information's β–θ term (:meth:`.mmrm.MMRMFit.contrast`: MAR dropout), all available data.
-  One fit per stratum: per-disease strata have their own covariance.
+  (+ disease when pooled)`` (baseline centred at the mean of the analysed patients).
+  Unstructured covariance with the fallback order, REML, Kenward–Roger df
+  (``StatsOptions.df_method``), SEs with the observed information's β–θ term
+  (:meth:`.mmrm.MMRMFit.contrast`: MAR dropout), all available data. One fit per stratum:
+  per-disease strata have their own covariance.
 * ``paired_t``, ``wilcoxon`` — within-arm changes of complete pairs (:mod:`.classical`).
 * ``welch_t``, ``rank_sum`` — arm differences of the change from baseline, or group
   differences of the values in a cross-sectional study.
